@@ -1,0 +1,37 @@
+//! # The CRM domain
+//!
+//! One stream per customer. Everything that happens to a customer — a call, an email, a stage
+//! change in the funnel, an order, a service request, a churn warning — is a
+//! [`CustomerEvent`] in that customer's stream. A [`Command`] asks for a change;
+//! [`decide`] accepts or refuses it against the customer's [`CustomerState`] and names the
+//! events it causes; [`evolve`] folds an event into the state. Policies (stage thresholds,
+//! RFM, the churn rule) are pure functions in [`policy`]. The [`envelope`] puts events on the
+//! wire as CloudEvents. Nothing here does I/O.
+//!
+//! ```
+//! use domain::*;
+//! let state = CustomerState::new(CustomerId(uuid::Uuid::nil()));
+//! let refused = decide(&state, &Command::ConfirmChurn(ConfirmChurn { reason: "moved".into() }));
+//! assert_eq!(refused, Err(DomainError::CustomerNotRegistered));
+//! ```
+
+pub mod command;
+pub mod decide;
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod policy;
+pub mod schema;
+pub mod state;
+pub mod upcast;
+pub mod values;
+
+pub use command::*;
+pub use decide::decide;
+pub use envelope::{EventMetadata, KafkaRecord, RecordedEvent};
+pub use error::{DomainError, ErrorKind};
+pub use event::*;
+pub use ids::*;
+pub use state::{apply_recorded, evolve, CustomerState};
+pub use values::*;

@@ -1,0 +1,1 @@
+//! Adapters for the event log and the read-model store.

@@ -1,0 +1,1 @@
+//! Shared test bed: starts the broker, makes fresh databases.
