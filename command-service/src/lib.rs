@@ -1,1 +1,116 @@
-//! command-service
+//! # command-service
+//!
+//! Commands in, validated events out. For each partition of the customer-events topic that
+//! this instance owns (by consumer-group assignment), it keeps every customer's current state,
+//! decides commands against it with [`domain::decide`], and appends the events with a
+//! transactional producer bound to that partition — so a replaced owner is fenced and can
+//! append nothing more.
+
+pub mod http;
+pub mod log;
+pub mod metrics;
+pub mod streams;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use infra::config::{KafkaArgs, LogFormat};
+use infra::kafka::{provision_topics, OwnershipChange, PartitionOwnership};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::log::{CustomerLog, KafkaCustomerLog};
+use crate::metrics::Metrics;
+use crate::streams::CustomerStreams;
+
+/// Every setting, as a flag and an environment variable (`command-service --help`).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "command-service", version, about = "Validates CRM commands and appends their events to Kafka")]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "CRM_COMMAND_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "CRM_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// The CloudEvents `source` of the events this instance appends.
+    #[arg(long, env = "CRM_EVENT_SOURCE", default_value = "/command-service")]
+    pub source: String,
+    /// Log format.
+    #[arg(long, env = "CRM_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// The running service: what every HTTP handler can reach.
+pub struct App {
+    pub streams: Arc<CustomerStreams>,
+    pub metrics: Metrics,
+}
+
+impl App {
+    pub fn new(log: Arc<dyn CustomerLog>, topic: String, source: String) -> anyhow::Result<Arc<App>> {
+        let metrics = Metrics::new().context("registering metrics")?;
+        let streams = Arc::new(CustomerStreams::new(log, topic, source, metrics.clone()));
+        Ok(Arc::new(App { streams, metrics }))
+    }
+}
+
+/// Applies ownership changes as the group reports them.
+pub async fn follow_ownership(app: Arc<App>, mut changes: UnboundedReceiver<OwnershipChange>) {
+    while let Some(change) = changes.recv().await {
+        match change {
+            OwnershipChange::Assigned(partitions) => {
+                if let Err(e) = app.streams.assign(&partitions).await {
+                    tracing::error!(error = %e, ?partitions, "taking partitions over failed");
+                }
+            }
+            OwnershipChange::Revoked(partitions) => app.streams.revoke(&partitions).await,
+        }
+    }
+}
+
+/// Runs command-service against Kafka until SIGINT/SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let settings = config
+        .kafka
+        .settings("command-service")
+        .context("--kafka-brokers (KAFKA_BROKERS) is required")?;
+    let topics = provision_topics(&settings).await.context("provisioning topics")?;
+    tracing::info!(?topics, "topics ready");
+    let topic = settings.topics().customer_events();
+    let app = App::new(Arc::new(KafkaCustomerLog { settings: settings.clone() }), topic, config.source.clone())?;
+    let (ownership, changes) = PartitionOwnership::start(&settings).context("joining the command-service group")?;
+    tokio::spawn(follow_ownership(app.clone(), changes));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(listen = %config.listen, "command-service listening");
+    axum::serve(listener, http::router(app, config.max_body_bytes))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    ownership.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -305,3 +305,46 @@ impl Command {
         }
     }
 }
+
+macro_rules! into_command {
+    ($($name:ident),* $(,)?) => {
+        $(
+            impl From<$name> for Command {
+                fn from(c: $name) -> Self {
+                    Command::$name(c)
+                }
+            }
+        )*
+    };
+}
+
+into_command!(
+    RegisterCustomer,
+    ChangeProfile,
+    ReassignOwner,
+    AddContact,
+    ChangeContact,
+    RemoveContact,
+    RecordTouchpoint,
+    LodgeComplaint,
+    HandleComplaint,
+    CloseComplaint,
+    OpenOpportunity,
+    AssignOpportunity,
+    ChangeStage,
+    AddPlanItem,
+    RecordPlanResult,
+    WinOpportunity,
+    LoseOpportunity,
+    ReopenOpportunity,
+    PlaceOrder,
+    CreateServiceRequest,
+    AssignServiceRequest,
+    HandleServiceRequest,
+    GiveServiceFeedback,
+    ArchiveServiceRequest,
+    RaiseChurnWarning,
+    RecordDelayMeasure,
+    ConfirmChurn,
+    ReactivateCustomer
+);

@@ -1,0 +1,700 @@
+//! The HTTP API: one resource route per command, the batch ingest endpoint, and the
+//! operational endpoints. Every route parses, then hands a [`CommandRequest`] to
+//! [`CustomerStreams`]; nothing here decides anything.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodFilter, MethodRouter};
+use axum::{Json, Router};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use domain::{Command, CustomerId, DomainError, ErrorKind};
+use infra::problem::Problem;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::streams::{CommandError, CommandRequest, Outcome};
+use crate::App;
+
+/// The header that carries a command's log position, for read-your-writes queries.
+pub const POSITION_HEADER: &str = "crm-position";
+/// Most touchpoints one batch request may carry.
+pub const MAX_BATCH: usize = 10_000;
+
+/// One command as an HTTP resource.
+pub struct CommandRoute {
+    pub method: Method,
+    pub path: &'static str,
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// Body fields the server fills with a new UUIDv7 when the client leaves them out.
+    pub generated: &'static [&'static str],
+    parse: fn(Value) -> Result<Command, Problem>,
+    schema: fn() -> schemars::Schema,
+}
+
+fn route<T>(
+    method: Method,
+    path: &'static str,
+    name: &'static str,
+    summary: &'static str,
+    generated: &'static [&'static str],
+) -> CommandRoute
+where
+    T: DeserializeOwned + JsonSchema + Into<Command>,
+{
+    CommandRoute {
+        method,
+        path,
+        name,
+        summary,
+        generated,
+        parse: parse_command::<T>,
+        schema: || schemars::schema_for!(T),
+    }
+}
+
+/// Every command route. The body of each is the command's JSON (see `/openapi.json`); ids in
+/// the path are copied into it.
+pub fn command_routes() -> Vec<CommandRoute> {
+    use domain::*;
+    vec![
+        route::<RegisterCustomer>(Method::POST, "/v1/customers", "register_customer", "Register a customer (company or person)", &[]),
+        route::<ChangeProfile>(Method::PATCH, "/v1/customers/{customer_id}", "change_profile", "Change profile fields; only changed fields are recorded", &[]),
+        route::<ReassignOwner>(Method::PUT, "/v1/customers/{customer_id}/owner", "reassign_owner", "Move the customer to another account manager", &[]),
+        route::<AddContact>(Method::POST, "/v1/customers/{customer_id}/contacts", "add_contact", "Add a contact person", &["contact_id"]),
+        route::<ChangeContact>(Method::PATCH, "/v1/customers/{customer_id}/contacts/{contact_id}", "change_contact", "Change a contact person", &[]),
+        route::<RemoveContact>(Method::DELETE, "/v1/customers/{customer_id}/contacts/{contact_id}", "remove_contact", "Remove a contact person", &[]),
+        route::<RecordTouchpoint>(Method::POST, "/v1/customers/{customer_id}/touchpoints", "record_touchpoint", "Record a touchpoint on any channel", &["touchpoint_id"]),
+        route::<LodgeComplaint>(Method::POST, "/v1/customers/{customer_id}/complaints", "lodge_complaint", "Lodge a complaint", &["complaint_id"]),
+        route::<HandleComplaint>(Method::POST, "/v1/customers/{customer_id}/complaints/{complaint_id}/handling", "handle_complaint", "Record handling of a complaint", &[]),
+        route::<CloseComplaint>(Method::POST, "/v1/customers/{customer_id}/complaints/{complaint_id}/closure", "close_complaint", "Close a handled complaint", &[]),
+        route::<OpenOpportunity>(Method::POST, "/v1/customers/{customer_id}/opportunities", "open_opportunity", "Open a sales opportunity (starts in qualification)", &["opportunity_id"]),
+        route::<AssignOpportunity>(Method::PUT, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/owner", "assign_opportunity", "Assign an opportunity to an account manager", &[]),
+        route::<ChangeStage>(Method::PUT, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/stage", "change_stage", "Move an opportunity one stage forward, or back with a reason", &[]),
+        route::<AddPlanItem>(Method::POST, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/plan-items", "add_plan_item", "Add a development-plan item", &["plan_item_id"]),
+        route::<RecordPlanResult>(Method::PUT, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/plan-items/{plan_item_id}/result", "record_plan_result", "Record the result of a plan item", &[]),
+        route::<WinOpportunity>(Method::POST, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/won", "win_opportunity", "Contract signed: the opportunity is won", &[]),
+        route::<LoseOpportunity>(Method::POST, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/lost", "lose_opportunity", "The opportunity is lost, with a reason", &[]),
+        route::<ReopenOpportunity>(Method::POST, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/reopen", "reopen_opportunity", "Reopen a won or lost opportunity", &[]),
+        route::<PlaceOrder>(Method::POST, "/v1/customers/{customer_id}/orders", "place_order", "Record an ERP order", &[]),
+        route::<CreateServiceRequest>(Method::POST, "/v1/customers/{customer_id}/service-requests", "create_service_request", "Create a service request", &["service_request_id"]),
+        route::<AssignServiceRequest>(Method::PUT, "/v1/customers/{customer_id}/service-requests/{service_request_id}/assignee", "assign_service_request", "Assign a service request", &[]),
+        route::<HandleServiceRequest>(Method::POST, "/v1/customers/{customer_id}/service-requests/{service_request_id}/handling", "handle_service_request", "Record handling of a service request", &[]),
+        route::<GiveServiceFeedback>(Method::POST, "/v1/customers/{customer_id}/service-requests/{service_request_id}/feedback", "give_service_feedback", "Record the customer's feedback (below 3 goes back to handling)", &[]),
+        route::<ArchiveServiceRequest>(Method::POST, "/v1/customers/{customer_id}/service-requests/{service_request_id}/archive", "archive_service_request", "Archive a satisfied service request", &[]),
+        route::<RaiseChurnWarning>(Method::POST, "/v1/customers/{customer_id}/churn/warnings", "raise_churn_warning", "Raise a churn warning", &["churn_case_id"]),
+        route::<RecordDelayMeasure>(Method::POST, "/v1/customers/{customer_id}/churn/measures", "record_delay_measure", "Record a delaying measure (暂缓流失)", &[]),
+        route::<ConfirmChurn>(Method::POST, "/v1/customers/{customer_id}/churn/confirmation", "confirm_churn", "Confirm the loss (确定流失)", &[]),
+        route::<ReactivateCustomer>(Method::POST, "/v1/customers/{customer_id}/churn/reactivation", "reactivate_customer", "Reactivate an at-risk or lost customer", &[]),
+    ]
+}
+
+pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
+    let mut by_path: HashMap<&'static str, MethodRouter<Arc<App>>> = HashMap::new();
+    for r in command_routes() {
+        let r: &'static CommandRoute = Box::leak(Box::new(r));
+        let filter = MethodFilter::try_from(r.method.clone()).unwrap_or(MethodFilter::POST);
+        let handler = move |State(app): State<Arc<App>>,
+                            Path(path): Path<HashMap<String, String>>,
+                            headers: HeaderMap,
+                            body: Result<Bytes, BytesRejection>| async move {
+            handle_command(app, r, path, headers, body).await
+        };
+        let entry = by_path.remove(r.path).unwrap_or_default();
+        by_path.insert(r.path, entry.on(filter, handler));
+    }
+    let mut router = Router::new();
+    for (path, methods) in by_path {
+        router = router.route(path, methods);
+    }
+    router
+        .route("/v1/touchpoints:batch", post(batch_touchpoints))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { Json(openapi()) }))
+        .fallback(|| async { Problem::not_found("no such resource") })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(app)
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let owned = app.streams.owned_partitions().await;
+    if owned.is_empty() {
+        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready")
+            .detail("this instance owns no partition yet")
+            .retry_after(1)
+            .into_response();
+    }
+    Json(json!({"status": "ready", "partitions": owned})).into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+// ------------------------------------------------------------------ parsing
+
+/// The field a serde error is about: the path, plus the field named in "missing field `x`" or
+/// "unknown field `x`" messages.
+fn serde_field(path: &str, message: &str) -> String {
+    let named = ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|p| message.split_once(p).and_then(|(_, rest)| rest.split('`').next()));
+    let path = if path == "." { "" } else { path };
+    match (path.is_empty(), named) {
+        (true, Some(n)) => n.to_owned(),
+        (false, Some(n)) => format!("{path}.{n}"),
+        (_, None) => path.to_owned(),
+    }
+}
+
+fn parse_command<T: DeserializeOwned + Into<Command>>(body: Value) -> Result<Command, Problem> {
+    serde_path_to_error::deserialize::<_, T>(body)
+        .map(Into::into)
+        .map_err(|e| {
+            let message = e.inner().to_string();
+            Problem::invalid_field(serde_field(&e.path().to_string(), &message), message)
+        })
+}
+
+fn body_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, Problem> {
+    let bytes = body.map_err(|e| {
+        Problem::new(e.status(), "unreadable-body", "Unreadable body").detail(e.body_text())
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Problem::invalid_field("", "the body must be a JSON object")),
+        Err(e) => Err(Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
+            .detail(format!("line {} column {}: {e}", e.line(), e.column()))),
+    }
+}
+
+fn uuid_param(name: &str, value: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(value).map_err(|e| Problem::bad_parameter(name, format!("not a UUID: {e}")))
+}
+
+fn occurred_at(body: &mut Map<String, Value>, field: &str) -> Result<Option<DateTime<Utc>>, Problem> {
+    match body.remove("occurred_at") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => DateTime::parse_from_rfc3339(&s)
+            .map(|d| Some(d.to_utc()))
+            .map_err(|e| Problem::invalid_field(field, format!("not an RFC 3339 time: {e}"))),
+        Some(_) => Err(Problem::invalid_field(field, "must be an RFC 3339 time string")),
+    }
+}
+
+/// Headers that shape a command: `If-Match`, `Idempotency-Key`, `X-Correlation-Id`,
+/// `X-Causation-Id`, and the actor.
+struct CommandHeaders {
+    expected_sequence: Option<u64>,
+    command_id: Option<String>,
+    correlation_id: Option<Uuid>,
+    causation_id: Option<Uuid>,
+    actor: String,
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Problem> {
+    headers
+        .get(name)
+        .map(|v| v.to_str().map_err(|_| Problem::bad_parameter(name, "not visible ASCII")))
+        .transpose()
+}
+
+fn command_headers(headers: &HeaderMap) -> Result<CommandHeaders, Problem> {
+    let expected_sequence = header_text(headers, "if-match")?
+        .map(|v| {
+            let v = v.trim().trim_start_matches("W/").trim_matches('"');
+            v.parse::<u64>()
+                .map_err(|_| Problem::bad_parameter("If-Match", "must be the customer's sequence number, e.g. \"7\""))
+        })
+        .transpose()?;
+    let command_id = header_text(headers, "idempotency-key")?
+        .map(|k| {
+            let k = k.trim();
+            if k.is_empty() || k.len() > 200 {
+                Err(Problem::bad_parameter("Idempotency-Key", "must be 1 to 200 characters"))
+            } else {
+                Ok(k.to_owned())
+            }
+        })
+        .transpose()?;
+    let correlation_id = header_text(headers, "x-correlation-id")?
+        .map(|v| uuid_param("X-Correlation-Id", v))
+        .transpose()?;
+    let causation_id = header_text(headers, "x-causation-id")?
+        .map(|v| uuid_param("X-Causation-Id", v))
+        .transpose()?;
+    // Until authentication lands, the actor is whoever the caller says; see the README.
+    let actor = header_text(headers, "x-actor")?
+        .map(str::to_owned)
+        .unwrap_or_else(|| "anonymous".to_owned());
+    Ok(CommandHeaders {
+        expected_sequence,
+        command_id,
+        correlation_id,
+        causation_id,
+        actor,
+    })
+}
+
+/// Builds the request for one command route.
+fn command_request(
+    route: &CommandRoute,
+    path: HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<CommandRequest, Problem> {
+    let mut body = body_object(body)?;
+    let occurred_at = occurred_at(&mut body, "occurred_at")?;
+    let customer_id = match path.get("customer_id") {
+        Some(id) => CustomerId(uuid_param("customer_id", id)?),
+        None => match body.remove("customer_id") {
+            None | Some(Value::Null) => CustomerId(Uuid::now_v7()),
+            Some(Value::String(s)) => CustomerId(Uuid::parse_str(&s).map_err(|e| {
+                Problem::invalid_field("customer_id", format!("not a UUID: {e}"))
+            })?),
+            Some(_) => return Err(Problem::invalid_field("customer_id", "must be a UUID string")),
+        },
+    };
+    for (name, value) in &path {
+        if name == "customer_id" {
+            continue;
+        }
+        uuid_param(name, value)?;
+        match body.get(name) {
+            Some(Value::String(v)) if v != value => {
+                return Err(Problem::invalid_field(name.clone(), "differs from the id in the path"))
+            }
+            _ => {
+                body.insert(name.clone(), Value::String(value.clone()));
+            }
+        }
+    }
+    for name in route.generated {
+        if !body.contains_key(*name) {
+            body.insert((*name).to_owned(), Value::String(Uuid::now_v7().to_string()));
+        }
+    }
+    let command = (route.parse)(Value::Object(body))?;
+    let h = command_headers(headers)?;
+    Ok(CommandRequest {
+        customer_id,
+        command,
+        expected_sequence: h.expected_sequence,
+        command_id: h.command_id,
+        actor: h.actor,
+        occurred_at,
+        correlation_id: h.correlation_id,
+        causation_id: h.causation_id,
+    })
+}
+
+// ------------------------------------------------------------------ answers
+
+/// The HTTP answer to a refused or failed command.
+pub fn command_problem(error: &CommandError) -> Problem {
+    match error {
+        CommandError::Refused(e) => domain_problem(e),
+        CommandError::SequenceMismatch { expected, actual } => Problem::new(
+            StatusCode::CONFLICT,
+            "sequence-mismatch",
+            "The customer has changed",
+        )
+        .detail(error.to_string())
+        .field("If-Match")
+        .with("expected_sequence", *expected)
+        .with("current_sequence", *actual),
+        CommandError::NotOwner { partition } => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-owner",
+            "Another instance owns this customer",
+        )
+        .detail(error.to_string())
+        .with("partition", *partition)
+        .retry_after(1),
+        CommandError::Unavailable(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "log-unavailable",
+            "The event log could not append",
+        )
+        .detail(error.to_string())
+        .retry_after(1),
+        CommandError::BrokenStream(_) | CommandError::Envelope(_) => Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+        )
+        .detail(error.to_string()),
+    }
+}
+
+fn domain_problem(e: &DomainError) -> Problem {
+    let p = match e.kind() {
+        ErrorKind::Invalid => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-field", "Invalid field"),
+        ErrorKind::NotFound => Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found"),
+        ErrorKind::Conflict => Problem::new(StatusCode::CONFLICT, "conflict", "Not allowed in the current state"),
+    }
+    .detail(e.to_string());
+    match e.field() {
+        Some(f) => p.field(f),
+        None => p,
+    }
+}
+
+fn outcome_label(result: &Result<Outcome, CommandError>) -> &'static str {
+    match result {
+        Ok(o) if o.replayed => "replayed",
+        Ok(o) if o.events.is_empty() => "unchanged",
+        Ok(_) => "appended",
+        Err(CommandError::Refused(e)) => match e.kind() {
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "refused",
+        },
+        Err(CommandError::SequenceMismatch { .. }) => "conflict",
+        Err(CommandError::NotOwner { .. }) => "not_owner",
+        Err(_) => "error",
+    }
+}
+
+fn position_header(o: &Outcome) -> Option<HeaderValue> {
+    let p = o.position()?;
+    HeaderValue::from_str(&format!("{}:{}:{}", p.topic, p.partition, p.offset)).ok()
+}
+
+async fn handle_command(
+    app: Arc<App>,
+    route: &'static CommandRoute,
+    path: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let request = match command_request(route, path, &headers, body) {
+        Ok(r) => r,
+        Err(p) => {
+            app.metrics.commands.with_label_values(&[route.name, "malformed"]).inc();
+            return p.into_response();
+        }
+    };
+    let created = route.method == Method::POST && route.path == "/v1/customers";
+    let result = app.streams.execute(request).await;
+    app.metrics
+        .commands
+        .with_label_values(&[route.name, outcome_label(&result)])
+        .inc();
+    app.metrics
+        .command_seconds
+        .with_label_values(&[route.name])
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(outcome) => {
+            let status = if created && !outcome.replayed { StatusCode::CREATED } else { StatusCode::OK };
+            let mut response = (status, Json(&outcome)).into_response();
+            let h = response.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", outcome.sequence)) {
+                h.insert(header::ETAG, v);
+            }
+            if let Some(v) = position_header(&outcome) {
+                h.insert(POSITION_HEADER, v);
+            }
+            if outcome.replayed {
+                h.insert("idempotent-replayed", HeaderValue::from_static("true"));
+            }
+            if created {
+                if let Ok(v) = HeaderValue::from_str(&format!("/v1/customers/{}", outcome.customer_id)) {
+                    h.insert(header::LOCATION, v);
+                }
+            }
+            response
+        }
+        Err(e) => command_problem(&e).into_response(),
+    }
+}
+
+// ------------------------------------------------------------------ batch ingest
+
+/// One touchpoint of a batch: a `record_touchpoint` command plus its customer, business time
+/// and idempotency key.
+#[derive(Debug, serde::Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchTouchpoint {
+    pub customer_id: CustomerId,
+    #[serde(default)]
+    pub touchpoint_id: Option<domain::TouchpointId>,
+    /// When the contact happened (business time); now when absent.
+    #[serde(default)]
+    pub occurred_at: Option<DateTime<Utc>>,
+    /// Makes a retried item safe: the same key returns the first answer.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    pub touchpoint: domain::Touchpoint,
+}
+
+fn batch_items(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<Result<Value, Problem>>, Problem> {
+    let ndjson = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-ndjson") || v.starts_with("application/ndjson"));
+    let items: Vec<Result<Value, Problem>> = if ndjson {
+        bytes
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+            .map(|(n, line)| {
+                serde_json::from_slice(line).map_err(|e| {
+                    Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
+                        .detail(format!("line {}: {e}", n + 1))
+                })
+            })
+            .collect()
+    } else {
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Array(items)) => items.into_iter().map(Ok).collect(),
+            Ok(_) => return Err(Problem::invalid_field("", "the body must be a JSON array of touchpoints (or NDJSON)")),
+            Err(e) => {
+                return Err(Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
+                    .detail(format!("line {} column {}: {e}", e.line(), e.column())))
+            }
+        }
+    };
+    if items.len() > MAX_BATCH {
+        return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "batch-too-large", "Batch too large")
+            .field("items")
+            .detail(format!("at most {MAX_BATCH} touchpoints per batch, got {}", items.len())));
+    }
+    if items.is_empty() {
+        return Err(Problem::invalid_field("items", "the batch is empty"));
+    }
+    Ok(items)
+}
+
+fn batch_request(item: Value, actor: &str, correlation_id: Option<Uuid>) -> Result<CommandRequest, Problem> {
+    let t: BatchTouchpoint = serde_path_to_error::deserialize(item).map_err(|e| {
+        let message = e.inner().to_string();
+        Problem::invalid_field(serde_field(&e.path().to_string(), &message), message)
+    })?;
+    if let Some(k) = &t.idempotency_key {
+        if k.is_empty() || k.len() > 200 {
+            return Err(Problem::invalid_field("idempotency_key", "must be 1 to 200 characters"));
+        }
+    }
+    Ok(CommandRequest {
+        customer_id: t.customer_id,
+        command: Command::RecordTouchpoint(domain::RecordTouchpoint {
+            touchpoint_id: t.touchpoint_id.unwrap_or(domain::TouchpointId(Uuid::now_v7())),
+            touchpoint: t.touchpoint,
+        }),
+        expected_sequence: None,
+        command_id: t.idempotency_key,
+        actor: actor.to_owned(),
+        occurred_at: t.occurred_at,
+        correlation_id,
+        causation_id: None,
+    })
+}
+
+async fn batch_touchpoints(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let bytes = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return Problem::new(e.status(), "unreadable-body", "Unreadable body")
+                .detail(e.body_text())
+                .into_response()
+        }
+    };
+    let items = match batch_items(&headers, &bytes) {
+        Ok(i) => i,
+        Err(p) => return p.into_response(),
+    };
+    let h = match command_headers(&headers) {
+        Ok(h) => h,
+        Err(p) => return p.into_response(),
+    };
+    let correlation_id = Some(h.correlation_id.unwrap_or_else(Uuid::now_v7));
+    let mut results: Vec<Option<Value>> = Vec::with_capacity(items.len());
+    let mut requests = Vec::new();
+    let mut slots = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        match item.and_then(|v| batch_request(v, &h.actor, correlation_id)) {
+            Ok(r) => {
+                slots.push(i);
+                requests.push(r);
+                results.push(None);
+            }
+            Err(p) => {
+                app.metrics.commands.with_label_values(&["record_touchpoint", "malformed"]).inc();
+                results.push(Some(json!({"index": i, "status": p.status, "problem": p})));
+            }
+        }
+    }
+    let outcomes = app.streams.execute_batch(requests).await;
+    let (mut accepted, mut rejected) = (0usize, 0usize);
+    for (slot, outcome) in slots.into_iter().zip(outcomes) {
+        app.metrics
+            .commands
+            .with_label_values(&["record_touchpoint", outcome_label(&outcome)])
+            .inc();
+        let value = match outcome {
+            Ok(o) => {
+                accepted += 1;
+                json!({"index": slot, "status": if o.replayed { 200 } else { 201 }, "outcome": o})
+            }
+            Err(e) => {
+                let p = command_problem(&e);
+                json!({"index": slot, "status": p.status, "problem": p})
+            }
+        };
+        if let Some(r) = results.get_mut(slot) {
+            *r = Some(value);
+        }
+    }
+    let results: Vec<Value> = results.into_iter().flatten().collect();
+    rejected += results.len() - accepted;
+    app.metrics
+        .command_seconds
+        .with_label_values(&["touchpoints_batch"])
+        .observe(started.elapsed().as_secs_f64());
+    Json(json!({"accepted": accepted, "rejected": rejected, "results": results})).into_response()
+}
+
+// ------------------------------------------------------------------ OpenAPI
+
+/// Moves a schemars root schema's `$defs` into `components` and rewrites its references.
+fn component_schema(schema: schemars::Schema, components: &mut Map<String, Value>) -> Value {
+    fn rewrite(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get_mut("$ref") {
+                    if let Some(name) = r.strip_prefix("#/$defs/") {
+                        *r = format!("#/components/schemas/{name}");
+                    }
+                }
+                m.values_mut().for_each(rewrite);
+            }
+            Value::Array(a) => a.iter_mut().for_each(rewrite),
+            _ => {}
+        }
+    }
+    let mut value = schema.to_value();
+    rewrite(&mut value);
+    if let Value::Object(m) = &mut value {
+        m.remove("$schema");
+        if let Some(Value::Object(defs)) = m.remove("$defs") {
+            components.extend(defs);
+        }
+    }
+    value
+}
+
+fn problem_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
+}
+
+/// The OpenAPI 3.1 description of this service, generated from the route table and the
+/// commands' JSON Schemas, so it cannot drift from the code.
+pub fn openapi() -> Value {
+    let mut components = Map::new();
+    let mut paths: Map<String, Value> = Map::new();
+    let header_params = json!([
+        {"name": "If-Match", "in": "header", "required": false, "schema": {"type": "string"}, "description": "The customer's sequence number the client expects (409 when it has moved on)"},
+        {"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 200}, "description": "A retry with the same key returns the first answer and appends nothing"},
+        {"name": "X-Correlation-Id", "in": "header", "required": false, "schema": {"type": "string", "format": "uuid"}},
+        {"name": "X-Causation-Id", "in": "header", "required": false, "schema": {"type": "string", "format": "uuid"}}
+    ]);
+    for r in command_routes() {
+        let mut params: Vec<Value> = r
+            .path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}))
+            .collect();
+        params.extend(header_params.as_array().cloned().unwrap_or_default());
+        let mut body = component_schema((r.schema)(), &mut components);
+        if let Value::Object(m) = &mut body {
+            if let Some(Value::Object(props)) = m.get_mut("properties") {
+                props.insert("occurred_at".into(), json!({"type": "string", "format": "date-time", "description": "Business time; now when absent"}));
+            }
+            // path ids and generated ids need not be in the body
+            if let Some(Value::Array(req)) = m.get_mut("required") {
+                req.retain(|f| f.as_str().is_some_and(|f| !r.path.contains(&format!("{{{f}}}")) && !r.generated.contains(&f)));
+            }
+        }
+        let success = if r.path == "/v1/customers" { "201" } else { "200" };
+        let op = json!({
+            "operationId": r.name,
+            "summary": r.summary,
+            "parameters": params,
+            "requestBody": {"required": r.method != Method::DELETE, "content": {"application/json": {"schema": body}}},
+            "responses": {
+                success: {"description": "Appended (or unchanged); the position header tells where", "headers": {
+                    "ETag": {"schema": {"type": "string"}, "description": "The customer's sequence after the command"},
+                    "CRM-Position": {"schema": {"type": "string"}, "description": "topic:partition:offset of the last appended event"}
+                }, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Outcome"}}}},
+                "400": problem_response("Malformed JSON, header or path parameter"),
+                "404": problem_response("Unknown customer or entity"),
+                "409": problem_response("Not allowed in the current state, or If-Match mismatch"),
+                "413": problem_response("Body too large"),
+                "422": problem_response("A field is invalid; `field` names it"),
+                "503": problem_response("This instance does not own the customer's partition, or the log is unavailable; retry")
+            }
+        });
+        let entry = paths.entry(r.path.to_owned()).or_insert_with(|| json!({}));
+        if let Value::Object(m) = entry {
+            m.insert(r.method.as_str().to_lowercase(), op);
+        }
+    }
+    let batch_item = component_schema(schemars::schema_for!(BatchTouchpoint), &mut components);
+    components.insert("BatchTouchpoint".into(), batch_item);
+    paths.insert("/v1/touchpoints:batch".into(), json!({"post": {
+        "operationId": "record_touchpoints_batch",
+        "summary": format!("Record up to {MAX_BATCH} touchpoints (JSON array or NDJSON); answers per item"),
+        "requestBody": {"required": true, "content": {
+            "application/json": {"schema": {"type": "array", "maxItems": MAX_BATCH, "items": {"$ref": "#/components/schemas/BatchTouchpoint"}}},
+            "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/BatchTouchpoint"}}
+        }},
+        "responses": {"200": {"description": "Per-item results", "content": {"application/json": {"schema": {"type": "object"}}}},
+            "400": problem_response("Malformed JSON"), "413": problem_response("More than the maximum items"), "422": problem_response("Not an array")}
+    }}));
+    for (path, summary) in [("/healthz", "Liveness"), ("/readyz", "Ready once it owns partitions and has rebuilt them"), ("/metrics", "Prometheus metrics")] {
+        paths.insert(path.into(), json!({"get": {"summary": summary, "responses": {"200": {"description": "OK"}}}}));
+    }
+    components.insert("Problem".into(), json!({"type": "object", "description": "RFC 9457 problem details", "properties": {
+        "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+        "detail": {"type": "string"}, "field": {"type": "string", "description": "The field, header or parameter at fault"}}}));
+    components.insert("Outcome".into(), json!({"type": "object", "properties": {
+        "customer_id": {"type": "string", "format": "uuid"},
+        "events": {"type": "array", "items": {"type": "object", "properties": {
+            "id": {"type": "string", "format": "uuid"}, "type": {"type": "string"}, "sequence": {"type": "integer"},
+            "position": {"type": "object", "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"}}}}}},
+        "sequence": {"type": "integer"}, "replayed": {"type": "boolean"}}}));
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "CRM command-service", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Commands on customer streams. Each appends immutable events to Kafka."},
+        "paths": paths,
+        "components": {"schemas": components}
+    })
+}
