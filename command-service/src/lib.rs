@@ -7,7 +7,6 @@
 //! append nothing more.
 
 pub mod http;
-pub mod log;
 pub mod metrics;
 pub mod streams;
 
@@ -19,7 +18,7 @@ use infra::config::{KafkaArgs, LogFormat};
 use infra::kafka::{provision_topics, OwnershipChange, PartitionOwnership};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::log::{CustomerLog, KafkaCustomerLog};
+use infra::log::{CustomerLog, KafkaCustomerLog};
 use crate::metrics::Metrics;
 use crate::streams::CustomerStreams;
 
@@ -50,8 +49,9 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(log: Arc<dyn CustomerLog>, topic: String, source: String) -> anyhow::Result<Arc<App>> {
+    pub fn new(log: Arc<dyn CustomerLog>, source: String) -> anyhow::Result<Arc<App>> {
         let metrics = Metrics::new().context("registering metrics")?;
+        let topic = log.topic();
         let streams = Arc::new(CustomerStreams::new(log, topic, source, metrics.clone()));
         Ok(Arc::new(App { streams, metrics }))
     }
@@ -79,21 +79,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("--kafka-brokers (KAFKA_BROKERS) is required")?;
     let topics = provision_topics(&settings).await.context("provisioning topics")?;
     tracing::info!(?topics, "topics ready");
-    let topic = settings.topics().customer_events();
-    let app = App::new(Arc::new(KafkaCustomerLog { settings: settings.clone() }), topic, config.source.clone())?;
+    let app = App::new(Arc::new(KafkaCustomerLog { settings: settings.clone() }), config.source.clone())?;
     let (ownership, changes) = PartitionOwnership::start(&settings).context("joining the command-service group")?;
     tokio::spawn(follow_ownership(app.clone(), changes));
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    tracing::info!(listen = %config.listen, "command-service listening");
-    axum::serve(listener, http::router(app, config.max_body_bytes))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    serve(app, config.listen, config.max_body_bytes).await?;
     ownership.shutdown().await;
     Ok(())
+}
+
+/// Serves the HTTP API until SIGINT/SIGTERM.
+pub async fn serve(app: Arc<App>, listen: SocketAddr, max_body_bytes: usize) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(%listen, "command-service listening");
+    axum::serve(listener, http::router(app, max_body_bytes))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")
 }
 
 /// Resolves on SIGINT or SIGTERM.

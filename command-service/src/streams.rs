@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::{Mutex, RwLock};
 use uuid::Uuid;
 
-use crate::log::CustomerLog;
+use infra::log::CustomerLog;
 use crate::metrics::Metrics;
 
 /// A command with everything the envelope needs.

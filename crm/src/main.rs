@@ -1,1 +1,89 @@
-fn main() {}
+//! `crm`: the whole platform in one process.
+//!
+//! With `--kafka-brokers` it runs against Kafka; without, on the embedded default: the event
+//! log kept in files under `--data-dir`, surviving restarts, with the same domain and the same
+//! command handling.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use infra::config::{init_tracing, KafkaArgs, LogFormat};
+use infra::embedded::EmbeddedLog;
+use infra::kafka::provision_topics;
+
+#[derive(Debug, Parser)]
+#[command(name = "crm", version, about = "An event-sourced CRM: every customer touchpoint an immutable event")]
+struct Cli {
+    /// Log format.
+    #[arg(long, env = "CRM_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Run the platform: on Kafka when --kafka-brokers is given, else on the embedded log.
+    Up(Up),
+    /// Create the platform's topics on Kafka (idempotent).
+    Topics(KafkaArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct Up {
+    /// Where the embedded default keeps its data.
+    #[arg(long, env = "CRM_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Address of the command API.
+    #[arg(long, env = "CRM_COMMAND_LISTEN", default_value = "127.0.0.1:8081")]
+    command_listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "CRM_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_body_bytes: usize,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Commands::Up(up) => up.run(cli.log_format).await,
+        Commands::Topics(kafka) => {
+            let settings = kafka.settings("crm").context("--kafka-brokers (KAFKA_BROKERS) is required")?;
+            let topics = provision_topics(&settings).await.context("provisioning topics")?;
+            for t in topics {
+                println!("{t}");
+            }
+            Ok(())
+        }
+    }
+}
+
+impl Up {
+    async fn run(self, log_format: LogFormat) -> anyhow::Result<()> {
+        if self.kafka.brokers.is_some() {
+            return command_service::run(command_service::Config {
+                listen: self.command_listen,
+                kafka: self.kafka,
+                max_body_bytes: self.max_body_bytes,
+                source: "/crm".into(),
+                log_format,
+            })
+            .await;
+        }
+        let dir = self.data_dir.join("log");
+        let log = EmbeddedLog::open(&dir, "customer-events".into(), self.kafka.partitions)
+            .with_context(|| format!("opening the embedded log in {}", dir.display()))?;
+        let app = command_service::App::new(Arc::new(log), "/crm".into())?;
+        let all: Vec<i32> = (0..self.kafka.partitions).collect();
+        app.streams.assign(&all).await.context("reading the embedded log")?;
+        tracing::info!(data_dir = %self.data_dir.display(), "running on the embedded default (no --kafka-brokers)");
+        println!("CRM command API on http://{}  (OpenAPI: /openapi.json)", self.command_listen);
+        command_service::serve(app, self.command_listen, self.max_body_bytes).await
+    }
+}

@@ -1,6 +1,12 @@
 //! Adapters for the event log and the read-model store. The services use these; the domain
 //! knows nothing of them.
 
+pub mod config;
+pub mod embedded;
+pub mod kafka;
+pub mod log;
+pub mod problem;
+
 use serde::{Deserialize, Serialize};
 
 /// Where a record lives in the log: what queries wait for and projections checkpoint.
@@ -19,7 +25,9 @@ pub struct Topics {
 
 impl Topics {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Topics { prefix: prefix.into() }
+        Topics {
+            prefix: prefix.into(),
+        }
     }
     /// Every customer's stream, keyed by customer id.
     pub fn customer_events(&self) -> String {
@@ -38,7 +46,12 @@ impl Topics {
         format!("{}alerts", self.prefix)
     }
     pub fn all(&self) -> Vec<String> {
-        vec![self.customer_events(), self.inbound(), self.dead_letter(), self.alerts()]
+        vec![
+            self.customer_events(),
+            self.inbound(),
+            self.dead_letter(),
+            self.alerts(),
+        ]
     }
 }
 

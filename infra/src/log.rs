@@ -1,18 +1,20 @@
-//! What command-service needs from the event log: the one writer of a partition, and the
-//! partition's history to rebuild its customers' state. Kafka implements it here; the embedded
-//! log of the single-process default implements it too.
+//! The customer-event log as command-service sees it: the one writer of a partition, and the
+//! partition's history to rebuild its customers' state. Kafka implements it
+//! ([`KafkaCustomerLog`]); so does the embedded log of the single-process default
+//! ([`crate::embedded::EmbeddedLog`]).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use infra::kafka::{
-    read_partition, KafkaSettings, LogError, PartitionWriter, RecordAppender, StoredRecord,
-};
+
+use crate::kafka::{read_partition, KafkaSettings, LogError, PartitionWriter, RecordAppender, StoredRecord};
 
 #[async_trait]
 pub trait CustomerLog: Send + Sync + 'static {
     /// Partitions of the customer-events topic.
     fn partitions(&self) -> i32;
+    /// The customer-events topic's name, as positions carry it.
+    fn topic(&self) -> String;
     /// Opens the one writer of `partition`, fencing any older writer of it.
     async fn open_writer(&self, partition: i32) -> Result<Arc<dyn RecordAppender>, LogError>;
     /// Every committed record of `partition`, oldest first.
@@ -30,13 +32,16 @@ impl CustomerLog for KafkaCustomerLog {
         self.settings.partitions
     }
 
+    fn topic(&self) -> String {
+        self.settings.topics().customer_events()
+    }
+
     async fn open_writer(&self, partition: i32) -> Result<Arc<dyn RecordAppender>, LogError> {
         let writer = PartitionWriter::open(&self.settings, partition).await?;
         Ok(Arc::new(writer))
     }
 
     async fn history(&self, partition: i32) -> Result<Vec<StoredRecord>, LogError> {
-        let topic = self.settings.topics().customer_events();
-        read_partition(&self.settings, &topic, partition, 0).await
+        read_partition(&self.settings, &self.topic(), partition, 0).await
     }
 }

@@ -1,0 +1,331 @@
+//! The embedded event log: the customer-events topic kept in files under a data directory, for
+//! the single-process default (`crm up` with no Kafka). Same records, same partitioning, same
+//! one-writer-per-partition rule as Kafka, so the services run unchanged on it.
+//!
+//! Each partition is one append-only file. A transaction is written as its records followed by
+//! a commit marker and flushed with `fsync`; on open, records after the last commit marker (a
+//! torn write) are cut off, so a transaction is visible whole or not at all.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use domain::KafkaRecord;
+
+use crate::kafka::{partition_for, LogError, RecordAppender, StoredRecord};
+use crate::log::CustomerLog;
+use crate::Position;
+
+const RECORD: u8 = 1;
+const COMMIT: u8 = 2;
+
+fn io(context: &str, e: std::io::Error) -> LogError {
+    LogError::Task(format!("{context}: {e}"))
+}
+
+/// One partition's file and what is known of it.
+struct PartitionFile {
+    path: PathBuf,
+    /// Committed records, in order: the partition's history.
+    records: Vec<StoredRecord>,
+    /// Bumped by every new writer: an older writer sees a newer generation and is fenced.
+    generation: Arc<AtomicU64>,
+}
+
+/// The log of one data directory.
+pub struct EmbeddedLog {
+    dir: PathBuf,
+    topic: String,
+    partitions: i32,
+    files: Mutex<HashMap<i32, Arc<Mutex<PartitionFile>>>>,
+}
+
+impl EmbeddedLog {
+    /// Opens (or creates) the log in `dir`.
+    pub fn open(dir: &Path, topic: String, partitions: i32) -> Result<Self, LogError> {
+        std::fs::create_dir_all(dir).map_err(|e| io("creating the data directory", e))?;
+        Ok(EmbeddedLog {
+            dir: dir.to_owned(),
+            topic,
+            partitions,
+            files: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn partition(&self, partition: i32) -> Result<Arc<Mutex<PartitionFile>>, LogError> {
+        if !(0..self.partitions).contains(&partition) {
+            return Err(LogError::Task(format!("no partition {partition}")));
+        }
+        let mut files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(f) = files.get(&partition) {
+            return Ok(f.clone());
+        }
+        let path = self.dir.join(format!("{}-{partition}.log", self.topic));
+        let records = recover(&path, &self.topic, partition)?;
+        let file = Arc::new(Mutex::new(PartitionFile {
+            path,
+            records,
+            generation: Arc::new(AtomicU64::new(0)),
+        }));
+        files.insert(partition, file.clone());
+        Ok(file)
+    }
+
+    /// Committed records of `partition` from `offset` on (for in-process consumers).
+    pub fn read(&self, partition: i32, offset: i64) -> Result<Vec<StoredRecord>, LogError> {
+        let file = self.partition(partition)?;
+        let file = file.lock().unwrap_or_else(PoisonError::into_inner);
+        let from = usize::try_from(offset.max(0)).unwrap_or(usize::MAX);
+        Ok(file.records.get(from..).map(<[_]>::to_vec).unwrap_or_default())
+    }
+
+    /// Where the next record of `partition` will go.
+    pub fn end_offset(&self, partition: i32) -> Result<i64, LogError> {
+        let file = self.partition(partition)?;
+        let file = file.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(file.records.len() as i64)
+    }
+}
+
+/// Reads a partition file, cutting off anything after the last commit marker.
+fn recover(path: &Path, topic: &str, partition: i32) -> Result<Vec<StoredRecord>, LogError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io("opening a partition file", e)),
+    };
+    let mut bytes = Vec::new();
+    BufReader::new(file)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io("reading a partition file", e))?;
+    let mut committed: Vec<StoredRecord> = Vec::new();
+    let mut pending: Vec<StoredRecord> = Vec::new();
+    let mut cursor = Cursor { bytes: &bytes, at: 0 };
+    let mut committed_len = 0usize;
+    while cursor.at < bytes.len() {
+        let Some(kind) = cursor.u8() else { break };
+        match kind {
+            RECORD => {
+                let Some(r) = cursor.record(topic, partition, (committed.len() + pending.len()) as i64) else { break };
+                pending.push(r);
+            }
+            COMMIT => {
+                committed.append(&mut pending);
+                committed_len = cursor.at;
+            }
+            _ => break,
+        }
+    }
+    if committed_len < bytes.len() {
+        tracing::warn!(path = %path.display(), cut = bytes.len() - committed_len, "cutting an uncommitted tail off the partition file");
+        let f = OpenOptions::new().write(true).open(path).map_err(|e| io("opening a partition file", e))?;
+        f.set_len(committed_len as u64).map_err(|e| io("truncating a torn tail", e))?;
+    }
+    Ok(committed)
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let end = self.at.checked_add(n)?;
+        let s = self.bytes.get(self.at..end)?;
+        self.at = end;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
+    }
+    fn i64(&mut self) -> Option<i64> {
+        self.take(8).and_then(|b| b.try_into().ok()).map(i64::from_le_bytes)
+    }
+    fn blob(&mut self) -> Option<Vec<u8>> {
+        let n = self.u32()? as usize;
+        self.take(n).map(<[u8]>::to_vec)
+    }
+    fn record(&mut self, topic: &str, partition: i32, offset: i64) -> Option<StoredRecord> {
+        let millis = self.i64()?;
+        let key = self.blob()?;
+        let n = self.u32()?;
+        let mut headers = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let name = String::from_utf8(self.blob()?).ok()?;
+            headers.push((name, Some(self.blob()?)));
+        }
+        let value = self.blob()?;
+        Some(StoredRecord {
+            position: Position { topic: topic.to_owned(), partition, offset },
+            key: Some(key),
+            headers,
+            value: Some(value),
+            timestamp: chrono::DateTime::from_timestamp_millis(millis),
+        })
+    }
+}
+
+fn put_blob(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// The one writer of one embedded partition.
+struct EmbeddedWriter {
+    file: Arc<Mutex<PartitionFile>>,
+    topic: String,
+    partition: i32,
+    partitions: i32,
+    generation: u64,
+}
+
+#[async_trait]
+impl RecordAppender for EmbeddedWriter {
+    async fn append(&self, records: &[KafkaRecord]) -> Result<Vec<Position>, LogError> {
+        for r in records {
+            let expected = partition_for(&r.key, self.partitions);
+            if expected != self.partition {
+                return Err(LogError::WrongPartition {
+                    key: String::from_utf8_lossy(&r.key).into_owned(),
+                    expected,
+                    actual: self.partition,
+                });
+            }
+        }
+        let file = self.file.clone();
+        let records = records.to_vec();
+        let (topic, partition, generation) = (self.topic.clone(), self.partition, self.generation);
+        tokio::task::spawn_blocking(move || {
+            let mut f = file.lock().unwrap_or_else(PoisonError::into_inner);
+            if f.generation.load(Ordering::Acquire) != generation {
+                return Err(LogError::Fenced { transactional_id: format!("embedded-{partition}") });
+            }
+            let now = Utc::now();
+            let mut bytes = Vec::new();
+            let mut stored = Vec::with_capacity(records.len());
+            let first = f.records.len() as i64;
+            for (i, r) in records.iter().enumerate() {
+                bytes.push(RECORD);
+                bytes.extend_from_slice(&now.timestamp_millis().to_le_bytes());
+                put_blob(&mut bytes, &r.key);
+                bytes.extend_from_slice(&(r.headers.len() as u32).to_le_bytes());
+                for (name, value) in &r.headers {
+                    put_blob(&mut bytes, name.as_bytes());
+                    put_blob(&mut bytes, value);
+                }
+                put_blob(&mut bytes, &r.value);
+                stored.push(StoredRecord {
+                    position: Position { topic: topic.clone(), partition, offset: first + i as i64 },
+                    key: Some(r.key.clone()),
+                    headers: r.headers.iter().map(|(k, v)| ((*k).to_owned(), Some(v.clone()))).collect(),
+                    value: Some(r.value.clone()),
+                    timestamp: Some(now),
+                });
+            }
+            bytes.push(COMMIT);
+            let mut out = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&f.path)
+                .map_err(|e| io("opening a partition file", e))?;
+            out.write_all(&bytes).map_err(|e| io("appending", e))?;
+            out.sync_data().map_err(|e| io("syncing", e))?;
+            let positions = stored.iter().map(|s| s.position.clone()).collect();
+            f.records.extend(stored);
+            Ok(positions)
+        })
+        .await?
+    }
+}
+
+#[async_trait]
+impl CustomerLog for EmbeddedLog {
+    fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
+    fn topic(&self) -> String {
+        self.topic.clone()
+    }
+
+    async fn open_writer(&self, partition: i32) -> Result<Arc<dyn RecordAppender>, LogError> {
+        let file = self.partition(partition)?;
+        let generation = {
+            let f = file.lock().unwrap_or_else(PoisonError::into_inner);
+            f.generation.fetch_add(1, Ordering::AcqRel) + 1
+        };
+        Ok(Arc::new(EmbeddedWriter {
+            file,
+            topic: self.topic.clone(),
+            partition,
+            partitions: self.partitions,
+            generation,
+        }))
+    }
+
+    async fn history(&self, partition: i32) -> Result<Vec<StoredRecord>, LogError> {
+        self.read(partition, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(key: &str, value: &str) -> KafkaRecord {
+        KafkaRecord { key: key.as_bytes().to_vec(), headers: vec![("ce_type", b"t".to_vec())], value: value.as_bytes().to_vec() }
+    }
+
+    fn key_for(partition: i32, partitions: i32) -> String {
+        (0..).map(|i| format!("customer-{i}")).find(|k| partition_for(k.as_bytes(), partitions) == partition).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn appends_survive_reopening_and_torn_tails_are_cut() {
+        let dir = std::env::temp_dir().join(format!("crm-embedded-{}", uuid::Uuid::now_v7()));
+        let key = key_for(1, 4);
+        {
+            let log = EmbeddedLog::open(&dir, "events".into(), 4).unwrap();
+            let w = log.open_writer(1).await.unwrap();
+            let p = w.append(&[record(&key, "a"), record(&key, "b")]).await.unwrap();
+            assert_eq!(p.iter().map(|p| p.offset).collect::<Vec<_>>(), [0, 1]);
+            w.append(&[record(&key, "c")]).await.unwrap();
+        }
+        // a torn, uncommitted write at the end
+        let path = dir.join("events-1.log");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[RECORD, 1, 2, 3]).unwrap();
+        drop(f);
+        let log = EmbeddedLog::open(&dir, "events".into(), 4).unwrap();
+        let h = log.history(1).await.unwrap();
+        assert_eq!(h.iter().map(|r| r.value.clone().unwrap()).collect::<Vec<_>>(), [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(h[2].position.offset, 2);
+        assert_eq!(h[0].headers, vec![("ce_type".to_owned(), Some(b"t".to_vec()))]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_new_writer_fences_the_old_one_and_keys_stay_in_their_partition() {
+        let dir = std::env::temp_dir().join(format!("crm-embedded-{}", uuid::Uuid::now_v7()));
+        let log = EmbeddedLog::open(&dir, "events".into(), 4).unwrap();
+        let key = key_for(2, 4);
+        let old = log.open_writer(2).await.unwrap();
+        old.append(&[record(&key, "1")]).await.unwrap();
+        let new = log.open_writer(2).await.unwrap();
+        assert!(matches!(old.append(&[record(&key, "2")]).await, Err(LogError::Fenced { .. })));
+        new.append(&[record(&key, "3")]).await.unwrap();
+        assert_eq!(log.history(2).await.unwrap().len(), 2);
+        let other = key_for(3, 4);
+        assert!(matches!(new.append(&[record(&other, "x")]).await, Err(LogError::WrongPartition { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The test command of the README: installs and starts what the tests need, then runs them all.
+#
+#   scripts/test.sh [extra cargo test args]
+#
+# Needs: Rust (cargo), PostgreSQL on 127.0.0.1:5432 (started here when installed but stopped).
+# Kafka: a Tansu broker (Kafka-compatible) is built once into ~/.cache/crm-tools and started by
+# the tests themselves, one private broker per test. Set CRM_TEST_KAFKA_BROKERS to use yours.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/crm-target}
+export CRM_TEST_DATABASE_URL=${CRM_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+
+# PostgreSQL: start the local cluster if it is installed but not running.
+if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+    if command -v pg_ctlcluster >/dev/null 2>&1; then
+        version=$(ls /etc/postgresql | sort -V | tail -n 1)
+        pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    fi
+    for _ in $(seq 1 50); do
+        (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null && break
+        sleep 0.2
+    done
+    (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null || { echo "test.sh: PostgreSQL is not reachable on 127.0.0.1:5432" >&2; exit 1; }
+fi
+
+# Kafka-compatible broker for the tests (built once, cached).
+bash scripts/kafka-testbed.sh ensure
+
+# Several brokers and databases run side by side; two test threads suit a 2-core machine.
+cargo test --workspace --locked -- --test-threads="${CRM_TEST_THREADS:-2}" "$@"
