@@ -14,6 +14,7 @@ use domain::{
     apply_recorded, decide, Command, CustomerId, CustomerState, DomainError,
     EventMetadata, KafkaRecord, RecordedEvent,
 };
+use domain::envelope::envelope_time;
 use infra::kafka::{partition_for, LogError, RecordAppender};
 use infra::Position;
 use serde::Serialize;
@@ -261,7 +262,7 @@ impl CustomerStreams {
         let mut results: Vec<(usize, Result<Outcome, CommandError>)> = Vec::new();
         let mut pending: Vec<(usize, CustomerId, Option<String>, Vec<RecordedEvent>)> = Vec::new();
         let mut records: Vec<KafkaRecord> = Vec::new();
-        let now = Utc::now();
+        let now = envelope_time(Utc::now());
 
         for (i, request) in requests {
             let entry = working.entry(request.customer_id).or_insert_with(|| {
@@ -321,7 +322,7 @@ impl CustomerStreams {
                     command_id: request.command_id.clone(),
                     correlation_id,
                     causation_id: request.causation_id,
-                    occurred_at: request.occurred_at.unwrap_or(now),
+                    occurred_at: request.occurred_at.map(envelope_time).unwrap_or(now),
                     recorded_at: now,
                 };
                 let r = RecordedEvent { metadata, event };

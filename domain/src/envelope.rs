@@ -99,6 +99,13 @@ pub enum EnvelopeError {
     Encode(String),
 }
 
+/// Times travel with microsecond precision (as PostgreSQL keeps them): truncate a time to that
+/// before it goes into an envelope, so that what is stored equals what is sent.
+pub fn envelope_time(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    t.trunc_subsecs(6)
+}
+
 fn rfc3339(t: &DateTime<Utc>) -> Vec<u8> {
     t.to_rfc3339_opts(SecondsFormat::Micros, true).into_bytes()
 }
@@ -154,7 +161,8 @@ impl RecordedEvent {
             return Err(EnvelopeError::SpecVersion(spec.to_owned()));
         }
         if let Some(ct) = h.optional_text(header::CONTENT_TYPE)? {
-            if !ct.starts_with(CONTENT_TYPE) {
+            let media_type = ct.split(';').next().unwrap_or_default().trim();
+            if !media_type.eq_ignore_ascii_case(CONTENT_TYPE) {
                 return Err(EnvelopeError::ContentType(ct.to_owned()));
             }
         }
@@ -165,6 +173,13 @@ impl RecordedEvent {
                 reason: e.to_string(),
             }
         })?;
+        if subject != customer_id.to_string() {
+            // Another spelling of the same UUID would hash to another partition.
+            return Err(EnvelopeError::InvalidHeader {
+                name: header::SUBJECT,
+                reason: "the customer id must be a lower-case hyphenated UUID".into(),
+            });
+        }
         let key = key.ok_or(EnvelopeError::MissingKey)?;
         if key != subject.as_bytes() {
             return Err(EnvelopeError::KeyMismatch {

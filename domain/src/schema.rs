@@ -2,6 +2,8 @@
 //! that every existing event still satisfies and every existing reader still understands:
 //! optional fields may be added; nothing may be removed, renamed, made required or narrowed.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 /// One way in which a new schema breaks an old one.
@@ -98,6 +100,37 @@ fn discriminator(root: &Value, variant: &Value) -> Option<String> {
     })
 }
 
+/// The alternatives a schema accepts: the variants of a `oneOf`/`anyOf` (flattened, `$ref`s
+/// followed), and each value of an `enum` as a `const` of its own, so that `Option<T>`
+/// (`anyOf: [T, null]`) and `T`, or a plain enum and a documented one (`oneOf` of `const`s),
+/// compare alike.
+fn branches<'a>(root: &'a Value, schema: &'a Value, depth: usize) -> Vec<Cow<'a, Value>> {
+    let schema = resolve(root, schema);
+    if depth < 16 {
+        if let Some(vs) = variants(schema) {
+            return vs
+                .iter()
+                .flat_map(|v| branches(root, v, depth + 1))
+                .collect();
+        }
+    }
+    if let (Some(values), Some(object)) = (
+        schema.get("enum").and_then(Value::as_array),
+        schema.as_object(),
+    ) {
+        return values
+            .iter()
+            .map(|v| {
+                let mut branch = object.clone();
+                branch.remove("enum");
+                branch.insert("const".into(), v.clone());
+                Cow::Owned(Value::Object(branch))
+            })
+            .collect();
+    }
+    vec![Cow::Borrowed(schema)]
+}
+
 impl Comparison<'_, '_> {
     fn report(&mut self, path: &str, reason: impl Into<String>) {
         self.out.push(Incompatibility {
@@ -121,14 +154,84 @@ impl Comparison<'_, '_> {
         if new == &Value::Bool(true) || old == new && self.old_root == self.new_root {
             return;
         }
+        let old_branches = branches(self.old_root, old, 0);
+        let new_branches = branches(self.new_root, new, 0);
+        match (&old_branches[..], &new_branches[..]) {
+            ([o], [n]) => self.compare_one(o, n, path),
+            (o, n) => self.compare_unions(o, n, path),
+        }
+    }
+
+    /// The incompatibilities of `new` with `old`, without reporting them.
+    fn trial(&self, old: &Value, new: &Value, path: &str) -> Vec<Incompatibility> {
+        let mut out = Vec::new();
+        Comparison {
+            old_root: self.old_root,
+            new_root: self.new_root,
+            out: &mut out,
+            depth: self.depth,
+        }
+        .compare(old, new, path);
+        out
+    }
+
+    /// Every alternative of the old schema must still be accepted by an alternative of the new
+    /// one; alternatives with a tag or a constant are paired by it.
+    fn compare_unions(&mut self, old: &[Cow<'_, Value>], new: &[Cow<'_, Value>], path: &str) {
+        for ob in old {
+            let key = discriminator(self.old_root, ob);
+            let tagged: Vec<&Value> = match &key {
+                Some(k) => new
+                    .iter()
+                    .map(AsRef::as_ref)
+                    .filter(|nb| discriminator(self.new_root, nb).as_ref() == Some(k))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let candidates: Vec<&Value> = if tagged.is_empty() {
+                new.iter().map(AsRef::as_ref).collect()
+            } else {
+                tagged.clone()
+            };
+            if candidates
+                .iter()
+                .any(|nb| self.trial(ob, nb, path).is_empty())
+            {
+                continue;
+            }
+            match (&key, &tagged[..], &candidates[..]) {
+                (Some(k), [nb], _) => self.compare(ob, nb, &format!("{path}<{k}>")),
+                (None, _, [nb]) => self.compare(ob, nb, path),
+                (Some(k), _, _) if ob.get("const").is_some() => {
+                    self.report(path, format!("enum value {k} removed"))
+                }
+                (Some(k), _, _) => self.report(path, format!("variant {k} removed")),
+                (None, _, n) if !n.is_empty() && n.iter().all(|b| b.get("const").is_some()) => {
+                    self.report(path, "narrowed to an enumeration")
+                }
+                (None, _, _) => {
+                    self.report(path, "no alternative of the new schema accepts the old one")
+                }
+            }
+        }
+    }
+
+    fn compare_one(&mut self, old: &Value, new: &Value, path: &str) {
         // types: the new schema must accept every type the old one did
         match (types(old), types(new)) {
             (Some(o), Some(n)) => {
-                for t in o {
-                    let widened = t == "integer" && n.contains(&"number");
-                    if !n.contains(&t) && !widened {
+                let mut still_accepted = 0;
+                for t in &o {
+                    let widened = *t == "integer" && n.contains(&"number");
+                    if !n.contains(t) && !widened {
                         self.report(path, format!("type narrowed: `{t}` no longer accepted"));
+                    } else {
+                        still_accepted += 1;
                     }
+                }
+                // nothing in common: the keywords below would only repeat it
+                if still_accepted == 0 && !o.is_empty() {
+                    return;
                 }
             }
             (None, Some(n)) if !old.is_null() && variants(old).is_none() => {
@@ -195,6 +298,20 @@ impl Comparison<'_, '_> {
             }
             _ => {}
         }
+        // formats: a new or another format rejects values the old one accepted (a `date` is no
+        // `date-time`); integer formats (`uint8`, ...) only restate the bounds checked above
+        let numeric = |f: &Value| {
+            f.as_str().is_some_and(|f| {
+                f.starts_with("int") || f.starts_with("uint") || f == "float" || f == "double"
+            })
+        };
+        match (old.get("format"), new.get("format")) {
+            (None, Some(n)) if !numeric(n) => self.report(path, format!("format {n} added")),
+            (Some(o), Some(n)) if o != n && !(numeric(o) && numeric(n)) => {
+                self.report(path, format!("format changed from {o} to {n}"))
+            }
+            _ => {}
+        }
         // objects: nothing removed, nothing newly required
         let old_props = properties(old);
         let new_props = properties(new);
@@ -222,31 +339,6 @@ impl Comparison<'_, '_> {
         // arrays
         if let (Some(o), Some(n)) = (old.get("items"), new.get("items")) {
             self.compare(o, n, &format!("{path}/[]"));
-        }
-        // unions: every old variant must still be there
-        if let Some(old_variants) = variants(old) {
-            match variants(new) {
-                Some(new_variants) => {
-                    for (i, ov) in old_variants.iter().enumerate() {
-                        let key = discriminator(self.old_root, ov);
-                        let matching = match &key {
-                            Some(k) => new_variants
-                                .iter()
-                                .find(|nv| discriminator(self.new_root, nv).as_ref() == Some(k)),
-                            None => new_variants.get(i),
-                        };
-                        let label = key.unwrap_or_else(|| i.to_string());
-                        match matching {
-                            Some(nv) => self.compare(ov, nv, &format!("{path}<{label}>")),
-                            None => self.report(path, format!("variant {label} removed")),
-                        }
-                    }
-                }
-                None if types(new).is_some() => {
-                    self.report(path, "union replaced by a single type")
-                }
-                None => {}
-            }
         }
     }
 }
