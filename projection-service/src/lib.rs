@@ -1,1 +1,35 @@
-//! projection-service
+//! # projection-service
+//!
+//! Applies the customer streams to PostgreSQL read models with exactly-once effect: a
+//! [`Projector`] writes a batch of events and the (topic, partition) checkpoints in one
+//! transaction, and skips whatever is at or below a checkpoint. A Kafka consumer only has to
+//! seek each assigned partition past [`Projector::positions`] and hand batches to
+//! [`Projector::apply`].
+//!
+//! Each projection version lives in its own PostgreSQL schema (`rm_v1`, ...), registered in
+//! `projection.projection_versions`; a replay builds a new version while the live one serves
+//! and [`activate`] switches over atomically.
+//!
+//! Read models (all in business time, occurred-at): customer 360, timeline, pipeline (with
+//! stage history, funnel, win rate, sales cycle, weighted forecast), stage-duration alerts,
+//! audit trail, RFM, churn, and the four reports. [`ReadModels`] reads them.
+
+pub mod alerts;
+mod apply;
+mod describe;
+pub mod error;
+pub mod projector;
+pub mod read;
+pub mod reports;
+pub mod rfm;
+pub mod version;
+
+pub use alerts::{Alert, AlertChanges, OutboxEntry};
+pub use error::{ProjectionError, Result};
+pub use projector::{ApplyOutcome, Projector};
+pub use read::ReadModels;
+pub use rfm::RfmRun;
+pub use version::{
+    activate, drop_version, ensure_version, live_version, migrate_control, ProjectionVersion,
+    VersionStatus,
+};

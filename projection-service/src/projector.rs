@@ -1,0 +1,176 @@
+//! The projector: applies batches of events to the read models of one projection version,
+//! with the checkpoint of every (topic, partition) in the same transaction.
+
+use std::collections::BTreeMap;
+
+use domain::RecordedEvent;
+use infra::Position;
+use sqlx::PgPool;
+
+use crate::alerts::Alert;
+use crate::apply::{apply_event, Effects};
+use crate::error::Result;
+use crate::version::{begin_in, ensure_version, ProjectionVersion, VersionStatus};
+
+/// What one [`Projector::apply`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// Events written to the read models.
+    pub applied: usize,
+    /// Events at or below their partition's checkpoint (redelivered): nothing written.
+    pub skipped: usize,
+    /// Alerts closed by stage changes, wins and losses in the batch (also in the outbox).
+    pub alerts_closed: Vec<Alert>,
+    /// The checkpoint of each partition of the batch after it: the last applied offset.
+    pub positions: Vec<Position>,
+}
+
+/// Applies events to one projection version. Cheap to clone; share one per process.
+#[derive(Debug, Clone)]
+pub struct Projector {
+    pool: PgPool,
+    version: ProjectionVersion,
+}
+
+impl Projector {
+    /// Migrates the control tables and the version's schema and registers the version (live
+    /// if the projection has no live version yet, building otherwise).
+    pub async fn open(pool: PgPool, version: ProjectionVersion) -> Result<(Self, VersionStatus)> {
+        let status = ensure_version(&pool, &version).await?;
+        Ok((Projector { pool, version }, status))
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn version(&self) -> &ProjectionVersion {
+        &self.version
+    }
+
+    /// The last applied offset of every (topic, partition) this version has seen. A consumer
+    /// seeks each assigned partition to `offset + 1` (to the beginning when absent).
+    pub async fn positions(&self) -> Result<Vec<Position>> {
+        let rows: Vec<(String, i32, i64)> = sqlx::query_as(
+            r#"SELECT topic, "partition", "offset" FROM projection.checkpoints
+                WHERE projection = $1 AND version = $2 AND "offset" >= 0
+                ORDER BY topic, "partition""#,
+        )
+        .bind(self.version.name())
+        .bind(self.version.version())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(topic, partition, offset)| Position {
+                topic,
+                partition,
+                offset,
+            })
+            .collect())
+    }
+
+    /// Applies a batch in one transaction: every event above its partition's checkpoint is
+    /// written to the read models, in batch order, and the checkpoints move to the last
+    /// applied offsets. Events at or below the checkpoint (a redelivery, or a duplicate inside
+    /// the batch) are skipped, so applying a batch twice changes nothing. On error nothing
+    /// of the batch is written.
+    ///
+    /// Within one partition the batch must be in offset order, as a consumer delivers it.
+    pub async fn apply(&self, batch: &[(Position, RecordedEvent)]) -> Result<ApplyOutcome> {
+        let mut outcome = ApplyOutcome::default();
+        if batch.is_empty() {
+            return Ok(outcome);
+        }
+        let mut tx = begin_in(&self.pool, &self.version).await?;
+
+        // Lock the checkpoints of the batch's partitions (creating them at -1), in a fixed
+        // order so that two instances during a rebalance cannot deadlock: the second waits,
+        // then sees the first one's offsets and skips what it applied.
+        let mut current: BTreeMap<(String, i32), (i64, bool)> = BTreeMap::new();
+        for (pos, _) in batch {
+            current
+                .entry((pos.topic.clone(), pos.partition))
+                .or_insert((-1, false));
+        }
+        let topics: Vec<String> = current.keys().map(|(t, _)| t.clone()).collect();
+        let partitions: Vec<i32> = current.keys().map(|(_, p)| *p).collect();
+        sqlx::query(
+            r#"INSERT INTO projection.checkpoints (projection, version, topic, "partition", "offset")
+               SELECT $1, $2, t, p, -1 FROM unnest($3::text[], $4::int[]) AS u(t, p)
+               ORDER BY t, p
+               ON CONFLICT DO NOTHING"#,
+        )
+        .bind(self.version.name())
+        .bind(self.version.version())
+        .bind(&topics)
+        .bind(&partitions)
+        .execute(&mut *tx)
+        .await?;
+        let stored: Vec<(String, i32, i64)> = sqlx::query_as(
+            r#"SELECT c.topic, c."partition", c."offset" FROM projection.checkpoints c
+                WHERE c.projection = $1 AND c.version = $2
+                  AND (c.topic, c."partition") IN (SELECT * FROM unnest($3::text[], $4::int[]))
+                ORDER BY c.topic, c."partition"
+                  FOR UPDATE"#,
+        )
+        .bind(self.version.name())
+        .bind(self.version.version())
+        .bind(&topics)
+        .bind(&partitions)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (topic, partition, offset) in stored {
+            current.insert((topic, partition), (offset, false));
+        }
+
+        let mut effects = Effects::default();
+        for (pos, event) in batch {
+            let key = (pos.topic.clone(), pos.partition);
+            let Some(entry) = current.get_mut(&key) else {
+                continue;
+            };
+            if pos.offset <= entry.0 {
+                outcome.skipped += 1;
+                continue;
+            }
+            apply_event(&mut tx, pos, event, &mut effects).await?;
+            *entry = (pos.offset, true);
+            outcome.applied += 1;
+        }
+
+        for ((topic, partition), (offset, moved)) in &current {
+            if *moved {
+                sqlx::query(
+                    r#"UPDATE projection.checkpoints SET "offset" = $5, updated_at = now()
+                        WHERE projection = $1 AND version = $2 AND topic = $3 AND "partition" = $4"#,
+                )
+                .bind(self.version.name())
+                .bind(self.version.version())
+                .bind(topic)
+                .bind(partition)
+                .bind(offset)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if effects.orders_changed {
+            sqlx::query("UPDATE rfm_state SET orders_version = orders_version + 1")
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+
+        outcome.alerts_closed = effects.alerts_closed;
+        outcome.positions = current
+            .into_iter()
+            .filter(|(_, (offset, _))| *offset >= 0)
+            .map(|((topic, partition), (offset, _))| Position {
+                topic,
+                partition,
+                offset,
+            })
+            .collect();
+        Ok(outcome)
+    }
+}

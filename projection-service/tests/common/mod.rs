@@ -1,0 +1,363 @@
+//! Test support: a fresh database per test, and a world that makes valid event streams with
+//! `domain::decide` and lays them out on partitions as a Kafka topic would.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, TimeDelta, TimeZone, Utc};
+use domain::*;
+use infra::Position;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use uuid::Uuid;
+
+pub const TOPIC: &str = "crm.customer-events";
+
+fn admin_options() -> PgConnectOptions {
+    let url = std::env::var("CRM_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    url.parse::<PgConnectOptions>()
+        .expect("database url")
+        .disable_statement_logging()
+}
+
+/// A database of its own, dropped when the test ends (also when it fails).
+pub struct TestDb {
+    pub pool: PgPool,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = format!("proj_{}", Uuid::now_v7().simple());
+        let mut admin = admin_options()
+            .connect()
+            .await
+            .expect("connect to the test database");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(admin_options().database(&name))
+            .await
+            .expect("connect to the new database");
+        TestDb { pool, name }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let pool = self.pool.clone();
+        // a runtime of its own: Drop cannot await, and the test's runtime may be gone
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                drop(pool);
+                if let Ok(mut admin) = admin_options().connect().await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 1, 6, 9, 0, 0).single().unwrap()
+}
+
+pub fn day(n: i64) -> DateTime<Utc> {
+    t0() + TimeDelta::days(n)
+}
+
+pub fn date(y: i32, m: u32, d: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, d).unwrap()
+}
+
+pub fn cid(n: u128) -> CustomerId {
+    CustomerId(Uuid::from_u128(0xC000_0000 + n))
+}
+
+pub fn id(n: u128) -> Uuid {
+    Uuid::from_u128(0xE000_0000 + n)
+}
+
+pub fn money(amount: i64) -> Money {
+    Money {
+        amount,
+        currency: "CNY".into(),
+    }
+}
+
+/// Customer streams decided by the domain, appended to a topic of `partitions` partitions.
+pub struct World {
+    pub states: BTreeMap<CustomerId, CustomerState>,
+    /// Every record in append order, with its position.
+    pub log: Vec<(Position, RecordedEvent)>,
+    partitions: i32,
+    next_offset: BTreeMap<i32, i64>,
+    partition_of: BTreeMap<CustomerId, i32>,
+}
+
+impl World {
+    pub fn new(partitions: i32) -> World {
+        World {
+            states: BTreeMap::new(),
+            log: Vec::new(),
+            partitions,
+            next_offset: BTreeMap::new(),
+            partition_of: BTreeMap::new(),
+        }
+    }
+
+    /// Decides `command` for `customer` at business time `at` (recorded 30 s later) and
+    /// appends what it causes.
+    pub fn exec(
+        &mut self,
+        customer: CustomerId,
+        at: DateTime<Utc>,
+        actor: &str,
+        command: Command,
+    ) -> Vec<RecordedEvent> {
+        self.exec_recorded(customer, at, at + TimeDelta::seconds(30), actor, command)
+    }
+
+    /// As `exec`, with an explicit recorded-at (a late event: recorded long after it happened).
+    pub fn exec_recorded(
+        &mut self,
+        customer: CustomerId,
+        at: DateTime<Utc>,
+        recorded_at: DateTime<Utc>,
+        actor: &str,
+        command: Command,
+    ) -> Vec<RecordedEvent> {
+        let n = self.partition_of.len() as i32;
+        let partitions = self.partitions;
+        let partition = *self.partition_of.entry(customer).or_insert(n % partitions);
+        let state = self
+            .states
+            .entry(customer)
+            .or_insert_with(|| CustomerState::new(customer))
+            .clone();
+        let events =
+            decide(&state, &command).unwrap_or_else(|e| panic!("{} refused: {e}", command.name()));
+        let correlation_id = Uuid::now_v7();
+        let command_id = Uuid::now_v7();
+        let mut state = state;
+        let mut out = Vec::new();
+        for event in events {
+            let metadata = EventMetadata {
+                id: Uuid::now_v7(),
+                source: "/test".into(),
+                customer_id: customer,
+                sequence: state.next_sequence(),
+                actor: actor.into(),
+                command: Some(command.name().into()),
+                command_id: Some(command_id.to_string()),
+                correlation_id,
+                causation_id: Some(command_id),
+                occurred_at: at,
+                recorded_at,
+            };
+            state = evolve(state, &event);
+            let offset = self.next_offset.entry(partition).or_insert(0);
+            let position = Position {
+                topic: TOPIC.into(),
+                partition,
+                offset: *offset,
+            };
+            *offset += 1;
+            let rec = RecordedEvent { metadata, event };
+            self.log.push((position, rec.clone()));
+            out.push(rec);
+        }
+        self.states.insert(customer, state);
+        out
+    }
+
+    pub fn partition_of(&self, customer: CustomerId) -> i32 {
+        self.partition_of.get(&customer).copied().unwrap_or(0)
+    }
+}
+
+pub fn register(
+    level: CustomerLevel,
+    name: &str,
+    credit: u8,
+    satisfaction: u8,
+    owner: &str,
+) -> Command {
+    Command::RegisterCustomer(RegisterCustomer {
+        profile: CustomerProfile {
+            kind: CustomerKind::Company,
+            number: Some(format!("KH-{name}")),
+            name: name.into(),
+            region: "华东".into(),
+            industry: "manufacturing".into(),
+            level,
+            credit,
+            satisfaction,
+            registration: Registration {
+                phone: Some("021-555".into()),
+                ..Registration::default()
+            },
+        },
+        owner: UserId::new(owner),
+    })
+}
+
+pub fn touch(n: u128, channel: Channel, summary: &str) -> Command {
+    Command::RecordTouchpoint(RecordTouchpoint {
+        touchpoint_id: TouchpointId(id(n)),
+        touchpoint: Touchpoint {
+            channel,
+            summary: summary.into(),
+            contact_id: None,
+            opportunity_id: None,
+        },
+    })
+}
+
+pub fn email(subject: &str) -> Channel {
+    Channel::Email {
+        direction: Direction::Outbound,
+        subject: subject.into(),
+    }
+}
+
+pub fn call(seconds: u32) -> Channel {
+    Channel::PhoneCall {
+        direction: Direction::Inbound,
+        duration_seconds: seconds,
+        wait_seconds: 12,
+        outcome: CallOutcome::Answered,
+    }
+}
+
+pub fn open_opp(n: u128, amount: i64, probability: u8, expected_close: NaiveDate) -> Command {
+    Command::OpenOpportunity(OpenOpportunity {
+        opportunity_id: OpportunityId(id(n)),
+        source: "referral".into(),
+        title: format!("deal {n}"),
+        value: money(amount),
+        probability,
+        expected_close,
+        contact_id: None,
+        description: None,
+    })
+}
+
+pub fn stage(n: u128, to: Stage, reason: Option<&str>, probability: Option<u8>) -> Command {
+    Command::ChangeStage(ChangeStage {
+        opportunity_id: OpportunityId(id(n)),
+        to,
+        reason: reason.map(str::to_owned),
+        probability,
+    })
+}
+
+pub fn assign_opp(n: u128, owner: &str) -> Command {
+    Command::AssignOpportunity(AssignOpportunity {
+        opportunity_id: OpportunityId(id(n)),
+        owner: UserId::new(owner),
+    })
+}
+
+pub fn win(n: u128, value: Option<i64>) -> Command {
+    Command::WinOpportunity(WinOpportunity {
+        opportunity_id: OpportunityId(id(n)),
+        value: value.map(money),
+    })
+}
+
+pub fn lose(n: u128, reason: &str) -> Command {
+    Command::LoseOpportunity(LoseOpportunity {
+        opportunity_id: OpportunityId(id(n)),
+        reason: reason.into(),
+    })
+}
+
+pub fn reopen(n: u128, reason: &str) -> Command {
+    Command::ReopenOpportunity(ReopenOpportunity {
+        opportunity_id: OpportunityId(id(n)),
+        reason: reason.into(),
+    })
+}
+
+pub fn order(number: &str, amount: i64) -> Command {
+    Command::PlaceOrder(PlaceOrder {
+        order_number: OrderNumber(number.into()),
+        lines: vec![OrderLine {
+            product: "widget".into(),
+            quantity: 1,
+            unit_price: amount,
+        }],
+        total: money(amount),
+        delivery_address: None,
+    })
+}
+
+/// Splits the log into batches of the given sizes (cycled), as a consumer would poll them.
+pub fn batches(
+    log: &[(Position, RecordedEvent)],
+    sizes: &[usize],
+) -> Vec<Vec<(Position, RecordedEvent)>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut k = 0;
+    while i < log.len() {
+        let n = sizes[k % sizes.len()].max(1);
+        out.push(log[i..(i + n).min(log.len())].to_vec());
+        i += n;
+        k += 1;
+    }
+    out
+}
+
+/// Every read-model table of a schema as text, for comparing two versions or two moments.
+pub async fn snapshot(pool: &PgPool, schema: &str) -> BTreeMap<String, String> {
+    let tables = [
+        "customers",
+        "contacts",
+        "touchpoint_stats",
+        "service_requests",
+        "complaints",
+        "orders",
+        "timeline",
+        "opportunities",
+        "stage_history",
+        "audit_trail",
+        "rfm",
+        "rfm_runs",
+        "churn_cases",
+        "churn_measures",
+        "stage_alerts",
+    ];
+    let mut out = BTreeMap::new();
+    for table in tables {
+        let (text,): (String,) = sqlx::query_as(&format!(
+            "SELECT coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '') FROM {schema}.{table} t"
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        out.insert(table.to_owned(), text);
+    }
+    out
+}
+
+/// Asserts two snapshots are equal, naming the tables that differ.
+pub fn assert_same(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>, what: &str) {
+    let differ: Vec<&String> = a.keys().filter(|k| a.get(*k) != b.get(*k)).collect();
+    assert!(differ.is_empty(), "{what}: tables differ: {differ:?}");
+}
