@@ -10,13 +10,22 @@
 #   scripts/kafka-testbed.sh bin                print the path of the tansu binary
 #
 # Environment: CRM_TOOLS (default ~/.cache/crm-tools), CRM_KAFKA_RUN (pid and log files,
-# default $CRM_TOOLS/run). Only the test bed uses Tansu; nothing in the code depends on it.
+# default $CRM_TOOLS/run); CRM_TANSU_CRATE, CRM_TANSU_VERSION, CRM_TANSU_FEATURES choose
+# what `ensure` installs (default: nisshi 0.8.1 — Tansu's continuation under a new name — with
+# its memory (dynostore) and SQLite (libsql) engines; the binary is named after the crate).
+# Only the test bed uses it; nothing in the code depends on it.
+#
+# Why not tansu 0.6.0 (the last release under that name): it has no EndTxn (transactions can
+# begin but never commit or abort) and Fetch never lists aborted transactions. nisshi needs
+# rustc >= 1.96; where the default toolchain is older, the image's nightly builds it.
 set -euo pipefail
 
-TANSU_VERSION=0.6.0
+TANSU_CRATE=${CRM_TANSU_CRATE:-nisshi}
+TANSU_VERSION=${CRM_TANSU_VERSION:-0.8.1}
+TANSU_FEATURES=${CRM_TANSU_FEATURES:-dynostore,libsql}
 CRM_TOOLS=${CRM_TOOLS:-$HOME/.cache/crm-tools}
 RUN_DIR=${CRM_KAFKA_RUN:-$CRM_TOOLS/run}
-TANSU=$CRM_TOOLS/bin/tansu
+TANSU=$CRM_TOOLS/bin/$TANSU_CRATE
 
 die() { echo "kafka-testbed: $*" >&2; exit 1; }
 
@@ -31,8 +40,15 @@ ensure() {
     if [[ -x $TANSU ]]; then
         return 0
     fi
-    echo "kafka-testbed: building tansu $TANSU_VERSION into $CRM_TOOLS (about 10 minutes, once)" >&2
-    cargo install tansu --version "$TANSU_VERSION" --locked --features libsql --root "$CRM_TOOLS"
+    echo "kafka-testbed: building $TANSU_CRATE $TANSU_VERSION into $CRM_TOOLS (about 10 minutes, once)" >&2
+    local toolchain=()
+    local minor
+    minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
+    if [[ $TANSU_CRATE == nisshi ]] && ((minor < 96)) && rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+        toolchain=(+nightly)
+    fi
+    cargo "${toolchain[@]}" install "$TANSU_CRATE" --version "$TANSU_VERSION" --locked \
+        --no-default-features --features "$TANSU_FEATURES" --root "$CRM_TOOLS"
     [[ -x $TANSU ]] || die "cargo install did not produce $TANSU"
 }
 

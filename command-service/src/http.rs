@@ -151,9 +151,11 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 /// The field a serde error is about: the path, plus the field named in "missing field `x`" or
 /// "unknown field `x`" messages.
 fn serde_field(path: &str, message: &str) -> String {
-    let named = ["missing field `", "unknown field `"]
-        .iter()
-        .find_map(|p| message.split_once(p).and_then(|(_, rest)| rest.split('`').next()));
+    let named = ["missing field `", "unknown field `"].iter().find_map(|p| {
+        message
+            .split_once(p)
+            .and_then(|(_, rest)| rest.split('`').next())
+    });
     let path = if path == "." { "" } else { path };
     match (path.is_empty(), named) {
         (true, Some(n)) => n.to_owned(),
@@ -181,8 +183,10 @@ fn body_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(Problem::invalid_field("", "the body must be a JSON object")),
-        Err(e) => Err(Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
-            .detail(format!("line {} column {}: {e}", e.line(), e.column()))),
+        Err(e) => Err(
+            Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
+                .detail(format!("line {} column {}: {e}", e.line(), e.column())),
+        ),
     }
 }
 
@@ -190,13 +194,19 @@ fn uuid_param(name: &str, value: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(value).map_err(|e| Problem::bad_parameter(name, format!("not a UUID: {e}")))
 }
 
-fn occurred_at(body: &mut Map<String, Value>, field: &str) -> Result<Option<DateTime<Utc>>, Problem> {
+fn occurred_at(
+    body: &mut Map<String, Value>,
+    field: &str,
+) -> Result<Option<DateTime<Utc>>, Problem> {
     match body.remove("occurred_at") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => DateTime::parse_from_rfc3339(&s)
             .map(|d| Some(d.to_utc()))
             .map_err(|e| Problem::invalid_field(field, format!("not an RFC 3339 time: {e}"))),
-        Some(_) => Err(Problem::invalid_field(field, "must be an RFC 3339 time string")),
+        Some(_) => Err(Problem::invalid_field(
+            field,
+            "must be an RFC 3339 time string",
+        )),
     }
 }
 
@@ -213,7 +223,10 @@ struct CommandHeaders {
 fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Problem> {
     headers
         .get(name)
-        .map(|v| v.to_str().map_err(|_| Problem::bad_parameter(name, "not visible ASCII")))
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| Problem::bad_parameter(name, "not visible ASCII"))
+        })
         .transpose()
 }
 
@@ -221,15 +234,22 @@ fn command_headers(headers: &HeaderMap) -> Result<CommandHeaders, Problem> {
     let expected_sequence = header_text(headers, "if-match")?
         .map(|v| {
             let v = v.trim().trim_start_matches("W/").trim_matches('"');
-            v.parse::<u64>()
-                .map_err(|_| Problem::bad_parameter("If-Match", "must be the customer's sequence number, e.g. \"7\""))
+            v.parse::<u64>().map_err(|_| {
+                Problem::bad_parameter(
+                    "If-Match",
+                    "must be the customer's sequence number, e.g. \"7\"",
+                )
+            })
         })
         .transpose()?;
     let command_id = header_text(headers, "idempotency-key")?
         .map(|k| {
             let k = k.trim();
             if k.is_empty() || k.len() > 200 {
-                Err(Problem::bad_parameter("Idempotency-Key", "must be 1 to 200 characters"))
+                Err(Problem::bad_parameter(
+                    "Idempotency-Key",
+                    "must be 1 to 200 characters",
+                ))
             } else {
                 Ok(k.to_owned())
             }
@@ -263,16 +283,22 @@ fn command_request(
 ) -> Result<CommandRequest, Problem> {
     let mut body = body_object(body)?;
     let occurred_at = occurred_at(&mut body, "occurred_at")?;
-    let customer_id = match path.get("customer_id") {
-        Some(id) => CustomerId(uuid_param("customer_id", id)?),
-        None => match body.remove("customer_id") {
-            None | Some(Value::Null) => CustomerId(Uuid::now_v7()),
-            Some(Value::String(s)) => CustomerId(Uuid::parse_str(&s).map_err(|e| {
-                Problem::invalid_field("customer_id", format!("not a UUID: {e}"))
-            })?),
-            Some(_) => return Err(Problem::invalid_field("customer_id", "must be a UUID string")),
-        },
-    };
+    let customer_id =
+        match path.get("customer_id") {
+            Some(id) => CustomerId(uuid_param("customer_id", id)?),
+            None => match body.remove("customer_id") {
+                None | Some(Value::Null) => CustomerId(Uuid::now_v7()),
+                Some(Value::String(s)) => CustomerId(Uuid::parse_str(&s).map_err(|e| {
+                    Problem::invalid_field("customer_id", format!("not a UUID: {e}"))
+                })?),
+                Some(_) => {
+                    return Err(Problem::invalid_field(
+                        "customer_id",
+                        "must be a UUID string",
+                    ))
+                }
+            },
+        };
     for (name, value) in &path {
         if name == "customer_id" {
             continue;
@@ -280,7 +306,10 @@ fn command_request(
         uuid_param(name, value)?;
         match body.get(name) {
             Some(Value::String(v)) if v != value => {
-                return Err(Problem::invalid_field(name.clone(), "differs from the id in the path"))
+                return Err(Problem::invalid_field(
+                    name.clone(),
+                    "differs from the id in the path",
+                ))
             }
             _ => {
                 body.insert(name.clone(), Value::String(value.clone()));
@@ -289,7 +318,10 @@ fn command_request(
     }
     for name in route.generated {
         if !body.contains_key(*name) {
-            body.insert((*name).to_owned(), Value::String(Uuid::now_v7().to_string()));
+            body.insert(
+                (*name).to_owned(),
+                Value::String(Uuid::now_v7().to_string()),
+            );
         }
     }
     let command = (route.parse)(Value::Object(body))?;
@@ -347,9 +379,17 @@ pub fn command_problem(error: &CommandError) -> Problem {
 
 fn domain_problem(e: &DomainError) -> Problem {
     let p = match e.kind() {
-        ErrorKind::Invalid => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-field", "Invalid field"),
+        ErrorKind::Invalid => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-field",
+            "Invalid field",
+        ),
         ErrorKind::NotFound => Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found"),
-        ErrorKind::Conflict => Problem::new(StatusCode::CONFLICT, "conflict", "Not allowed in the current state"),
+        ErrorKind::Conflict => Problem::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "Not allowed in the current state",
+        ),
     }
     .detail(e.to_string());
     match e.field() {
@@ -390,7 +430,10 @@ async fn handle_command(
     let request = match command_request(route, path, &headers, body) {
         Ok(r) => r,
         Err(p) => {
-            app.metrics.commands.with_label_values(&[route.name, "malformed"]).inc();
+            app.metrics
+                .commands
+                .with_label_values(&[route.name, "malformed"])
+                .inc();
             return p.into_response();
         }
     };
@@ -406,7 +449,11 @@ async fn handle_command(
         .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(outcome) => {
-            let status = if created && !outcome.replayed { StatusCode::CREATED } else { StatusCode::OK };
+            let status = if created && !outcome.replayed {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             let mut response = (status, Json(&outcome)).into_response();
             let h = response.headers_mut();
             if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", outcome.sequence)) {
@@ -419,7 +466,9 @@ async fn handle_command(
                 h.insert("idempotent-replayed", HeaderValue::from_static("true"));
             }
             if created {
-                if let Ok(v) = HeaderValue::from_str(&format!("/v1/customers/{}", outcome.customer_id)) {
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("/v1/customers/{}", outcome.customer_id))
+                {
                     h.insert(header::LOCATION, v);
                 }
             }
@@ -452,7 +501,9 @@ fn batch_items(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<Result<Value, Pr
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-ndjson") || v.starts_with("application/ndjson"));
+        .is_some_and(|v| {
+            v.starts_with("application/x-ndjson") || v.starts_with("application/ndjson")
+        });
     let items: Vec<Result<Value, Problem>> = if ndjson {
         bytes
             .split(|b| *b == b'\n')
@@ -468,17 +519,33 @@ fn batch_items(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<Result<Value, Pr
     } else {
         match serde_json::from_slice::<Value>(bytes) {
             Ok(Value::Array(items)) => items.into_iter().map(Ok).collect(),
-            Ok(_) => return Err(Problem::invalid_field("", "the body must be a JSON array of touchpoints (or NDJSON)")),
+            Ok(_) => {
+                return Err(Problem::invalid_field(
+                    "",
+                    "the body must be a JSON array of touchpoints (or NDJSON)",
+                ))
+            }
             Err(e) => {
-                return Err(Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
-                    .detail(format!("line {} column {}: {e}", e.line(), e.column())))
+                return Err(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed-json",
+                    "Malformed JSON",
+                )
+                .detail(format!("line {} column {}: {e}", e.line(), e.column())))
             }
         }
     };
     if items.len() > MAX_BATCH {
-        return Err(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "batch-too-large", "Batch too large")
-            .field("items")
-            .detail(format!("at most {MAX_BATCH} touchpoints per batch, got {}", items.len())));
+        return Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch-too-large",
+            "Batch too large",
+        )
+        .field("items")
+        .detail(format!(
+            "at most {MAX_BATCH} touchpoints per batch, got {}",
+            items.len()
+        )));
     }
     if items.is_empty() {
         return Err(Problem::invalid_field("items", "the batch is empty"));
@@ -486,20 +553,29 @@ fn batch_items(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<Result<Value, Pr
     Ok(items)
 }
 
-fn batch_request(item: Value, actor: &str, correlation_id: Option<Uuid>) -> Result<CommandRequest, Problem> {
+fn batch_request(
+    item: Value,
+    actor: &str,
+    correlation_id: Option<Uuid>,
+) -> Result<CommandRequest, Problem> {
     let t: BatchTouchpoint = serde_path_to_error::deserialize(item).map_err(|e| {
         let message = e.inner().to_string();
         Problem::invalid_field(serde_field(&e.path().to_string(), &message), message)
     })?;
     if let Some(k) = &t.idempotency_key {
         if k.is_empty() || k.len() > 200 {
-            return Err(Problem::invalid_field("idempotency_key", "must be 1 to 200 characters"));
+            return Err(Problem::invalid_field(
+                "idempotency_key",
+                "must be 1 to 200 characters",
+            ));
         }
     }
     Ok(CommandRequest {
         customer_id: t.customer_id,
         command: Command::RecordTouchpoint(domain::RecordTouchpoint {
-            touchpoint_id: t.touchpoint_id.unwrap_or(domain::TouchpointId(Uuid::now_v7())),
+            touchpoint_id: t
+                .touchpoint_id
+                .unwrap_or(domain::TouchpointId(Uuid::now_v7())),
             touchpoint: t.touchpoint,
         }),
         expected_sequence: None,
@@ -545,7 +621,10 @@ async fn batch_touchpoints(
                 results.push(None);
             }
             Err(p) => {
-                app.metrics.commands.with_label_values(&["record_touchpoint", "malformed"]).inc();
+                app.metrics
+                    .commands
+                    .with_label_values(&["record_touchpoint", "malformed"])
+                    .inc();
                 results.push(Some(json!({"index": i, "status": p.status, "problem": p})));
             }
         }
@@ -639,10 +718,18 @@ pub fn openapi() -> Value {
             }
             // path ids and generated ids need not be in the body
             if let Some(Value::Array(req)) = m.get_mut("required") {
-                req.retain(|f| f.as_str().is_some_and(|f| !r.path.contains(&format!("{{{f}}}")) && !r.generated.contains(&f)));
+                req.retain(|f| {
+                    f.as_str().is_some_and(|f| {
+                        !r.path.contains(&format!("{{{f}}}")) && !r.generated.contains(&f)
+                    })
+                });
             }
         }
-        let success = if r.path == "/v1/customers" { "201" } else { "200" };
+        let success = if r.path == "/v1/customers" {
+            "201"
+        } else {
+            "200"
+        };
         let op = json!({
             "operationId": r.name,
             "summary": r.summary,
@@ -678,8 +765,18 @@ pub fn openapi() -> Value {
         "responses": {"200": {"description": "Per-item results", "content": {"application/json": {"schema": {"type": "object"}}}},
             "400": problem_response("Malformed JSON"), "413": problem_response("More than the maximum items"), "422": problem_response("Not an array")}
     }}));
-    for (path, summary) in [("/healthz", "Liveness"), ("/readyz", "Ready once it owns partitions and has rebuilt them"), ("/metrics", "Prometheus metrics")] {
-        paths.insert(path.into(), json!({"get": {"summary": summary, "responses": {"200": {"description": "OK"}}}}));
+    for (path, summary) in [
+        ("/healthz", "Liveness"),
+        (
+            "/readyz",
+            "Ready once it owns partitions and has rebuilt them",
+        ),
+        ("/metrics", "Prometheus metrics"),
+    ] {
+        paths.insert(
+            path.into(),
+            json!({"get": {"summary": summary, "responses": {"200": {"description": "OK"}}}}),
+        );
     }
     components.insert("Problem".into(), json!({"type": "object", "description": "RFC 9457 problem details", "properties": {
         "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},

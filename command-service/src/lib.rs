@@ -7,6 +7,7 @@
 //! append nothing more.
 
 pub mod http;
+pub mod inbound;
 pub mod metrics;
 pub mod streams;
 
@@ -18,13 +19,18 @@ use infra::config::{KafkaArgs, LogFormat};
 use infra::kafka::{provision_topics, OwnershipChange, PartitionOwnership};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use infra::log::{CustomerLog, KafkaCustomerLog};
+use crate::inbound::InboundReaders;
 use crate::metrics::Metrics;
 use crate::streams::CustomerStreams;
+use infra::log::{CustomerLog, KafkaCustomerLog};
 
 /// Every setting, as a flag and an environment variable (`command-service --help`).
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "command-service", version, about = "Validates CRM commands and appends their events to Kafka")]
+#[command(
+    name = "command-service",
+    version,
+    about = "Validates CRM commands and appends their events to Kafka"
+)]
 pub struct Config {
     /// Address the HTTP API listens on.
     #[arg(long, env = "CRM_COMMAND_LISTEN", default_value = "127.0.0.1:8081")]
@@ -57,16 +63,23 @@ impl App {
     }
 }
 
-/// Applies ownership changes as the group reports them.
-pub async fn follow_ownership(app: Arc<App>, mut changes: UnboundedReceiver<OwnershipChange>) {
+/// Applies ownership changes as the group reports them: a partition taken over is rebuilt,
+/// then its inbound partition is read; a partition given up stops both.
+pub async fn follow_ownership(
+    app: Arc<App>,
+    inbound: Arc<InboundReaders>,
+    mut changes: UnboundedReceiver<OwnershipChange>,
+) {
     while let Some(change) = changes.recv().await {
         match change {
-            OwnershipChange::Assigned(partitions) => {
-                if let Err(e) = app.streams.assign(&partitions).await {
-                    tracing::error!(error = %e, ?partitions, "taking partitions over failed");
-                }
+            OwnershipChange::Assigned(partitions) => match app.streams.assign(&partitions).await {
+                Ok(()) => inbound.start(&partitions),
+                Err(e) => tracing::error!(error = %e, ?partitions, "taking partitions over failed"),
+            },
+            OwnershipChange::Revoked(partitions) => {
+                inbound.stop(&partitions);
+                app.streams.revoke(&partitions).await;
             }
-            OwnershipChange::Revoked(partitions) => app.streams.revoke(&partitions).await,
         }
     }
 }
@@ -77,11 +90,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .kafka
         .settings("command-service")
         .context("--kafka-brokers (KAFKA_BROKERS) is required")?;
-    let topics = provision_topics(&settings).await.context("provisioning topics")?;
+    let topics = provision_topics(&settings)
+        .await
+        .context("provisioning topics")?;
     tracing::info!(?topics, "topics ready");
-    let app = App::new(Arc::new(KafkaCustomerLog { settings: settings.clone() }), config.source.clone())?;
-    let (ownership, changes) = PartitionOwnership::start(&settings).context("joining the command-service group")?;
-    tokio::spawn(follow_ownership(app.clone(), changes));
+    let app = App::new(
+        Arc::new(KafkaCustomerLog {
+            settings: settings.clone(),
+        }),
+        config.source.clone(),
+    )?;
+    let (ownership, changes) =
+        PartitionOwnership::start(&settings).context("joining the command-service group")?;
+    let inbound = InboundReaders::new(app.clone(), settings.clone());
+    tokio::spawn(follow_ownership(app.clone(), inbound, changes));
 
     serve(app, config.listen, config.max_body_bytes).await?;
     ownership.shutdown().await;

@@ -20,21 +20,38 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let commands = IntCounterVec::new(
-            Opts::new("crm_commands_total", "Commands handled, by command and outcome"),
+            Opts::new(
+                "crm_commands_total",
+                "Commands handled, by command and outcome",
+            ),
             &["command", "outcome"],
         )?;
         let command_seconds = HistogramVec::new(
-            HistogramOpts::new("crm_command_duration_seconds", "Command latency, decide to committed append")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            HistogramOpts::new(
+                "crm_command_duration_seconds",
+                "Command latency, decide to committed append",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
             &["command"],
         )?;
         let append_batch_size = Histogram::with_opts(
-            HistogramOpts::new("crm_append_batch_size", "Records per append transaction")
-                .buckets(vec![1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0]),
+            HistogramOpts::new("crm_append_batch_size", "Records per append transaction").buckets(
+                vec![
+                    1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0,
+                ],
+            ),
         )?;
-        let owned_partitions = IntGauge::new("crm_owned_partitions", "Customer-event partitions this instance writes")?;
+        let owned_partitions = IntGauge::new(
+            "crm_owned_partitions",
+            "Customer-event partitions this instance writes",
+        )?;
         let inbound = IntCounterVec::new(
-            Opts::new("crm_inbound_records_total", "Inbound-topic records, by outcome"),
+            Opts::new(
+                "crm_inbound_records_total",
+                "Inbound-topic records, by outcome",
+            ),
             &["outcome"],
         )?;
         registry.register(Box::new(commands.clone()))?;

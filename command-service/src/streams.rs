@@ -10,19 +10,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use domain::{
-    apply_recorded, decide, Command, CustomerId, CustomerState, DomainError,
-    EventMetadata, KafkaRecord, RecordedEvent,
-};
 use domain::envelope::envelope_time;
+use domain::{
+    apply_recorded, decide, Command, CustomerId, CustomerState, DomainError, EventMetadata,
+    KafkaRecord, RecordedEvent,
+};
 use infra::kafka::{partition_for, LogError, RecordAppender};
 use infra::Position;
 use serde::Serialize;
 use tokio::sync::{Mutex, RwLock};
 use uuid::Uuid;
 
-use infra::log::CustomerLog;
 use crate::metrics::Metrics;
+use infra::log::CustomerLog;
 
 /// A command with everything the envelope needs.
 #[derive(Debug, Clone)]
@@ -172,15 +172,25 @@ impl CustomerStreams {
                     }
                 }
                 if let Some(key) = &m.command_id {
-                    entry.answered.entry(key.clone()).or_default().push(AppendedEvent {
-                        id: m.id,
-                        event_type: recorded.event.event_type().to_owned(),
-                        sequence: m.sequence,
-                        position: record.position.clone(),
-                    });
+                    entry
+                        .answered
+                        .entry(key.clone())
+                        .or_default()
+                        .push(AppendedEvent {
+                            id: m.id,
+                            event_type: recorded.event.event_type().to_owned(),
+                            sequence: m.sequence,
+                            position: record.position.clone(),
+                        });
                 }
             }
-            tracing::info!(partition, records = history.len(), customers = customers.len(), skipped, "partition taken over");
+            tracing::info!(
+                partition,
+                records = history.len(),
+                customers = customers.len(),
+                skipped,
+                "partition taken over"
+            );
             self.owned.write().await.insert(
                 partition,
                 Arc::new(OwnedPartition {
@@ -189,7 +199,9 @@ impl CustomerStreams {
                 }),
             );
         }
-        self.metrics.owned_partitions.set(self.owned.read().await.len() as i64);
+        self.metrics
+            .owned_partitions
+            .set(self.owned.read().await.len() as i64);
         Ok(())
     }
 
@@ -275,7 +287,11 @@ impl CustomerStreams {
                 results.push((i, Err(CommandError::BrokenStream(reason.clone()))));
                 continue;
             }
-            if let Some(answer) = request.command_id.as_ref().and_then(|k| entry.answered.get(k)) {
+            if let Some(answer) = request
+                .command_id
+                .as_ref()
+                .and_then(|k| entry.answered.get(k))
+            {
                 results.push((
                     i,
                     Ok(Outcome {
@@ -370,7 +386,10 @@ impl CustomerStreams {
                         if let Some(key) = command_id {
                             entry.answered.insert(key, events.clone());
                         }
-                        let sequence = events.last().map(|e| e.sequence).unwrap_or(entry.state.version);
+                        let sequence = events
+                            .last()
+                            .map(|e| e.sequence)
+                            .unwrap_or(entry.state.version);
                         results.push((
                             i,
                             Ok(Outcome {
@@ -417,4 +436,3 @@ impl CustomerStreams {
         customers.get(customer_id).map(|e| e.state.clone())
     }
 }
-

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use infra::log::KafkaCustomerLog;
 use command_service::App;
 use crm_tests::{unique_prefix, KafkaBroker};
 use domain::RecordedEvent;
 use infra::kafka::{provision_topics, read_partition, KafkaSettings};
+use infra::log::KafkaCustomerLog;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 use uuid::Uuid;
@@ -33,13 +33,23 @@ async fn service(name: &str) -> Service {
     settings.partitions = PARTITIONS;
     provision_topics(&settings).await.unwrap();
     let app = App::new(
-        Arc::new(KafkaCustomerLog { settings: settings.clone() }),
+        Arc::new(KafkaCustomerLog {
+            settings: settings.clone(),
+        }),
         "/test".into(),
     )
     .unwrap();
-    app.streams.assign(&(0..PARTITIONS).collect::<Vec<_>>()).await.unwrap();
+    app.streams
+        .assign(&(0..PARTITIONS).collect::<Vec<_>>())
+        .await
+        .unwrap();
     let router = command_service::http::router(app.clone(), 1024 * 1024);
-    Service { _broker: broker, settings, app, router }
+    Service {
+        _broker: broker,
+        settings,
+        app,
+        router,
+    }
 }
 
 struct Answer {
@@ -48,7 +58,13 @@ struct Answer {
     body: Value,
 }
 
-async fn send(router: &Router, method: &str, uri: &str, headers: &[(&str, &str)], body: Option<Value>) -> Answer {
+async fn send(
+    router: &Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Answer {
     let mut request = Request::builder().method(method).uri(uri);
     for (k, v) in headers {
         request = request.header(*k, *v);
@@ -57,18 +73,41 @@ async fn send(router: &Router, method: &str, uri: &str, headers: &[(&str, &str)]
         Some(v) => Body::from(serde_json::to_vec(&v).unwrap()),
         None => Body::empty(),
     };
-    let response = router.clone().oneshot(request.header("content-type", "application/json").body(body).unwrap()).await.unwrap();
+    let response = router
+        .clone()
+        .oneshot(
+            request
+                .header("content-type", "application/json")
+                .body(body)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     let status = response.status();
     let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
-    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())) };
-    Answer { status, headers, body }
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    Answer {
+        status,
+        headers,
+        body,
+    }
 }
 
 async fn stream_of(settings: &KafkaSettings, customer: &str) -> Vec<RecordedEvent> {
     let mut events = Vec::new();
     for p in 0..settings.partitions {
-        for record in read_partition(settings, &settings.topics().customer_events(), p, 0).await.unwrap() {
+        for record in read_partition(settings, &settings.topics().customer_events(), p, 0)
+            .await
+            .unwrap()
+        {
             let e = record.decode().unwrap();
             if e.metadata.customer_id.to_string() == customer {
                 events.push(e);
@@ -90,7 +129,14 @@ fn register_body() -> Value {
 async fn every_command_appends_its_event_in_order() {
     let s = service("every-command").await;
     let r = &s.router;
-    let a = send(r, "POST", "/v1/customers", &[("x-actor", "am-li")], Some(register_body())).await;
+    let a = send(
+        r,
+        "POST",
+        "/v1/customers",
+        &[("x-actor", "am-li")],
+        Some(register_body()),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
     let c = a.body["customer_id"].as_str().unwrap().to_owned();
     assert_eq!(a.headers["location"], format!("/v1/customers/{c}").as_str());
@@ -101,37 +147,192 @@ async fn every_command_appends_its_event_in_order() {
     let plan = Uuid::now_v7().to_string();
     let sr = Uuid::now_v7().to_string();
     let steps: Vec<(&str, String, Value, &str)> = vec![
-        ("PATCH", base.clone(), json!({"changes": {"level": "strategic_partner"}}), "crm.customer.profile_changed.v1"),
-        ("PUT", format!("{base}/owner"), json!({"to": "am-zhao"}), "crm.customer.owner_reassigned.v1"),
-        ("POST", format!("{base}/contacts"), json!({"contact_id": contact, "contact": {"name": "王芳", "position": "采购经理"}}), "crm.contact.added.v1"),
-        ("PATCH", format!("{base}/contacts/{contact}"), json!({"changes": {"mobile": "13900000000"}}), "crm.contact.changed.v1"),
-        ("POST", format!("{base}/touchpoints"), json!({"occurred_at": "2026-03-01T09:30:00Z", "touchpoint": {"channel": {"kind": "phone_call", "direction": "inbound", "duration_seconds": 320, "wait_seconds": 15, "outcome": "answered"}, "summary": "询价", "contact_id": contact}}), "crm.touchpoint.recorded.v1"),
-        ("POST", format!("{base}/complaints"), json!({"complaint_id": complaint, "category": "product", "sub_category": "quality", "urgency": "high", "importance": "normal", "description": "外壳开裂"}), "crm.complaint.lodged.v1"),
-        ("POST", format!("{base}/complaints/{complaint}/handling"), json!({"handling": "换货"}), "crm.complaint.handled.v1"),
-        ("POST", format!("{base}/complaints/{complaint}/closure"), json!({"resolution": "客户满意"}), "crm.complaint.closed.v1"),
-        ("POST", format!("{base}/opportunities"), json!({"opportunity_id": opp, "source": "referral", "title": "年度采购", "value": {"amount": 5000000, "currency": "CNY"}, "probability": 20, "expected_close": "2026-12-31"}), "crm.opportunity.opened.v1"),
-        ("PUT", format!("{base}/opportunities/{opp}/owner"), json!({"owner": "am-zhao"}), "crm.opportunity.assigned.v1"),
-        ("PUT", format!("{base}/opportunities/{opp}/stage"), json!({"to": "proposal"}), "crm.opportunity.stage_changed.v1"),
-        ("POST", format!("{base}/opportunities/{opp}/plan-items"), json!({"plan_item_id": plan, "item": {"due_on": "2026-04-01", "action": "产品演示"}}), "crm.opportunity.plan_item_added.v1"),
-        ("PUT", format!("{base}/opportunities/{opp}/plan-items/{plan}/result"), json!({"result": "客户认可"}), "crm.opportunity.plan_result_recorded.v1"),
-        ("PUT", format!("{base}/opportunities/{opp}/stage"), json!({"to": "evaluation"}), "crm.opportunity.stage_changed.v1"),
-        ("PUT", format!("{base}/opportunities/{opp}/stage"), json!({"to": "negotiation"}), "crm.opportunity.stage_changed.v1"),
-        ("POST", format!("{base}/opportunities/{opp}/won"), json!({}), "crm.opportunity.won.v1"),
-        ("POST", format!("{base}/opportunities/{opp}/reopen"), json!({"reason": "合同作废"}), "crm.opportunity.reopened.v1"),
-        ("POST", format!("{base}/opportunities/{opp}/lost"), json!({"reason": "预算取消"}), "crm.opportunity.lost.v1"),
-        ("POST", format!("{base}/orders"), json!({"occurred_at": "2026-02-10T00:00:00Z", "order_number": "SO-1", "lines": [{"product": "打印机", "quantity": 2, "unit_price": 150000}], "total": {"amount": 300000, "currency": "CNY"}}), "crm.order.placed.v1"),
-        ("POST", format!("{base}/service-requests"), json!({"service_request_id": sr, "kind": "consultation", "summary": "安装", "request": "如何安装"}), "crm.service_request.created.v1"),
-        ("PUT", format!("{base}/service-requests/{sr}/assignee"), json!({"assignee": "agent-chen"}), "crm.service_request.assigned.v1"),
-        ("POST", format!("{base}/service-requests/{sr}/handling"), json!({"handling": "电话指导"}), "crm.service_request.handled.v1"),
-        ("POST", format!("{base}/service-requests/{sr}/feedback"), json!({"result": "仍不会", "satisfaction": 2}), "crm.service_request.feedback_given.v1"),
-        ("POST", format!("{base}/service-requests/{sr}/handling"), json!({"handling": "上门"}), "crm.service_request.handled.v1"),
-        ("POST", format!("{base}/service-requests/{sr}/feedback"), json!({"result": "解决", "satisfaction": 5}), "crm.service_request.feedback_given.v1"),
-        ("POST", format!("{base}/service-requests/{sr}/archive"), json!({}), "crm.service_request.archived.v1"),
-        ("POST", format!("{base}/churn/warnings"), json!({"reason": "180 天无订单"}), "crm.churn.warning_raised.v1"),
-        ("POST", format!("{base}/churn/measures"), json!({"measure": "赠送保养"}), "crm.churn.delay_measure_recorded.v1"),
-        ("POST", format!("{base}/churn/confirmation"), json!({"reason": "转向竞争对手"}), "crm.churn.confirmed.v1"),
-        ("POST", format!("{base}/churn/reactivation"), json!({"reason": "新订单"}), "crm.churn.customer_reactivated.v1"),
-        ("DELETE", format!("{base}/contacts/{contact}"), Value::Null, "crm.contact.removed.v1"),
+        (
+            "PATCH",
+            base.clone(),
+            json!({"changes": {"level": "strategic_partner"}}),
+            "crm.customer.profile_changed.v1",
+        ),
+        (
+            "PUT",
+            format!("{base}/owner"),
+            json!({"to": "am-zhao"}),
+            "crm.customer.owner_reassigned.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/contacts"),
+            json!({"contact_id": contact, "contact": {"name": "王芳", "position": "采购经理"}}),
+            "crm.contact.added.v1",
+        ),
+        (
+            "PATCH",
+            format!("{base}/contacts/{contact}"),
+            json!({"changes": {"mobile": "13900000000"}}),
+            "crm.contact.changed.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/touchpoints"),
+            json!({"occurred_at": "2026-03-01T09:30:00Z", "touchpoint": {"channel": {"kind": "phone_call", "direction": "inbound", "duration_seconds": 320, "wait_seconds": 15, "outcome": "answered"}, "summary": "询价", "contact_id": contact}}),
+            "crm.touchpoint.recorded.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/complaints"),
+            json!({"complaint_id": complaint, "category": "product", "sub_category": "quality", "urgency": "high", "importance": "normal", "description": "外壳开裂"}),
+            "crm.complaint.lodged.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/complaints/{complaint}/handling"),
+            json!({"handling": "换货"}),
+            "crm.complaint.handled.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/complaints/{complaint}/closure"),
+            json!({"resolution": "客户满意"}),
+            "crm.complaint.closed.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/opportunities"),
+            json!({"opportunity_id": opp, "source": "referral", "title": "年度采购", "value": {"amount": 5000000, "currency": "CNY"}, "probability": 20, "expected_close": "2026-12-31"}),
+            "crm.opportunity.opened.v1",
+        ),
+        (
+            "PUT",
+            format!("{base}/opportunities/{opp}/owner"),
+            json!({"owner": "am-zhao"}),
+            "crm.opportunity.assigned.v1",
+        ),
+        (
+            "PUT",
+            format!("{base}/opportunities/{opp}/stage"),
+            json!({"to": "proposal"}),
+            "crm.opportunity.stage_changed.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/opportunities/{opp}/plan-items"),
+            json!({"plan_item_id": plan, "item": {"due_on": "2026-04-01", "action": "产品演示"}}),
+            "crm.opportunity.plan_item_added.v1",
+        ),
+        (
+            "PUT",
+            format!("{base}/opportunities/{opp}/plan-items/{plan}/result"),
+            json!({"result": "客户认可"}),
+            "crm.opportunity.plan_result_recorded.v1",
+        ),
+        (
+            "PUT",
+            format!("{base}/opportunities/{opp}/stage"),
+            json!({"to": "evaluation"}),
+            "crm.opportunity.stage_changed.v1",
+        ),
+        (
+            "PUT",
+            format!("{base}/opportunities/{opp}/stage"),
+            json!({"to": "negotiation"}),
+            "crm.opportunity.stage_changed.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/opportunities/{opp}/won"),
+            json!({}),
+            "crm.opportunity.won.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/opportunities/{opp}/reopen"),
+            json!({"reason": "合同作废"}),
+            "crm.opportunity.reopened.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/opportunities/{opp}/lost"),
+            json!({"reason": "预算取消"}),
+            "crm.opportunity.lost.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/orders"),
+            json!({"occurred_at": "2026-02-10T00:00:00Z", "order_number": "SO-1", "lines": [{"product": "打印机", "quantity": 2, "unit_price": 150000}], "total": {"amount": 300000, "currency": "CNY"}}),
+            "crm.order.placed.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/service-requests"),
+            json!({"service_request_id": sr, "kind": "consultation", "summary": "安装", "request": "如何安装"}),
+            "crm.service_request.created.v1",
+        ),
+        (
+            "PUT",
+            format!("{base}/service-requests/{sr}/assignee"),
+            json!({"assignee": "agent-chen"}),
+            "crm.service_request.assigned.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/service-requests/{sr}/handling"),
+            json!({"handling": "电话指导"}),
+            "crm.service_request.handled.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/service-requests/{sr}/feedback"),
+            json!({"result": "仍不会", "satisfaction": 2}),
+            "crm.service_request.feedback_given.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/service-requests/{sr}/handling"),
+            json!({"handling": "上门"}),
+            "crm.service_request.handled.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/service-requests/{sr}/feedback"),
+            json!({"result": "解决", "satisfaction": 5}),
+            "crm.service_request.feedback_given.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/service-requests/{sr}/archive"),
+            json!({}),
+            "crm.service_request.archived.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/churn/warnings"),
+            json!({"reason": "180 天无订单"}),
+            "crm.churn.warning_raised.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/churn/measures"),
+            json!({"measure": "赠送保养"}),
+            "crm.churn.delay_measure_recorded.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/churn/confirmation"),
+            json!({"reason": "转向竞争对手"}),
+            "crm.churn.confirmed.v1",
+        ),
+        (
+            "POST",
+            format!("{base}/churn/reactivation"),
+            json!({"reason": "新订单"}),
+            "crm.churn.customer_reactivated.v1",
+        ),
+        (
+            "DELETE",
+            format!("{base}/contacts/{contact}"),
+            Value::Null,
+            "crm.contact.removed.v1",
+        ),
     ];
     let mut expected_types = vec!["crm.customer.registered.v1".to_owned()];
     for (method, uri, body, event_type) in steps {
@@ -140,7 +341,10 @@ async fn every_command_appends_its_event_in_order() {
         assert_eq!(a.status, StatusCode::OK, "{method} {uri}: {}", a.body);
         assert_eq!(a.body["events"][0]["type"], event_type, "{method} {uri}");
         assert_eq!(a.body["sequence"], expected_types.len() as u64 + 1);
-        assert_eq!(a.headers["etag"], format!("\"{}\"", expected_types.len() + 1).as_str());
+        assert_eq!(
+            a.headers["etag"],
+            format!("\"{}\"", expected_types.len() + 1).as_str()
+        );
         assert!(a.headers.contains_key("crm-position"));
         expected_types.push(event_type.to_owned());
     }
@@ -148,19 +352,38 @@ async fn every_command_appends_its_event_in_order() {
     let types: Vec<&str> = stream.iter().map(|e| e.event.event_type()).collect();
     assert_eq!(types, expected_types);
     let sequences: Vec<u64> = stream.iter().map(|e| e.metadata.sequence).collect();
-    assert_eq!(sequences, (1..=expected_types.len() as u64).collect::<Vec<_>>());
+    assert_eq!(
+        sequences,
+        (1..=expected_types.len() as u64).collect::<Vec<_>>()
+    );
     // the envelope carries who, which command and business time
     assert_eq!(stream[0].metadata.actor, "am-li");
-    assert_eq!(stream[1].metadata.command.as_deref(), Some("change_profile"));
-    let touchpoint = stream.iter().find(|e| e.event.event_type() == "crm.touchpoint.recorded.v1").unwrap();
-    assert_eq!(touchpoint.metadata.occurred_at.to_rfc3339(), "2026-03-01T09:30:00+00:00");
+    assert_eq!(
+        stream[1].metadata.command.as_deref(),
+        Some("change_profile")
+    );
+    let touchpoint = stream
+        .iter()
+        .find(|e| e.event.event_type() == "crm.touchpoint.recorded.v1")
+        .unwrap();
+    assert_eq!(
+        touchpoint.metadata.occurred_at.to_rfc3339(),
+        "2026-03-01T09:30:00+00:00"
+    );
     assert!(touchpoint.metadata.recorded_at > touchpoint.metadata.occurred_at);
 }
 
 #[tokio::test]
 async fn fifty_conflicting_commands_one_wins() {
     let s = service("conflict").await;
-    let a = send(&s.router, "POST", "/v1/customers", &[], Some(register_body())).await;
+    let a = send(
+        &s.router,
+        "POST",
+        "/v1/customers",
+        &[],
+        Some(register_body()),
+    )
+    .await;
     let c = a.body["customer_id"].as_str().unwrap().to_owned();
     let uri = format!("/v1/customers/{c}/owner");
     let mut tasks = Vec::new();
@@ -168,7 +391,14 @@ async fn fifty_conflicting_commands_one_wins() {
         let router = s.router.clone();
         let uri = uri.clone();
         tasks.push(tokio::spawn(async move {
-            send(&router, "PUT", &uri, &[("if-match", "\"1\"")], Some(json!({"to": format!("am-{i}")}))).await
+            send(
+                &router,
+                "PUT",
+                &uri,
+                &[("if-match", "\"1\"")],
+                Some(json!({"to": format!("am-{i}")})),
+            )
+            .await
         }));
     }
     let mut statuses: HashMap<u16, usize> = HashMap::new();
@@ -184,32 +414,75 @@ async fn fifty_conflicting_commands_one_wins() {
     assert_eq!(statuses, HashMap::from([(200, 1), (409, 49)]));
     let stream = stream_of(&s.settings, &c).await;
     assert_eq!(stream.len(), 2);
-    assert_eq!(stream.iter().map(|e| e.metadata.sequence).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        stream
+            .iter()
+            .map(|e| e.metadata.sequence)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
 }
 
 #[tokio::test]
 async fn a_retry_with_the_same_idempotency_key_appends_nothing() {
     let s = service("idempotency").await;
-    let a = send(&s.router, "POST", "/v1/customers", &[], Some(register_body())).await;
+    let a = send(
+        &s.router,
+        "POST",
+        "/v1/customers",
+        &[],
+        Some(register_body()),
+    )
+    .await;
     let c = a.body["customer_id"].as_str().unwrap().to_owned();
     let uri = format!("/v1/customers/{c}/touchpoints");
     let body = json!({"touchpoint": {"channel": {"kind": "wechat", "direction": "inbound"}, "summary": "你好"}});
-    let first = send(&s.router, "POST", &uri, &[("idempotency-key", "wx-msg-1")], Some(body.clone())).await;
+    let first = send(
+        &s.router,
+        "POST",
+        &uri,
+        &[("idempotency-key", "wx-msg-1")],
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.body["replayed"], false);
-    let retry = send(&s.router, "POST", &uri, &[("idempotency-key", "wx-msg-1")], Some(body.clone())).await;
+    let retry = send(
+        &s.router,
+        "POST",
+        &uri,
+        &[("idempotency-key", "wx-msg-1")],
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(retry.status, StatusCode::OK);
     assert_eq!(retry.body["replayed"], true);
     assert_eq!(retry.headers["idempotent-replayed"], "true");
-    assert_eq!(retry.body["events"], first.body["events"], "the first answer");
+    assert_eq!(
+        retry.body["events"], first.body["events"],
+        "the first answer"
+    );
     assert_eq!(stream_of(&s.settings, &c).await.len(), 2);
 
     // a new owner of the partition rebuilds the answers from the log
     let partitions: Vec<i32> = (0..PARTITIONS).collect();
-    let again = App::new(Arc::new(KafkaCustomerLog { settings: s.settings.clone() }), "/test".into()).unwrap();
+    let again = App::new(
+        Arc::new(KafkaCustomerLog {
+            settings: s.settings.clone(),
+        }),
+        "/test".into(),
+    )
+    .unwrap();
     again.streams.assign(&partitions).await.unwrap();
     let router = command_service::http::router(again, 1024 * 1024);
-    let retry = send(&router, "POST", &uri, &[("idempotency-key", "wx-msg-1")], Some(body)).await;
+    let retry = send(
+        &router,
+        "POST",
+        &uri,
+        &[("idempotency-key", "wx-msg-1")],
+        Some(body),
+    )
+    .await;
     assert_eq!(retry.body["replayed"], true, "{}", retry.body);
     assert_eq!(retry.body["events"], first.body["events"]);
     assert_eq!(stream_of(&s.settings, &c).await.len(), 2);
@@ -228,40 +501,139 @@ async fn bad_input_gets_problem_details_naming_the_field() {
     let a = send(r, "POST", "/v1/customers", &[], Some(register_body())).await;
     let c = a.body["customer_id"].as_str().unwrap().to_owned();
     let unknown = Uuid::now_v7();
-    let cases: Vec<(&str, String, Option<Value>, &[(&str, &str)], u16, &str)> = vec![
+    // (method, uri, body (None: malformed JSON), headers, status, field)
+    type Case<'a> = (
+        &'a str,
+        String,
+        Option<Value>,
+        &'a [(&'a str, &'a str)],
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         // malformed JSON
-        ("POST", format!("/v1/customers/{c}/touchpoints"), None, &[], 422, "touchpoint"),
+        (
+            "POST",
+            format!("/v1/customers/{c}/touchpoints"),
+            None,
+            &[],
+            422,
+            "touchpoint",
+        ),
         // a wrong type deep inside
-        ("POST", format!("/v1/customers/{c}/touchpoints"), Some(json!({"touchpoint": {"channel": {"kind": "phone_call", "direction": "sideways", "duration_seconds": 1, "wait_seconds": 0, "outcome": "answered"}, "summary": "x"}})), &[], 422, "touchpoint.channel"),
+        (
+            "POST",
+            format!("/v1/customers/{c}/touchpoints"),
+            Some(
+                json!({"touchpoint": {"channel": {"kind": "phone_call", "direction": "sideways", "duration_seconds": 1, "wait_seconds": 0, "outcome": "answered"}, "summary": "x"}}),
+            ),
+            &[],
+            422,
+            "touchpoint.channel",
+        ),
         // a rule of the domain
-        ("POST", format!("/v1/customers/{c}/opportunities"), Some(json!({"source": "web", "title": "t", "value": {"amount": 1, "currency": "CNY"}, "probability": 140, "expected_close": "2026-12-31"})), &[], 422, "probability"),
-        ("POST", format!("/v1/customers/{c}/orders"), Some(json!({"order_number": "SO-9", "total": {"amount": -5, "currency": "CNY"}})), &[], 422, "total.amount"),
+        (
+            "POST",
+            format!("/v1/customers/{c}/opportunities"),
+            Some(
+                json!({"source": "web", "title": "t", "value": {"amount": 1, "currency": "CNY"}, "probability": 140, "expected_close": "2026-12-31"}),
+            ),
+            &[],
+            422,
+            "probability",
+        ),
+        (
+            "POST",
+            format!("/v1/customers/{c}/orders"),
+            Some(json!({"order_number": "SO-9", "total": {"amount": -5, "currency": "CNY"}})),
+            &[],
+            422,
+            "total.amount",
+        ),
         // an actor in the body is not the client's to set
-        ("PUT", format!("/v1/customers/{c}/owner"), Some(json!({"to": "am-x", "actor": "ceo"})), &[], 422, "actor"),
+        (
+            "PUT",
+            format!("/v1/customers/{c}/owner"),
+            Some(json!({"to": "am-x", "actor": "ceo"})),
+            &[],
+            422,
+            "actor",
+        ),
         // an unknown customer
-        ("PUT", format!("/v1/customers/{unknown}/owner"), Some(json!({"to": "am-x"})), &[], 404, ""),
+        (
+            "PUT",
+            format!("/v1/customers/{unknown}/owner"),
+            Some(json!({"to": "am-x"})),
+            &[],
+            404,
+            "",
+        ),
         // an unknown entity
-        ("PUT", format!("/v1/customers/{c}/opportunities/{unknown}/stage"), Some(json!({"to": "proposal"})), &[], 404, "opportunity_id"),
+        (
+            "PUT",
+            format!("/v1/customers/{c}/opportunities/{unknown}/stage"),
+            Some(json!({"to": "proposal"})),
+            &[],
+            404,
+            "opportunity_id",
+        ),
         // an invalid transition
-        ("POST", format!("/v1/customers/{c}/churn/confirmation"), Some(json!({"reason": "x"})), &[], 409, ""),
+        (
+            "POST",
+            format!("/v1/customers/{c}/churn/confirmation"),
+            Some(json!({"reason": "x"})),
+            &[],
+            409,
+            "",
+        ),
         // malformed path and header
-        ("PUT", "/v1/customers/not-a-uuid/owner".to_owned(), Some(json!({"to": "x"})), &[], 400, "customer_id"),
-        ("PUT", format!("/v1/customers/{c}/owner"), Some(json!({"to": "x"})), &[("if-match", "abc")], 400, "If-Match"),
+        (
+            "PUT",
+            "/v1/customers/not-a-uuid/owner".to_owned(),
+            Some(json!({"to": "x"})),
+            &[],
+            400,
+            "customer_id",
+        ),
+        (
+            "PUT",
+            format!("/v1/customers/{c}/owner"),
+            Some(json!({"to": "x"})),
+            &[("if-match", "abc")],
+            400,
+            "If-Match",
+        ),
     ];
     for (method, uri, body, headers, status, field) in cases {
         let a = match (&body, method) {
             (None, _) => {
-                let request = Request::builder().method(method).uri(&uri).header("content-type", "application/json").body(Body::from("{\"touchpoint\": ")).unwrap();
+                let request = Request::builder()
+                    .method(method)
+                    .uri(&uri)
+                    .header("content-type", "application/json")
+                    .body(Body::from("{\"touchpoint\": "))
+                    .unwrap();
                 let response = r.clone().oneshot(request).await.unwrap();
                 let status = response.status();
                 let headers = response.headers().clone();
-                let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
-                Answer { status, headers, body: serde_json::from_slice(&bytes).unwrap() }
+                let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                Answer {
+                    status,
+                    headers,
+                    body: serde_json::from_slice(&bytes).unwrap(),
+                }
             }
             _ => send(r, method, &uri, headers, body.clone()).await,
         };
         let expected_status = if body.is_none() { 400 } else { status };
-        assert_eq!(a.status.as_u16(), expected_status, "{method} {uri} {body:?}: {}", a.body);
+        assert_eq!(
+            a.status.as_u16(),
+            expected_status,
+            "{method} {uri} {body:?}: {}",
+            a.body
+        );
         assert_eq!(a.headers["content-type"], "application/problem+json");
         assert_eq!(a.body["status"], expected_status);
         if body.is_some() && !field.is_empty() {
@@ -270,12 +642,30 @@ async fn bad_input_gets_problem_details_naming_the_field() {
     }
     // an oversized body is refused, and the service keeps serving
     let big = "x".repeat(2 * 1024 * 1024);
-    let a = send(r, "POST", &format!("/v1/customers/{c}/touchpoints"), &[], Some(json!({"touchpoint": {"channel": {"kind": "web_form"}, "summary": big}}))).await;
+    let a = send(
+        r,
+        "POST",
+        &format!("/v1/customers/{c}/touchpoints"),
+        &[],
+        Some(json!({"touchpoint": {"channel": {"kind": "web_form"}, "summary": big}})),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(a.headers["content-type"], "application/problem+json");
-    let a = send(r, "PUT", &format!("/v1/customers/{c}/owner"), &[], Some(json!({"to": "am-still-serving"}))).await;
+    let a = send(
+        r,
+        "PUT",
+        &format!("/v1/customers/{c}/owner"),
+        &[],
+        Some(json!({"to": "am-still-serving"})),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK);
-    assert_eq!(stream_of(&s.settings, &c).await.len(), 2, "nothing but the two good commands");
+    assert_eq!(
+        stream_of(&s.settings, &c).await.len(),
+        2,
+        "nothing but the two good commands"
+    );
 }
 
 #[tokio::test]
@@ -283,7 +673,14 @@ async fn a_batch_answers_per_item() {
     let s = service("batch").await;
     let mut customers = Vec::new();
     for _ in 0..5 {
-        let a = send(&s.router, "POST", "/v1/customers", &[], Some(register_body())).await;
+        let a = send(
+            &s.router,
+            "POST",
+            "/v1/customers",
+            &[],
+            Some(register_body()),
+        )
+        .await;
         customers.push(a.body["customer_id"].as_str().unwrap().to_owned());
     }
     let mut items: Vec<Value> = Vec::new();
@@ -297,7 +694,14 @@ async fn a_batch_answers_per_item() {
     }
     items.push(json!({"customer_id": Uuid::now_v7(), "touchpoint": {"channel": {"kind": "web_form"}, "summary": "unknown customer"}}));
     items.push(json!({"customer_id": customers[0], "touchpoint": {"channel": {"kind": "pigeon"}, "summary": "bad channel"}}));
-    let a = send(&s.router, "POST", "/v1/touchpoints:batch", &[], Some(Value::Array(items.clone()))).await;
+    let a = send(
+        &s.router,
+        "POST",
+        "/v1/touchpoints:batch",
+        &[],
+        Some(Value::Array(items.clone())),
+    )
+    .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.body);
     assert_eq!(a.body["accepted"], 200);
     assert_eq!(a.body["rejected"], 2);
@@ -311,30 +715,72 @@ async fn a_batch_answers_per_item() {
     }
     // NDJSON, retried: nothing new
     let ndjson: String = items[..200].iter().map(|v| format!("{v}\n")).collect();
-    let request = Request::builder().method("POST").uri("/v1/touchpoints:batch").header("content-type", "application/x-ndjson").body(Body::from(ndjson)).unwrap();
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/touchpoints:batch")
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from(ndjson))
+        .unwrap();
     let response = s.router.clone().oneshot(request).await.unwrap();
-    let body: Value = serde_json::from_slice(&axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap()).unwrap();
+    let body: Value = serde_json::from_slice(
+        &axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(body["accepted"], 200);
-    assert!(body["results"].as_array().unwrap().iter().all(|r| r["outcome"]["replayed"] == true));
+    assert!(body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["outcome"]["replayed"] == true));
     for c in &customers {
         let stream = stream_of(&s.settings, c).await;
         assert_eq!(stream.len(), 41, "registration + 40 touchpoints");
-        assert_eq!(stream.iter().map(|e| e.metadata.sequence).collect::<Vec<_>>(), (1..=41).collect::<Vec<_>>());
+        assert_eq!(
+            stream
+                .iter()
+                .map(|e| e.metadata.sequence)
+                .collect::<Vec<_>>(),
+            (1..=41).collect::<Vec<_>>()
+        );
     }
 }
 
 #[tokio::test]
 async fn operational_endpoints() {
     let s = service("ops").await;
-    assert_eq!(send(&s.router, "GET", "/healthz", &[], None).await.status, StatusCode::OK);
+    assert_eq!(
+        send(&s.router, "GET", "/healthz", &[], None).await.status,
+        StatusCode::OK
+    );
     let ready = send(&s.router, "GET", "/readyz", &[], None).await;
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(ready.body["partitions"], json!([0, 1, 2]));
-    send(&s.router, "POST", "/v1/customers", &[], Some(register_body())).await;
-    let request = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
+    send(
+        &s.router,
+        "POST",
+        "/v1/customers",
+        &[],
+        Some(register_body()),
+    )
+    .await;
+    let request = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
     let response = s.router.clone().oneshot(request).await.unwrap();
-    let text = String::from_utf8(axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
-    assert!(text.contains("crm_commands_total{command=\"register_customer\",outcome=\"appended\"} 1"), "{text}");
+    let text = String::from_utf8(
+        axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        text.contains("crm_commands_total{command=\"register_customer\",outcome=\"appended\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("crm_command_duration_seconds_bucket"));
     assert!(text.contains("crm_owned_partitions 3"));
     let openapi = send(&s.router, "GET", "/openapi.json", &[], None).await;
@@ -342,13 +788,27 @@ async fn operational_endpoints() {
     let paths = openapi.body["paths"].as_object().unwrap();
     let operations: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
     assert!(operations >= 28 + 1 + 3, "{operations}");
-    assert!(paths["/v1/customers/{customer_id}/opportunities/{opportunity_id}/stage"]["put"]["requestBody"].is_object());
+    assert!(
+        paths["/v1/customers/{customer_id}/opportunities/{opportunity_id}/stage"]["put"]
+            ["requestBody"]
+            .is_object()
+    );
     // no dangling references
     let text = openapi.body.to_string();
     for r in text.split("\"$ref\":\"").skip(1) {
-        let name = r.split('"').next().unwrap().trim_start_matches("#/components/schemas/");
-        assert!(openapi.body["components"]["schemas"][name].is_object(), "dangling $ref {name}");
+        let name = r
+            .split('"')
+            .next()
+            .unwrap()
+            .trim_start_matches("#/components/schemas/");
+        assert!(
+            openapi.body["components"]["schemas"][name].is_object(),
+            "dangling $ref {name}"
+        );
     }
     s.app.streams.revoke(&[0, 1, 2]).await;
-    assert_eq!(send(&s.router, "GET", "/readyz", &[], None).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        send(&s.router, "GET", "/readyz", &[], None).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }

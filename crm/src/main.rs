@@ -15,10 +15,20 @@ use infra::embedded::EmbeddedLog;
 use infra::kafka::provision_topics;
 
 #[derive(Debug, Parser)]
-#[command(name = "crm", version, about = "An event-sourced CRM: every customer touchpoint an immutable event")]
+#[command(
+    name = "crm",
+    version,
+    about = "An event-sourced CRM: every customer touchpoint an immutable event"
+)]
 struct Cli {
     /// Log format.
-    #[arg(long, env = "CRM_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    #[arg(
+        long,
+        env = "CRM_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Commands,
@@ -54,8 +64,12 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Commands::Up(up) => up.run(cli.log_format).await,
         Commands::Topics(kafka) => {
-            let settings = kafka.settings("crm").context("--kafka-brokers (KAFKA_BROKERS) is required")?;
-            let topics = provision_topics(&settings).await.context("provisioning topics")?;
+            let settings = kafka
+                .settings("crm")
+                .context("--kafka-brokers (KAFKA_BROKERS) is required")?;
+            let topics = provision_topics(&settings)
+                .await
+                .context("provisioning topics")?;
             for t in topics {
                 println!("{t}");
             }
@@ -81,9 +95,15 @@ impl Up {
             .with_context(|| format!("opening the embedded log in {}", dir.display()))?;
         let app = command_service::App::new(Arc::new(log), "/crm".into())?;
         let all: Vec<i32> = (0..self.kafka.partitions).collect();
-        app.streams.assign(&all).await.context("reading the embedded log")?;
+        app.streams
+            .assign(&all)
+            .await
+            .context("reading the embedded log")?;
         tracing::info!(data_dir = %self.data_dir.display(), "running on the embedded default (no --kafka-brokers)");
-        println!("CRM command API on http://{}  (OpenAPI: /openapi.json)", self.command_listen);
+        println!(
+            "CRM command API on http://{}  (OpenAPI: /openapi.json)",
+            self.command_listen
+        );
         command_service::serve(app, self.command_listen, self.max_body_bytes).await
     }
 }

@@ -398,7 +398,11 @@ pub fn decide(state: &CustomerState, command: &Command) -> Decision {
 
         Command::RaiseChurnWarning(c) => {
             if state.churn != ChurnStatus::Active {
-                return Err(transition("customer", state.churn.as_str(), "raise a churn warning"));
+                return Err(transition(
+                    "customer",
+                    state.churn.as_str(),
+                    "raise a churn warning",
+                ));
             }
             non_empty(&c.reason, "reason")?;
             one(ChurnWarningRaised {
@@ -411,7 +415,11 @@ pub fn decide(state: &CustomerState, command: &Command) -> Decision {
 
         Command::RecordDelayMeasure(c) => {
             let ChurnStatus::AtRisk(churn_case_id) = state.churn else {
-                return Err(transition("customer", state.churn.as_str(), "record a delaying measure"));
+                return Err(transition(
+                    "customer",
+                    state.churn.as_str(),
+                    "record a delaying measure",
+                ));
             };
             non_empty(&c.measure, "measure")?;
             one(ChurnDelayMeasureRecorded {
@@ -423,7 +431,11 @@ pub fn decide(state: &CustomerState, command: &Command) -> Decision {
 
         Command::ConfirmChurn(c) => {
             let ChurnStatus::AtRisk(churn_case_id) = state.churn else {
-                return Err(transition("customer", state.churn.as_str(), "confirm churn without a warning"));
+                return Err(transition(
+                    "customer",
+                    state.churn.as_str(),
+                    "confirm churn without a warning",
+                ));
             };
             non_empty(&c.reason, "reason")?;
             one(ChurnConfirmed {
@@ -434,7 +446,8 @@ pub fn decide(state: &CustomerState, command: &Command) -> Decision {
         }
 
         Command::ReactivateCustomer(c) => {
-            let (ChurnStatus::AtRisk(churn_case_id) | ChurnStatus::Lost(churn_case_id)) = state.churn
+            let (ChurnStatus::AtRisk(churn_case_id) | ChurnStatus::Lost(churn_case_id)) =
+                state.churn
             else {
                 return Err(transition("customer", state.churn.as_str(), "reactivate"));
             };
@@ -543,14 +556,20 @@ fn non_empty(value: &str, field: &str) -> Result<(), DomainError> {
 
 fn rating(value: u8, field: &str) -> Result<(), DomainError> {
     if !(1..=5).contains(&value) {
-        return Err(DomainError::invalid(field, format!("must be 1 to 5, got {value}")));
+        return Err(DomainError::invalid(
+            field,
+            format!("must be 1 to 5, got {value}"),
+        ));
     }
     Ok(())
 }
 
 fn probability(value: u8, field: &str) -> Result<(), DomainError> {
     if value > 100 {
-        return Err(DomainError::invalid(field, format!("must be 0 to 100, got {value}")));
+        return Err(DomainError::invalid(
+            field,
+            format!("must be 0 to 100, got {value}"),
+        ));
     }
     Ok(())
 }
@@ -580,7 +599,10 @@ fn validate_order_lines(lines: &[OrderLine], total: i64) -> Result<(), DomainErr
     for (i, line) in lines.iter().enumerate() {
         non_empty(&line.product, &format!("lines[{i}].product"))?;
         if line.quantity == 0 {
-            return Err(DomainError::invalid(format!("lines[{i}].quantity"), "must be at least 1"));
+            return Err(DomainError::invalid(
+                format!("lines[{i}].quantity"),
+                "must be at least 1",
+            ));
         }
         if line.unit_price < 0 {
             return Err(DomainError::invalid(
@@ -592,7 +614,8 @@ fn validate_order_lines(lines: &[OrderLine], total: i64) -> Result<(), DomainErr
             .unit_price
             .checked_mul(i64::from(line.quantity))
             .and_then(|a| sum.checked_add(a));
-        sum = amount.ok_or_else(|| DomainError::invalid(format!("lines[{i}]"), "amount overflows"))?;
+        sum = amount
+            .ok_or_else(|| DomainError::invalid(format!("lines[{i}]"), "amount overflows"))?;
     }
     if !lines.is_empty() && sum != total {
         return Err(DomainError::invalid(
@@ -617,7 +640,10 @@ fn validate_registration(r: &Registration, prefix: &str) -> Result<(), DomainErr
         (r.annual_turnover, "annual_turnover"),
     ] {
         if value.is_some_and(|v| v < 0) {
-            return Err(DomainError::invalid(format!("{prefix}.{name}"), "must not be negative"));
+            return Err(DomainError::invalid(
+                format!("{prefix}.{name}"),
+                "must not be negative",
+            ));
         }
     }
     if let Some(code) = &r.currency {
@@ -661,7 +687,8 @@ fn profile_diff(current: &CustomerProfile, wanted: &ProfileChanges) -> ProfileCh
 
 /// Keeps only the fields that differ from the current contact.
 fn contact_diff(current: &ContactDetails, wanted: &ContactChanges) -> ContactChanges {
-    let opt = |cur: &Option<String>, w: &Option<String>| changed(cur, &w.clone().map(Some)).flatten();
+    let opt =
+        |cur: &Option<String>, w: &Option<String>| changed(cur, &w.clone().map(Some)).flatten();
     ContactChanges {
         name: changed(&current.name, &wanted.name),
         gender: changed(&current.gender, &wanted.gender.map(Some)).flatten(),

@@ -129,7 +129,10 @@ impl RecordedEvent {
             (header::CONTENT_TYPE, CONTENT_TYPE.as_bytes().to_vec()),
             (header::SEQUENCE, m.sequence.to_string().into_bytes()),
             (header::ACTOR, m.actor.clone().into_bytes()),
-            (header::CORRELATION_ID, m.correlation_id.to_string().into_bytes()),
+            (
+                header::CORRELATION_ID,
+                m.correlation_id.to_string().into_bytes(),
+            ),
             (header::OCCURRED_AT, rfc3339(&m.occurred_at)),
             (header::RECORDED_AT, rfc3339(&m.recorded_at)),
         ];
@@ -167,12 +170,13 @@ impl RecordedEvent {
             }
         }
         let subject = h.text(header::SUBJECT)?;
-        let customer_id: CustomerId = subject.parse().map_err(|e: uuid::Error| {
-            EnvelopeError::InvalidHeader {
-                name: header::SUBJECT,
-                reason: e.to_string(),
-            }
-        })?;
+        let customer_id: CustomerId =
+            subject
+                .parse()
+                .map_err(|e: uuid::Error| EnvelopeError::InvalidHeader {
+                    name: header::SUBJECT,
+                    reason: e.to_string(),
+                })?;
         if subject != customer_id.to_string() {
             // Another spelling of the same UUID would hash to another partition.
             return Err(EnvelopeError::InvalidHeader {

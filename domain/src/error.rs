@@ -63,8 +63,12 @@ impl DomainError {
 
     pub fn kind(&self) -> ErrorKind {
         match self {
-            DomainError::Invalid { .. } | DomainError::StageNotAdjacent { .. } => ErrorKind::Invalid,
-            DomainError::CustomerNotRegistered | DomainError::NotFound { .. } => ErrorKind::NotFound,
+            DomainError::Invalid { .. } | DomainError::StageNotAdjacent { .. } => {
+                ErrorKind::Invalid
+            }
+            DomainError::CustomerNotRegistered | DomainError::NotFound { .. } => {
+                ErrorKind::NotFound
+            }
             DomainError::CustomerAlreadyRegistered
             | DomainError::AlreadyExists { .. }
             | DomainError::InvalidTransition { .. }

@@ -72,7 +72,9 @@ uuid_id!(
 
 /// A person or program known to the identity provider: an account manager, a director,
 /// a channel adapter. Kept as the provider's subject string.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(transparent)]
 pub struct UserId(pub String);
 
@@ -92,7 +94,9 @@ impl fmt::Display for UserId {
 }
 
 /// The order number given by the ERP (历史订单). Unique per customer stream.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(transparent)]
 pub struct OrderNumber(pub String);
 

@@ -16,7 +16,11 @@ pub struct Incompatibility {
 
 impl std::fmt::Display for Incompatibility {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let path = if self.path.is_empty() { "/" } else { &self.path };
+        let path = if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        };
         write!(f, "{path}: {}", self.reason)
     }
 }
@@ -368,13 +372,19 @@ mod tests {
     #[test]
     fn adding_an_optional_field_is_compatible() {
         let old = object(json!({"a": {"type": "string"}}), &["a"]);
-        let new = object(json!({"a": {"type": "string"}, "b": {"type": ["string", "null"]}}), &["a"]);
+        let new = object(
+            json!({"a": {"type": "string"}, "b": {"type": ["string", "null"]}}),
+            &["a"],
+        );
         assert!(reasons(old, new).is_empty());
     }
 
     #[test]
     fn removing_a_field_is_not() {
-        let old = object(json!({"a": {"type": "string"}, "b": {"type": "string"}}), &["a"]);
+        let old = object(
+            json!({"a": {"type": "string"}, "b": {"type": "string"}}),
+            &["a"],
+        );
         let new = object(json!({"a": {"type": "string"}}), &["a"]);
         assert_eq!(reasons(old, new), ["/b: field removed or renamed"]);
     }
@@ -384,7 +394,10 @@ mod tests {
         let old = object(json!({"a": {"type": "string"}}), &["a"]);
         let new = object(json!({"z": {"type": "string"}}), &["z"]);
         let r = reasons(old, new);
-        assert!(r.contains(&"/a: field removed or renamed".to_owned()), "{r:?}");
+        assert!(
+            r.contains(&"/a: field removed or renamed".to_owned()),
+            "{r:?}"
+        );
         assert!(r.contains(&"/z: field made required".to_owned()), "{r:?}");
     }
 
@@ -399,26 +412,47 @@ mod tests {
     fn narrowing_a_type_is_not() {
         let old = object(json!({"a": {"type": ["string", "null"]}}), &[]);
         let new = object(json!({"a": {"type": "string"}}), &[]);
-        assert_eq!(reasons(old, new), ["/a: type narrowed: `null` no longer accepted"]);
+        assert_eq!(
+            reasons(old, new),
+            ["/a: type narrowed: `null` no longer accepted"]
+        );
         let old = object(json!({"n": {"type": "number"}}), &[]);
         let new = object(json!({"n": {"type": "integer"}}), &[]);
-        assert_eq!(reasons(old, new), ["/n: type narrowed: `number` no longer accepted"]);
+        assert_eq!(
+            reasons(old, new),
+            ["/n: type narrowed: `number` no longer accepted"]
+        );
     }
 
     #[test]
     fn widening_is_compatible() {
         let old = object(json!({"n": {"type": "integer", "minimum": 1}}), &["n"]);
-        let new = object(json!({"n": {"type": ["number", "null"], "minimum": 0}}), &[]);
+        let new = object(
+            json!({"n": {"type": ["number", "null"], "minimum": 0}}),
+            &[],
+        );
         assert!(reasons(old, new).is_empty());
     }
 
     #[test]
     fn tightening_bounds_and_enums_is_not() {
-        let old = object(json!({"n": {"type": "integer", "maximum": 100}, "e": {"type": "string", "enum": ["a", "b"]}}), &[]);
-        let new = object(json!({"n": {"type": "integer", "maximum": 5}, "e": {"type": "string", "enum": ["a"]}}), &[]);
+        let old = object(
+            json!({"n": {"type": "integer", "maximum": 100}, "e": {"type": "string", "enum": ["a", "b"]}}),
+            &[],
+        );
+        let new = object(
+            json!({"n": {"type": "integer", "maximum": 5}, "e": {"type": "string", "enum": ["a"]}}),
+            &[],
+        );
         let r = reasons(old, new);
-        assert!(r.contains(&"/n: `maximum` tightened from 100 to 5".to_owned()), "{r:?}");
-        assert!(r.contains(&"/e: enum value \"b\" removed".to_owned()), "{r:?}");
+        assert!(
+            r.contains(&"/n: `maximum` tightened from 100 to 5".to_owned()),
+            "{r:?}"
+        );
+        assert!(
+            r.contains(&"/e: enum value \"b\" removed".to_owned()),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -163,13 +163,19 @@ pub fn evolve(mut state: CustomerState, event: &CustomerEvent) -> CustomerState 
         }
         CustomerEvent::TouchpointRecorded(_) => {}
         CustomerEvent::ComplaintLodged(e) => {
-            state.complaints.insert(e.complaint_id, ComplaintStatus::Lodged);
+            state
+                .complaints
+                .insert(e.complaint_id, ComplaintStatus::Lodged);
         }
         CustomerEvent::ComplaintHandled(e) => {
-            state.complaints.insert(e.complaint_id, ComplaintStatus::Handled);
+            state
+                .complaints
+                .insert(e.complaint_id, ComplaintStatus::Handled);
         }
         CustomerEvent::ComplaintClosed(e) => {
-            state.complaints.insert(e.complaint_id, ComplaintStatus::Closed);
+            state
+                .complaints
+                .insert(e.complaint_id, ComplaintStatus::Closed);
         }
         CustomerEvent::OpportunityOpened(e) => {
             state.opportunities.insert(

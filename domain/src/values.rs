@@ -15,7 +15,9 @@ pub enum CustomerKind {
 }
 
 /// Customer level (客户等级) from the data dictionary of seed 001.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum CustomerLevel {
     Ordinary,
@@ -217,13 +219,19 @@ pub enum Channel {
         subject: String,
     },
     /// Face to face (拜访).
-    Visit { place: String },
-    Wechat { direction: Direction },
+    Visit {
+        place: String,
+    },
+    Wechat {
+        direction: Direction,
+    },
     WebForm {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         form: Option<String>,
     },
-    FaxLetter { direction: Direction },
+    FaxLetter {
+        direction: Direction,
+    },
 }
 
 impl Channel {
@@ -239,8 +247,14 @@ impl Channel {
         }
     }
 
-    pub const NAMES: [&'static str; 6] =
-        ["phone_call", "email", "visit", "wechat", "web_form", "fax_letter"];
+    pub const NAMES: [&'static str; 6] = [
+        "phone_call",
+        "email",
+        "visit",
+        "wechat",
+        "web_form",
+        "fax_letter",
+    ];
 }
 
 /// A touchpoint (交往记录): a contact with the customer on some channel.
@@ -266,7 +280,9 @@ pub enum ComplaintCategory {
     Service,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     Low,
@@ -276,7 +292,9 @@ pub enum Priority {
 }
 
 /// The stages of the sales funnel (销售漏斗), in order. Winning (合同签订) and losing end it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     /// 机会建立
@@ -306,7 +324,9 @@ impl Stage {
     }
 
     pub fn previous(self) -> Option<Stage> {
-        self.index().checked_sub(1).and_then(|i| Stage::ALL.get(i).copied())
+        self.index()
+            .checked_sub(1)
+            .and_then(|i| Stage::ALL.get(i).copied())
     }
 
     pub fn as_str(self) -> &'static str {

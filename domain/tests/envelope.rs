@@ -969,17 +969,28 @@ fn envelope_time_is_what_survives_the_trip() {
 #[test]
 fn another_spelling_of_the_customer_id_is_refused() {
     let mut r = record();
-    let upper = sample().metadata.customer_id.to_string().to_uppercase().into_bytes();
+    let upper = sample()
+        .metadata
+        .customer_id
+        .to_string()
+        .to_uppercase()
+        .into_bytes();
     r.key = upper.clone();
     let r = with(r, header::SUBJECT, &upper);
     assert!(matches!(
         from_record(&r),
-        Err(EnvelopeError::InvalidHeader { name: header::SUBJECT, .. })
+        Err(EnvelopeError::InvalidHeader {
+            name: header::SUBJECT,
+            ..
+        })
     ));
 }
 
 #[test]
 fn a_content_type_that_merely_starts_like_json_is_refused() {
     let r = with(record(), header::CONTENT_TYPE, b"application/jsonx");
-    assert!(matches!(from_record(&r), Err(EnvelopeError::ContentType(_))));
+    assert!(matches!(
+        from_record(&r),
+        Err(EnvelopeError::ContentType(_))
+    ));
 }

@@ -15,11 +15,18 @@ fn id(kind: u128, n: u8) -> Uuid {
 }
 
 fn cny(amount: i64) -> Money {
-    Money { amount, currency: "CNY".into() }
+    Money {
+        amount,
+        currency: "CNY".into(),
+    }
 }
 
 fn text(empty: bool) -> String {
-    if empty { " ".into() } else { "文本".into() }
+    if empty {
+        " ".into()
+    } else {
+        "文本".into()
+    }
 }
 
 fn stage() -> impl Strategy<Value = Stage> {
@@ -31,99 +38,191 @@ fn stage() -> impl Strategy<Value = Stage> {
 fn command() -> impl Strategy<Value = Command> {
     let n = 0u8..3;
     prop_oneof![
-        (1u8..=5, 0u8..=6).prop_map(|(credit, satisfaction)| Command::RegisterCustomer(RegisterCustomer {
-            profile: CustomerProfile {
-                kind: CustomerKind::Company,
-                number: None,
-                name: "客户".into(),
-                region: "华北".into(),
-                industry: "retail".into(),
-                level: CustomerLevel::Ordinary,
-                credit,
-                satisfaction,
-                registration: Registration::default(),
-            },
-            owner: UserId::new("am"),
-        })),
+        (1u8..=5, 0u8..=6).prop_map(|(credit, satisfaction)| Command::RegisterCustomer(
+            RegisterCustomer {
+                profile: CustomerProfile {
+                    kind: CustomerKind::Company,
+                    number: None,
+                    name: "客户".into(),
+                    region: "华北".into(),
+                    industry: "retail".into(),
+                    level: CustomerLevel::Ordinary,
+                    credit,
+                    satisfaction,
+                    registration: Registration::default(),
+                },
+                owner: UserId::new("am"),
+            }
+        )),
         (0u8..=6).prop_map(|credit| Command::ChangeProfile(ChangeProfile {
-            changes: ProfileChanges { credit: Some(credit), ..ProfileChanges::default() }
+            changes: ProfileChanges {
+                credit: Some(credit),
+                ..ProfileChanges::default()
+            }
         })),
-        (0u8..3).prop_map(|o| Command::ReassignOwner(ReassignOwner { to: UserId::new(format!("am-{o}")) })),
+        (0u8..3).prop_map(|o| Command::ReassignOwner(ReassignOwner {
+            to: UserId::new(format!("am-{o}"))
+        })),
         (n.clone(), any::<bool>()).prop_map(|(c, empty)| Command::AddContact(AddContact {
             contact_id: ContactId(id(2, c)),
-            contact: ContactDetails { name: text(empty), gender: None, position: None, office_phone: None, mobile: None, email: None, memo: None },
-        })),
-        n.clone().prop_map(|c| Command::RemoveContact(RemoveContact { contact_id: ContactId(id(2, c)) })),
-        (prop::option::of(n.clone()), prop::option::of(n.clone())).prop_map(|(c, o)| Command::RecordTouchpoint(RecordTouchpoint {
-            touchpoint_id: TouchpointId(Uuid::nil()),
-            touchpoint: Touchpoint {
-                channel: Channel::Wechat { direction: Direction::Inbound },
-                summary: "s".into(),
-                contact_id: c.map(|c| ContactId(id(2, c))),
-                opportunity_id: o.map(|o| OpportunityId(id(3, o))),
+            contact: ContactDetails {
+                name: text(empty),
+                gender: None,
+                position: None,
+                office_phone: None,
+                mobile: None,
+                email: None,
+                memo: None
             },
         })),
-        (n.clone(), 0u8..=120, -10i64..1000).prop_map(|(o, probability, amount)| Command::OpenOpportunity(OpenOpportunity {
-            opportunity_id: OpportunityId(id(3, o)),
-            source: "web".into(),
-            title: "t".into(),
-            value: cny(amount),
-            probability,
-            expected_close: NaiveDate::from_ymd_opt(2027, 1, 1).unwrap(),
-            contact_id: None,
-            description: None,
-        })),
-        (n.clone(), stage(), any::<bool>(), prop::option::of(0u8..=120)).prop_map(|(o, to, reason, probability)| Command::ChangeStage(ChangeStage {
-            opportunity_id: OpportunityId(id(3, o)),
-            to,
-            reason: reason.then(|| "why".into()),
-            probability,
-        })),
+        n.clone()
+            .prop_map(|c| Command::RemoveContact(RemoveContact {
+                contact_id: ContactId(id(2, c))
+            })),
+        (prop::option::of(n.clone()), prop::option::of(n.clone())).prop_map(|(c, o)| {
+            Command::RecordTouchpoint(RecordTouchpoint {
+                touchpoint_id: TouchpointId(Uuid::nil()),
+                touchpoint: Touchpoint {
+                    channel: Channel::Wechat {
+                        direction: Direction::Inbound,
+                    },
+                    summary: "s".into(),
+                    contact_id: c.map(|c| ContactId(id(2, c))),
+                    opportunity_id: o.map(|o| OpportunityId(id(3, o))),
+                },
+            })
+        }),
+        (n.clone(), 0u8..=120, -10i64..1000).prop_map(|(o, probability, amount)| {
+            Command::OpenOpportunity(OpenOpportunity {
+                opportunity_id: OpportunityId(id(3, o)),
+                source: "web".into(),
+                title: "t".into(),
+                value: cny(amount),
+                probability,
+                expected_close: NaiveDate::from_ymd_opt(2027, 1, 1).unwrap(),
+                contact_id: None,
+                description: None,
+            })
+        }),
+        (
+            n.clone(),
+            stage(),
+            any::<bool>(),
+            prop::option::of(0u8..=120)
+        )
+            .prop_map(
+                |(o, to, reason, probability)| Command::ChangeStage(ChangeStage {
+                    opportunity_id: OpportunityId(id(3, o)),
+                    to,
+                    reason: reason.then(|| "why".into()),
+                    probability,
+                })
+            ),
         (n.clone(), n.clone()).prop_map(|(o, p)| Command::AddPlanItem(AddPlanItem {
             opportunity_id: OpportunityId(id(3, o)),
             plan_item_id: PlanItemId(id(4, p)),
-            item: PlanItem { due_on: NaiveDate::from_ymd_opt(2026, 5, 1).unwrap(), action: "a".into() },
+            item: PlanItem {
+                due_on: NaiveDate::from_ymd_opt(2026, 5, 1).unwrap(),
+                action: "a".into()
+            },
         })),
         (n.clone(), n.clone()).prop_map(|(o, p)| Command::RecordPlanResult(RecordPlanResult {
             opportunity_id: OpportunityId(id(3, o)),
             plan_item_id: PlanItemId(id(4, p)),
             result: "r".into(),
         })),
-        (n.clone(), prop::option::of(-10i64..1000)).prop_map(|(o, v)| Command::WinOpportunity(WinOpportunity { opportunity_id: OpportunityId(id(3, o)), value: v.map(cny) })),
-        (n.clone(), any::<bool>()).prop_map(|(o, empty)| Command::LoseOpportunity(LoseOpportunity { opportunity_id: OpportunityId(id(3, o)), reason: text(empty) })),
-        n.clone().prop_map(|o| Command::ReopenOpportunity(ReopenOpportunity { opportunity_id: OpportunityId(id(3, o)), reason: "r".into() })),
-        (n.clone(), -5i64..100, 0u32..3).prop_map(|(k, price, quantity)| Command::PlaceOrder(PlaceOrder {
-            order_number: OrderNumber(format!("SO-{k}")),
-            lines: vec![OrderLine { product: "p".into(), quantity, unit_price: price }],
-            total: cny(price * i64::from(quantity)),
-            delivery_address: None,
+        (n.clone(), prop::option::of(-10i64..1000)).prop_map(|(o, v)| Command::WinOpportunity(
+            WinOpportunity {
+                opportunity_id: OpportunityId(id(3, o)),
+                value: v.map(cny)
+            }
+        )),
+        (n.clone(), any::<bool>()).prop_map(|(o, empty)| Command::LoseOpportunity(
+            LoseOpportunity {
+                opportunity_id: OpportunityId(id(3, o)),
+                reason: text(empty)
+            }
+        )),
+        n.clone()
+            .prop_map(|o| Command::ReopenOpportunity(ReopenOpportunity {
+                opportunity_id: OpportunityId(id(3, o)),
+                reason: "r".into()
+            })),
+        (n.clone(), -5i64..100, 0u32..3).prop_map(|(k, price, quantity)| Command::PlaceOrder(
+            PlaceOrder {
+                order_number: OrderNumber(format!("SO-{k}")),
+                lines: vec![OrderLine {
+                    product: "p".into(),
+                    quantity,
+                    unit_price: price
+                }],
+                total: cny(price * i64::from(quantity)),
+                delivery_address: None,
+            }
+        )),
+        n.clone()
+            .prop_map(|s| Command::CreateServiceRequest(CreateServiceRequest {
+                service_request_id: ServiceRequestId(id(5, s)),
+                kind: ServiceKind::Complaint,
+                summary: "s".into(),
+                request: "r".into(),
+                contact_id: None,
+            })),
+        n.clone()
+            .prop_map(|s| Command::AssignServiceRequest(AssignServiceRequest {
+                service_request_id: ServiceRequestId(id(5, s)),
+                assignee: UserId::new("agent")
+            })),
+        n.clone()
+            .prop_map(|s| Command::HandleServiceRequest(HandleServiceRequest {
+                service_request_id: ServiceRequestId(id(5, s)),
+                handling: "h".into()
+            })),
+        (n.clone(), 0u8..=6).prop_map(|(s, satisfaction)| Command::GiveServiceFeedback(
+            GiveServiceFeedback {
+                service_request_id: ServiceRequestId(id(5, s)),
+                result: "r".into(),
+                satisfaction
+            }
+        )),
+        n.clone()
+            .prop_map(|s| Command::ArchiveServiceRequest(ArchiveServiceRequest {
+                service_request_id: ServiceRequestId(id(5, s))
+            })),
+        n.clone()
+            .prop_map(|c| Command::LodgeComplaint(LodgeComplaint {
+                complaint_id: ComplaintId(id(6, c)),
+                category: ComplaintCategory::Service,
+                sub_category: "fees".into(),
+                urgency: Priority::High,
+                importance: Priority::Low,
+                description: "d".into(),
+                contact_id: None,
+            })),
+        n.clone()
+            .prop_map(|c| Command::HandleComplaint(HandleComplaint {
+                complaint_id: ComplaintId(id(6, c)),
+                handling: "h".into(),
+                cause_analysis: None
+            })),
+        n.clone()
+            .prop_map(|c| Command::CloseComplaint(CloseComplaint {
+                complaint_id: ComplaintId(id(6, c)),
+                resolution: "r".into()
+            })),
+        n.clone()
+            .prop_map(|c| Command::RaiseChurnWarning(RaiseChurnWarning {
+                churn_case_id: ChurnCaseId(id(7, c)),
+                reason: "r".into(),
+                last_order_at: None
+            })),
+        Just(Command::RecordDelayMeasure(RecordDelayMeasure {
+            measure: "m".into()
         })),
-        n.clone().prop_map(|s| Command::CreateServiceRequest(CreateServiceRequest {
-            service_request_id: ServiceRequestId(id(5, s)),
-            kind: ServiceKind::Complaint,
-            summary: "s".into(),
-            request: "r".into(),
-            contact_id: None,
-        })),
-        n.clone().prop_map(|s| Command::AssignServiceRequest(AssignServiceRequest { service_request_id: ServiceRequestId(id(5, s)), assignee: UserId::new("agent") })),
-        n.clone().prop_map(|s| Command::HandleServiceRequest(HandleServiceRequest { service_request_id: ServiceRequestId(id(5, s)), handling: "h".into() })),
-        (n.clone(), 0u8..=6).prop_map(|(s, satisfaction)| Command::GiveServiceFeedback(GiveServiceFeedback { service_request_id: ServiceRequestId(id(5, s)), result: "r".into(), satisfaction })),
-        n.clone().prop_map(|s| Command::ArchiveServiceRequest(ArchiveServiceRequest { service_request_id: ServiceRequestId(id(5, s)) })),
-        n.clone().prop_map(|c| Command::LodgeComplaint(LodgeComplaint {
-            complaint_id: ComplaintId(id(6, c)),
-            category: ComplaintCategory::Service,
-            sub_category: "fees".into(),
-            urgency: Priority::High,
-            importance: Priority::Low,
-            description: "d".into(),
-            contact_id: None,
-        })),
-        n.clone().prop_map(|c| Command::HandleComplaint(HandleComplaint { complaint_id: ComplaintId(id(6, c)), handling: "h".into(), cause_analysis: None })),
-        n.clone().prop_map(|c| Command::CloseComplaint(CloseComplaint { complaint_id: ComplaintId(id(6, c)), resolution: "r".into() })),
-        n.clone().prop_map(|c| Command::RaiseChurnWarning(RaiseChurnWarning { churn_case_id: ChurnCaseId(id(7, c)), reason: "r".into(), last_order_at: None })),
-        Just(Command::RecordDelayMeasure(RecordDelayMeasure { measure: "m".into() })),
         Just(Command::ConfirmChurn(ConfirmChurn { reason: "r".into() })),
-        Just(Command::ReactivateCustomer(ReactivateCustomer { reason: "r".into() })),
+        Just(Command::ReactivateCustomer(ReactivateCustomer {
+            reason: "r".into()
+        })),
     ]
 }
 
@@ -158,13 +257,22 @@ fn check_event(before: &CustomerState, event: &CustomerEvent) -> Result<(), Test
             prop_assert!(money_ok(&e.value));
         }
         CustomerEvent::OpportunityAssigned(e) => {
-            prop_assert_eq!(before.opportunities[&e.opportunity_id].status, OpportunityStatus::Open);
+            prop_assert_eq!(
+                before.opportunities[&e.opportunity_id].status,
+                OpportunityStatus::Open
+            );
         }
         CustomerEvent::PlanItemAdded(e) => {
-            prop_assert_eq!(before.opportunities[&e.opportunity_id].status, OpportunityStatus::Open);
+            prop_assert_eq!(
+                before.opportunities[&e.opportunity_id].status,
+                OpportunityStatus::Open
+            );
         }
         CustomerEvent::OpportunityReopened(e) => {
-            prop_assert_ne!(before.opportunities[&e.opportunity_id].status, OpportunityStatus::Open);
+            prop_assert_ne!(
+                before.opportunities[&e.opportunity_id].status,
+                OpportunityStatus::Open
+            );
         }
         CustomerEvent::OrderPlaced(e) => {
             prop_assert!(money_ok(&e.total));
@@ -178,7 +286,9 @@ fn check_event(before: &CustomerState, event: &CustomerEvent) -> Result<(), Test
         CustomerEvent::CustomerReactivated(_) => prop_assert_ne!(before.churn, ChurnStatus::Active),
         CustomerEvent::CustomerRegistered(e) => {
             prop_assert!(!before.is_registered());
-            prop_assert!((1..=5).contains(&e.profile.credit) && (1..=5).contains(&e.profile.satisfaction));
+            prop_assert!(
+                (1..=5).contains(&e.profile.credit) && (1..=5).contains(&e.profile.satisfaction)
+            );
         }
         _ => prop_assert!(before.is_registered()),
     }

@@ -68,7 +68,10 @@ impl Stream {
     fn err(&mut self, command: Command) -> DomainError {
         let version = self.state.version;
         let e = self.try_(command).unwrap_err();
-        assert_eq!(self.state.version, version, "a refused command appends nothing");
+        assert_eq!(
+            self.state.version, version,
+            "a refused command appends nothing"
+        );
         e
     }
 
@@ -174,7 +177,11 @@ fn a_customer_registers_once() {
 
 #[test]
 fn ratings_are_one_to_five() {
-    for (credit, satisfaction, field) in [(0, 3, "profile.credit"), (6, 3, "profile.credit"), (3, 9, "profile.satisfaction")] {
+    for (credit, satisfaction, field) in [
+        (0, 3, "profile.credit"),
+        (6, 3, "profile.credit"),
+        (3, 9, "profile.satisfaction"),
+    ] {
         let mut s = Stream::new();
         let e = s.err(Command::RegisterCustomer(RegisterCustomer {
             profile: CustomerProfile {
@@ -243,7 +250,10 @@ fn a_profile_change_carries_only_the_changed_fields() {
             ..ProfileChanges::default()
         }
     );
-    assert_eq!(s.state.profile.as_ref().unwrap().level, CustomerLevel::StrategicPartner);
+    assert_eq!(
+        s.state.profile.as_ref().unwrap().level,
+        CustomerLevel::StrategicPartner
+    );
 }
 
 #[test]
@@ -256,7 +266,11 @@ fn a_change_to_the_current_values_appends_nothing() {
         },
     }));
     assert!(events.is_empty());
-    assert!(s.ok(Command::ReassignOwner(ReassignOwner { to: UserId::new("am-li") })).is_empty());
+    assert!(s
+        .ok(Command::ReassignOwner(ReassignOwner {
+            to: UserId::new("am-li")
+        }))
+        .is_empty());
 }
 
 #[test]
@@ -274,7 +288,9 @@ fn profile_changes_are_validated() {
 #[test]
 fn reassigning_the_owner_records_from_and_to() {
     let mut s = Stream::registered();
-    let events = s.ok(Command::ReassignOwner(ReassignOwner { to: UserId::new("am-zhao") }));
+    let events = s.ok(Command::ReassignOwner(ReassignOwner {
+        to: UserId::new("am-zhao"),
+    }));
     assert_eq!(
         events,
         vec![CustomerEvent::OwnerReassigned(OwnerReassigned {
@@ -331,32 +347,64 @@ fn a_touchpoint_names_only_existing_contacts_and_opportunities() {
         })
     };
     assert_eq!(s.ok(touchpoint(10, 20)).len(), 1);
-    assert_eq!(s.err(touchpoint(11, 20)).field(), Some("touchpoint.contact_id"));
-    assert_eq!(s.err(touchpoint(10, 21)).field(), Some("touchpoint.opportunity_id"));
+    assert_eq!(
+        s.err(touchpoint(11, 20)).field(),
+        Some("touchpoint.contact_id")
+    );
+    assert_eq!(
+        s.err(touchpoint(10, 21)).field(),
+        Some("touchpoint.opportunity_id")
+    );
 }
 
 #[test]
 fn every_channel_is_recorded() {
     let mut s = Stream::registered();
     let channels = vec![
-        Channel::PhoneCall { direction: Direction::Outbound, duration_seconds: 60, wait_seconds: 0, outcome: CallOutcome::NoAnswer },
-        Channel::Email { direction: Direction::Inbound, subject: "报价".into() },
-        Channel::Visit { place: "客户办公室".into() },
-        Channel::Wechat { direction: Direction::Inbound },
-        Channel::WebForm { form: Some("contact-us".into()) },
-        Channel::FaxLetter { direction: Direction::Outbound },
+        Channel::PhoneCall {
+            direction: Direction::Outbound,
+            duration_seconds: 60,
+            wait_seconds: 0,
+            outcome: CallOutcome::NoAnswer,
+        },
+        Channel::Email {
+            direction: Direction::Inbound,
+            subject: "报价".into(),
+        },
+        Channel::Visit {
+            place: "客户办公室".into(),
+        },
+        Channel::Wechat {
+            direction: Direction::Inbound,
+        },
+        Channel::WebForm {
+            form: Some("contact-us".into()),
+        },
+        Channel::FaxLetter {
+            direction: Direction::Outbound,
+        },
     ];
     for channel in channels {
         let events = s.ok(Command::RecordTouchpoint(RecordTouchpoint {
             touchpoint_id: TouchpointId(Uuid::now_v7()),
-            touchpoint: Touchpoint { channel, summary: "s".into(), contact_id: None, opportunity_id: None },
+            touchpoint: Touchpoint {
+                channel,
+                summary: "s".into(),
+                contact_id: None,
+                opportunity_id: None,
+            },
         }));
         assert_eq!(events[0].event_type(), "crm.touchpoint.recorded.v1");
     }
     assert_eq!(s.state.version, 7);
     let e = s.err(Command::RecordTouchpoint(RecordTouchpoint {
         touchpoint_id: TouchpointId(Uuid::now_v7()),
-        touchpoint: Touchpoint { channel: Channel::Visit { place: "".into() }, summary: "s".into(), contact_id: None, opportunity_id: None },
+        touchpoint: Touchpoint {
+            channel: Channel::Visit { place: "".into() },
+            summary: "s".into(),
+            contact_id: None,
+            opportunity_id: None,
+        },
     }));
     assert_eq!(invalid_field(&e), "touchpoint.channel.place");
 }
@@ -376,9 +424,24 @@ fn a_complaint_is_lodged_handled_then_closed() {
         description: "外壳开裂".into(),
         contact_id: None,
     }));
-    let close = || Command::CloseComplaint(CloseComplaint { complaint_id: c, resolution: "换货".into() });
-    assert_eq!(s.err(close()).kind(), ErrorKind::Conflict, "not handled yet");
-    let handle = || Command::HandleComplaint(HandleComplaint { complaint_id: c, handling: "上门检查".into(), cause_analysis: None });
+    let close = || {
+        Command::CloseComplaint(CloseComplaint {
+            complaint_id: c,
+            resolution: "换货".into(),
+        })
+    };
+    assert_eq!(
+        s.err(close()).kind(),
+        ErrorKind::Conflict,
+        "not handled yet"
+    );
+    let handle = || {
+        Command::HandleComplaint(HandleComplaint {
+            complaint_id: c,
+            handling: "上门检查".into(),
+            cause_analysis: None,
+        })
+    };
     s.ok(handle());
     s.ok(handle()); // handling has a history
     s.ok(close());
@@ -412,28 +475,54 @@ fn an_opportunity_starts_in_qualification_and_moves_one_step_forward() {
     assert!(matches!(e, DomainError::StageNotAdjacent { .. }), "{e}");
     assert_eq!(e.field(), Some("to"));
     let events = s.ok(change_stage(Stage::Proposal, None));
-    let [CustomerEvent::OpportunityStageChanged(changed)] = events.as_slice() else { panic!() };
-    assert_eq!((changed.from, changed.to), (Stage::Qualification, Stage::Proposal));
-    assert_eq!(s.err(change_stage(Stage::Proposal, None)).kind(), ErrorKind::Invalid, "same stage");
+    let [CustomerEvent::OpportunityStageChanged(changed)] = events.as_slice() else {
+        panic!()
+    };
+    assert_eq!(
+        (changed.from, changed.to),
+        (Stage::Qualification, Stage::Proposal)
+    );
+    assert_eq!(
+        s.err(change_stage(Stage::Proposal, None)).kind(),
+        ErrorKind::Invalid,
+        "same stage"
+    );
 }
 
 #[test]
 fn moving_back_one_step_needs_a_reason() {
     let mut s = Stream::registered().with_opportunity();
     s.advance_to(Stage::Evaluation);
-    assert_eq!(invalid_field(&s.err(change_stage(Stage::Proposal, None))), "reason");
-    assert_eq!(invalid_field(&s.err(change_stage(Stage::Proposal, Some(" ")))), "reason");
-    assert!(matches!(s.err(change_stage(Stage::Qualification, Some("x"))), DomainError::StageNotAdjacent { .. }));
+    assert_eq!(
+        invalid_field(&s.err(change_stage(Stage::Proposal, None))),
+        "reason"
+    );
+    assert_eq!(
+        invalid_field(&s.err(change_stage(Stage::Proposal, Some(" ")))),
+        "reason"
+    );
+    assert!(matches!(
+        s.err(change_stage(Stage::Qualification, Some("x"))),
+        DomainError::StageNotAdjacent { .. }
+    ));
     s.ok(change_stage(Stage::Proposal, Some("客户要求修改方案")));
-    assert_eq!(s.state.opportunities[&OpportunityId(id(20))].stage, Stage::Proposal);
+    assert_eq!(
+        s.state.opportunities[&OpportunityId(id(20))].stage,
+        Stage::Proposal
+    );
 }
 
 #[test]
 fn probabilities_are_zero_to_hundred() {
     let mut s = Stream::registered();
-    let Command::OpenOpportunity(mut open) = open_opportunity(20) else { unreachable!() };
+    let Command::OpenOpportunity(mut open) = open_opportunity(20) else {
+        unreachable!()
+    };
     open.probability = 101;
-    assert_eq!(invalid_field(&s.err(Command::OpenOpportunity(open.clone()))), "probability");
+    assert_eq!(
+        invalid_field(&s.err(Command::OpenOpportunity(open.clone()))),
+        "probability"
+    );
     open.probability = 100;
     s.ok(Command::OpenOpportunity(open));
     let e = s.err(Command::ChangeStage(ChangeStage {
@@ -448,46 +537,96 @@ fn probabilities_are_zero_to_hundred() {
 #[test]
 fn amounts_are_never_negative() {
     let mut s = Stream::registered();
-    let Command::OpenOpportunity(mut open) = open_opportunity(20) else { unreachable!() };
+    let Command::OpenOpportunity(mut open) = open_opportunity(20) else {
+        unreachable!()
+    };
     open.value = cny(-5);
-    assert_eq!(invalid_field(&s.err(Command::OpenOpportunity(open.clone()))), "value.amount");
-    open.value = Money { amount: 5, currency: "rmb".into() };
-    assert_eq!(invalid_field(&s.err(Command::OpenOpportunity(open))), "value.currency");
+    assert_eq!(
+        invalid_field(&s.err(Command::OpenOpportunity(open.clone()))),
+        "value.amount"
+    );
+    open.value = Money {
+        amount: 5,
+        currency: "rmb".into(),
+    };
+    assert_eq!(
+        invalid_field(&s.err(Command::OpenOpportunity(open))),
+        "value.currency"
+    );
 }
 
 #[test]
 fn an_opportunity_is_won_only_from_negotiation() {
     let mut s = Stream::registered().with_opportunity();
-    let win = || Command::WinOpportunity(WinOpportunity { opportunity_id: OpportunityId(id(20)), value: None });
+    let win = || {
+        Command::WinOpportunity(WinOpportunity {
+            opportunity_id: OpportunityId(id(20)),
+            value: None,
+        })
+    };
     assert_eq!(s.err(win()).kind(), ErrorKind::Conflict);
     s.advance_to(Stage::Negotiation);
     let events = s.ok(win());
-    let [CustomerEvent::OpportunityWon(won)] = events.as_slice() else { panic!() };
-    assert_eq!(won.value, cny(1_000_000), "the estimate when no signed value is given");
+    let [CustomerEvent::OpportunityWon(won)] = events.as_slice() else {
+        panic!()
+    };
+    assert_eq!(
+        won.value,
+        cny(1_000_000),
+        "the estimate when no signed value is given"
+    );
 }
 
 #[test]
 fn nothing_happens_after_won_or_lost_except_reopen() {
     let mut s = Stream::registered().with_opportunity();
     let o = OpportunityId(id(20));
-    s.ok(Command::LoseOpportunity(LoseOpportunity { opportunity_id: o, reason: "价格过高".into() }));
+    s.ok(Command::LoseOpportunity(LoseOpportunity {
+        opportunity_id: o,
+        reason: "价格过高".into(),
+    }));
     assert_eq!(s.state.opportunities[&o].status, OpportunityStatus::Lost);
     let refused = [
         change_stage(Stage::Proposal, None),
-        Command::AssignOpportunity(AssignOpportunity { opportunity_id: o, owner: UserId::new("am-zhao") }),
-        Command::AddPlanItem(AddPlanItem { opportunity_id: o, plan_item_id: PlanItemId(id(50)), item: PlanItem { due_on: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(), action: "拜访".into() } }),
-        Command::WinOpportunity(WinOpportunity { opportunity_id: o, value: None }),
-        Command::LoseOpportunity(LoseOpportunity { opportunity_id: o, reason: "again".into() }),
+        Command::AssignOpportunity(AssignOpportunity {
+            opportunity_id: o,
+            owner: UserId::new("am-zhao"),
+        }),
+        Command::AddPlanItem(AddPlanItem {
+            opportunity_id: o,
+            plan_item_id: PlanItemId(id(50)),
+            item: PlanItem {
+                due_on: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
+                action: "拜访".into(),
+            },
+        }),
+        Command::WinOpportunity(WinOpportunity {
+            opportunity_id: o,
+            value: None,
+        }),
+        Command::LoseOpportunity(LoseOpportunity {
+            opportunity_id: o,
+            reason: "again".into(),
+        }),
     ];
     for c in refused {
         assert_eq!(s.err(c.clone()).kind(), ErrorKind::Conflict, "{c:?}");
     }
-    let events = s.ok(Command::ReopenOpportunity(ReopenOpportunity { opportunity_id: o, reason: "客户回心转意".into() }));
-    let [CustomerEvent::OpportunityReopened(r)] = events.as_slice() else { panic!() };
+    let events = s.ok(Command::ReopenOpportunity(ReopenOpportunity {
+        opportunity_id: o,
+        reason: "客户回心转意".into(),
+    }));
+    let [CustomerEvent::OpportunityReopened(r)] = events.as_slice() else {
+        panic!()
+    };
     assert_eq!(r.stage, Stage::Qualification, "reopened where it ended");
     assert_eq!(s.state.opportunities[&o].status, OpportunityStatus::Open);
     assert_eq!(
-        s.err(Command::ReopenOpportunity(ReopenOpportunity { opportunity_id: o, reason: "x".into() })).kind(),
+        s.err(Command::ReopenOpportunity(ReopenOpportunity {
+            opportunity_id: o,
+            reason: "x".into()
+        }))
+        .kind(),
         ErrorKind::Conflict,
         "an open opportunity is not reopened"
     );
@@ -498,8 +637,14 @@ fn a_won_opportunity_keeps_its_stage_and_reopens_there() {
     let mut s = Stream::registered().with_opportunity();
     s.advance_to(Stage::Negotiation);
     let o = OpportunityId(id(20));
-    s.ok(Command::WinOpportunity(WinOpportunity { opportunity_id: o, value: Some(cny(900_000)) }));
-    s.ok(Command::ReopenOpportunity(ReopenOpportunity { opportunity_id: o, reason: "合同作废".into() }));
+    s.ok(Command::WinOpportunity(WinOpportunity {
+        opportunity_id: o,
+        value: Some(cny(900_000)),
+    }));
+    s.ok(Command::ReopenOpportunity(ReopenOpportunity {
+        opportunity_id: o,
+        reason: "合同作废".into(),
+    }));
     assert_eq!(s.state.opportunities[&o].stage, Stage::Negotiation);
 }
 
@@ -508,9 +653,22 @@ fn a_plan_item_gets_one_result() {
     let mut s = Stream::registered().with_opportunity();
     let o = OpportunityId(id(20));
     let p = PlanItemId(id(50));
-    let result = || Command::RecordPlanResult(RecordPlanResult { opportunity_id: o, plan_item_id: p, result: "客户满意".into() });
+    let result = || {
+        Command::RecordPlanResult(RecordPlanResult {
+            opportunity_id: o,
+            plan_item_id: p,
+            result: "客户满意".into(),
+        })
+    };
     assert_eq!(s.err(result()).kind(), ErrorKind::NotFound);
-    s.ok(Command::AddPlanItem(AddPlanItem { opportunity_id: o, plan_item_id: p, item: PlanItem { due_on: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(), action: "演示产品".into() } }));
+    s.ok(Command::AddPlanItem(AddPlanItem {
+        opportunity_id: o,
+        plan_item_id: p,
+        item: PlanItem {
+            due_on: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
+            action: "演示产品".into(),
+        },
+    }));
     s.ok(result());
     assert_eq!(s.err(result()).kind(), ErrorKind::Conflict);
 }
@@ -533,13 +691,21 @@ fn order(number: &str, lines: Vec<OrderLine>, total: i64) -> Command {
 }
 
 fn line(quantity: u32, unit_price: i64) -> OrderLine {
-    OrderLine { product: "打印机".into(), quantity, unit_price }
+    OrderLine {
+        product: "打印机".into(),
+        quantity,
+        unit_price,
+    }
 }
 
 #[test]
 fn an_order_total_equals_its_lines() {
     let mut s = Stream::registered();
-    s.ok(order("SO-1", vec![line(2, 150_000), line(1, 20_000)], 320_000));
+    s.ok(order(
+        "SO-1",
+        vec![line(2, 150_000), line(1, 20_000)],
+        320_000,
+    ));
     let e = s.err(order("SO-2", vec![line(2, 150_000)], 1));
     assert_eq!(invalid_field(&e), "total.amount");
     s.ok(order("SO-3", vec![], 5_000)); // a total without lines, as some ERPs send
@@ -548,10 +714,22 @@ fn an_order_total_equals_its_lines() {
 #[test]
 fn order_lines_are_validated() {
     let mut s = Stream::registered();
-    assert_eq!(invalid_field(&s.err(order("SO-1", vec![line(0, 1)], 0))), "lines[0].quantity");
-    assert_eq!(invalid_field(&s.err(order("SO-1", vec![line(1, 1), line(1, -1)], 0))), "lines[1].unit_price");
-    assert_eq!(invalid_field(&s.err(order("SO-1", vec![], -1))), "total.amount");
-    assert_eq!(invalid_field(&s.err(order("SO-1", vec![line(u32::MAX, i64::MAX)], 0))), "lines[0]");
+    assert_eq!(
+        invalid_field(&s.err(order("SO-1", vec![line(0, 1)], 0))),
+        "lines[0].quantity"
+    );
+    assert_eq!(
+        invalid_field(&s.err(order("SO-1", vec![line(1, 1), line(1, -1)], 0))),
+        "lines[1].unit_price"
+    );
+    assert_eq!(
+        invalid_field(&s.err(order("SO-1", vec![], -1))),
+        "total.amount"
+    );
+    assert_eq!(
+        invalid_field(&s.err(order("SO-1", vec![line(u32::MAX, i64::MAX)], 0))),
+        "lines[0]"
+    );
 }
 
 #[test]
@@ -566,16 +744,28 @@ fn an_order_number_is_placed_once() {
 // ------------------------------------------------------------ service requests
 
 fn assign(n: u128) -> Command {
-    Command::AssignServiceRequest(AssignServiceRequest { service_request_id: sr(n), assignee: UserId::new("agent-chen") })
+    Command::AssignServiceRequest(AssignServiceRequest {
+        service_request_id: sr(n),
+        assignee: UserId::new("agent-chen"),
+    })
 }
 fn handle(n: u128) -> Command {
-    Command::HandleServiceRequest(HandleServiceRequest { service_request_id: sr(n), handling: "电话指导".into() })
+    Command::HandleServiceRequest(HandleServiceRequest {
+        service_request_id: sr(n),
+        handling: "电话指导".into(),
+    })
 }
 fn feedback(n: u128, satisfaction: u8) -> Command {
-    Command::GiveServiceFeedback(GiveServiceFeedback { service_request_id: sr(n), result: "ok".into(), satisfaction })
+    Command::GiveServiceFeedback(GiveServiceFeedback {
+        service_request_id: sr(n),
+        result: "ok".into(),
+        satisfaction,
+    })
 }
 fn archive(n: u128) -> Command {
-    Command::ArchiveServiceRequest(ArchiveServiceRequest { service_request_id: sr(n) })
+    Command::ArchiveServiceRequest(ArchiveServiceRequest {
+        service_request_id: sr(n),
+    })
 }
 
 #[test]
@@ -590,7 +780,11 @@ fn a_service_request_goes_create_assign_handle_feedback_archive() {
         assert_eq!(s.err(c).kind(), ErrorKind::Conflict);
     }
     s.ok(handle(30));
-    assert_eq!(s.err(archive(30)).kind(), ErrorKind::Conflict, "no feedback yet");
+    assert_eq!(
+        s.err(archive(30)).kind(),
+        ErrorKind::Conflict,
+        "no feedback yet"
+    );
     s.ok(feedback(30, 3));
     assert_eq!(s.service_status(), ServiceStatus::Satisfied);
     s.ok(archive(30));
@@ -633,16 +827,26 @@ fn an_unknown_service_request_is_not_found() {
 // ------------------------------------------------------------ churn
 
 fn warn(n: u128) -> Command {
-    Command::RaiseChurnWarning(RaiseChurnWarning { churn_case_id: ChurnCaseId(id(n)), reason: "180 天无订单".into(), last_order_at: None })
+    Command::RaiseChurnWarning(RaiseChurnWarning {
+        churn_case_id: ChurnCaseId(id(n)),
+        reason: "180 天无订单".into(),
+        last_order_at: None,
+    })
 }
 fn confirm() -> Command {
-    Command::ConfirmChurn(ConfirmChurn { reason: "转向竞争对手".into() })
+    Command::ConfirmChurn(ConfirmChurn {
+        reason: "转向竞争对手".into(),
+    })
 }
 fn reactivate() -> Command {
-    Command::ReactivateCustomer(ReactivateCustomer { reason: "新订单".into() })
+    Command::ReactivateCustomer(ReactivateCustomer {
+        reason: "新订单".into(),
+    })
 }
 fn delay() -> Command {
-    Command::RecordDelayMeasure(RecordDelayMeasure { measure: "赠送保养服务".into() })
+    Command::RecordDelayMeasure(RecordDelayMeasure {
+        measure: "赠送保养服务".into(),
+    })
 }
 
 #[test]
@@ -652,12 +856,22 @@ fn churn_is_confirmed_only_after_a_warning() {
     assert_eq!(s.err(delay()).kind(), ErrorKind::Conflict);
     s.ok(warn(60));
     assert_eq!(s.state.churn, ChurnStatus::AtRisk(ChurnCaseId(id(60))));
-    assert_eq!(s.err(warn(61)).kind(), ErrorKind::Conflict, "one open case at a time");
+    assert_eq!(
+        s.err(warn(61)).kind(),
+        ErrorKind::Conflict,
+        "one open case at a time"
+    );
     s.ok(delay());
     s.ok(delay()); // several measures
     let events = s.ok(confirm());
-    let [CustomerEvent::ChurnConfirmed(c)] = events.as_slice() else { panic!() };
-    assert_eq!(c.churn_case_id, ChurnCaseId(id(60)), "the case of the warning");
+    let [CustomerEvent::ChurnConfirmed(c)] = events.as_slice() else {
+        panic!()
+    };
+    assert_eq!(
+        c.churn_case_id,
+        ChurnCaseId(id(60)),
+        "the case of the warning"
+    );
     assert_eq!(s.state.churn, ChurnStatus::Lost(ChurnCaseId(id(60))));
     assert_eq!(s.err(confirm()).kind(), ErrorKind::Conflict);
 }
@@ -665,7 +879,11 @@ fn churn_is_confirmed_only_after_a_warning() {
 #[test]
 fn a_customer_is_reactivated_from_at_risk_or_lost() {
     let mut s = Stream::registered();
-    assert_eq!(s.err(reactivate()).kind(), ErrorKind::Conflict, "an active customer");
+    assert_eq!(
+        s.err(reactivate()).kind(),
+        ErrorKind::Conflict,
+        "an active customer"
+    );
     s.ok(warn(60));
     s.ok(reactivate());
     assert_eq!(s.state.churn, ChurnStatus::Active);
@@ -681,24 +899,51 @@ fn a_customer_is_reactivated_from_at_risk_or_lost() {
 fn sequence_numbers_are_contiguous() {
     let s = Stream::registered().with_contact().with_opportunity();
     assert_eq!(s.state.version, 3);
-    let event = CustomerEvent::ContactRemoved(ContactRemoved { customer_id: CustomerId(id(1)), contact_id: ContactId(id(10)) });
+    let event = CustomerEvent::ContactRemoved(ContactRemoved {
+        customer_id: CustomerId(id(1)),
+        contact_id: ContactId(id(10)),
+    });
     let e = apply_recorded(s.state.clone(), 5, &event).unwrap_err();
-    assert_eq!(e, DomainError::OutOfSequence { expected: 4, got: 5 });
+    assert_eq!(
+        e,
+        DomainError::OutOfSequence {
+            expected: 4,
+            got: 5
+        }
+    );
     let e = apply_recorded(s.state.clone(), 3, &event).unwrap_err();
-    assert_eq!(e, DomainError::OutOfSequence { expected: 4, got: 3 });
-    assert_eq!(apply_recorded(s.state.clone(), 4, &event).unwrap().version, 4);
+    assert_eq!(
+        e,
+        DomainError::OutOfSequence {
+            expected: 4,
+            got: 3
+        }
+    );
+    assert_eq!(
+        apply_recorded(s.state.clone(), 4, &event).unwrap().version,
+        4
+    );
 }
 
 #[test]
 fn an_event_of_another_customer_is_refused() {
     let s = Stream::registered();
-    let event = CustomerEvent::ContactRemoved(ContactRemoved { customer_id: CustomerId(id(2)), contact_id: ContactId(id(10)) });
-    assert!(matches!(apply_recorded(s.state, 2, &event), Err(DomainError::WrongStream { .. })));
+    let event = CustomerEvent::ContactRemoved(ContactRemoved {
+        customer_id: CustomerId(id(2)),
+        contact_id: ContactId(id(10)),
+    });
+    assert!(matches!(
+        apply_recorded(s.state, 2, &event),
+        Err(DomainError::WrongStream { .. })
+    ));
 }
 
 #[test]
 fn events_are_stamped_with_the_stream_s_customer() {
-    let mut s = Stream::registered().with_contact().with_opportunity().with_service_request();
+    let mut s = Stream::registered()
+        .with_contact()
+        .with_opportunity()
+        .with_service_request();
     for e in s.ok(warn(60)) {
         assert_eq!(e.customer_id(), CustomerId(id(1)));
     }

@@ -81,7 +81,11 @@ impl EmbeddedLog {
         let file = self.partition(partition)?;
         let file = file.lock().unwrap_or_else(PoisonError::into_inner);
         let from = usize::try_from(offset.max(0)).unwrap_or(usize::MAX);
-        Ok(file.records.get(from..).map(<[_]>::to_vec).unwrap_or_default())
+        Ok(file
+            .records
+            .get(from..)
+            .map(<[_]>::to_vec)
+            .unwrap_or_default())
     }
 
     /// Where the next record of `partition` will go.
@@ -105,13 +109,20 @@ fn recover(path: &Path, topic: &str, partition: i32) -> Result<Vec<StoredRecord>
         .map_err(|e| io("reading a partition file", e))?;
     let mut committed: Vec<StoredRecord> = Vec::new();
     let mut pending: Vec<StoredRecord> = Vec::new();
-    let mut cursor = Cursor { bytes: &bytes, at: 0 };
+    let mut cursor = Cursor {
+        bytes: &bytes,
+        at: 0,
+    };
     let mut committed_len = 0usize;
     while cursor.at < bytes.len() {
         let Some(kind) = cursor.u8() else { break };
         match kind {
             RECORD => {
-                let Some(r) = cursor.record(topic, partition, (committed.len() + pending.len()) as i64) else { break };
+                let Some(r) =
+                    cursor.record(topic, partition, (committed.len() + pending.len()) as i64)
+                else {
+                    break;
+                };
                 pending.push(r);
             }
             COMMIT => {
@@ -123,8 +134,12 @@ fn recover(path: &Path, topic: &str, partition: i32) -> Result<Vec<StoredRecord>
     }
     if committed_len < bytes.len() {
         tracing::warn!(path = %path.display(), cut = bytes.len() - committed_len, "cutting an uncommitted tail off the partition file");
-        let f = OpenOptions::new().write(true).open(path).map_err(|e| io("opening a partition file", e))?;
-        f.set_len(committed_len as u64).map_err(|e| io("truncating a torn tail", e))?;
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| io("opening a partition file", e))?;
+        f.set_len(committed_len as u64)
+            .map_err(|e| io("truncating a torn tail", e))?;
     }
     Ok(committed)
 }
@@ -145,10 +160,14 @@ impl Cursor<'_> {
         self.take(1).map(|b| b[0])
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
+        self.take(4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
     }
     fn i64(&mut self) -> Option<i64> {
-        self.take(8).and_then(|b| b.try_into().ok()).map(i64::from_le_bytes)
+        self.take(8)
+            .and_then(|b| b.try_into().ok())
+            .map(i64::from_le_bytes)
     }
     fn blob(&mut self) -> Option<Vec<u8>> {
         let n = self.u32()? as usize;
@@ -165,7 +184,11 @@ impl Cursor<'_> {
         }
         let value = self.blob()?;
         Some(StoredRecord {
-            position: Position { topic: topic.to_owned(), partition, offset },
+            position: Position {
+                topic: topic.to_owned(),
+                partition,
+                offset,
+            },
             key: Some(key),
             headers,
             value: Some(value),
@@ -207,7 +230,9 @@ impl RecordAppender for EmbeddedWriter {
         tokio::task::spawn_blocking(move || {
             let mut f = file.lock().unwrap_or_else(PoisonError::into_inner);
             if f.generation.load(Ordering::Acquire) != generation {
-                return Err(LogError::Fenced { transactional_id: format!("embedded-{partition}") });
+                return Err(LogError::Fenced {
+                    transactional_id: format!("embedded-{partition}"),
+                });
             }
             let now = Utc::now();
             let mut bytes = Vec::new();
@@ -224,9 +249,17 @@ impl RecordAppender for EmbeddedWriter {
                 }
                 put_blob(&mut bytes, &r.value);
                 stored.push(StoredRecord {
-                    position: Position { topic: topic.clone(), partition, offset: first + i as i64 },
+                    position: Position {
+                        topic: topic.clone(),
+                        partition,
+                        offset: first + i as i64,
+                    },
                     key: Some(r.key.clone()),
-                    headers: r.headers.iter().map(|(k, v)| ((*k).to_owned(), Some(v.clone()))).collect(),
+                    headers: r
+                        .headers
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), Some(v.clone())))
+                        .collect(),
                     value: Some(r.value.clone()),
                     timestamp: Some(now),
                 });
@@ -282,11 +315,18 @@ mod tests {
     use super::*;
 
     fn record(key: &str, value: &str) -> KafkaRecord {
-        KafkaRecord { key: key.as_bytes().to_vec(), headers: vec![("ce_type", b"t".to_vec())], value: value.as_bytes().to_vec() }
+        KafkaRecord {
+            key: key.as_bytes().to_vec(),
+            headers: vec![("ce_type", b"t".to_vec())],
+            value: value.as_bytes().to_vec(),
+        }
     }
 
     fn key_for(partition: i32, partitions: i32) -> String {
-        (0..).map(|i| format!("customer-{i}")).find(|k| partition_for(k.as_bytes(), partitions) == partition).unwrap_or_default()
+        (0..)
+            .map(|i| format!("customer-{i}"))
+            .find(|k| partition_for(k.as_bytes(), partitions) == partition)
+            .unwrap_or_default()
     }
 
     #[tokio::test]
@@ -296,7 +336,10 @@ mod tests {
         {
             let log = EmbeddedLog::open(&dir, "events".into(), 4).unwrap();
             let w = log.open_writer(1).await.unwrap();
-            let p = w.append(&[record(&key, "a"), record(&key, "b")]).await.unwrap();
+            let p = w
+                .append(&[record(&key, "a"), record(&key, "b")])
+                .await
+                .unwrap();
             assert_eq!(p.iter().map(|p| p.offset).collect::<Vec<_>>(), [0, 1]);
             w.append(&[record(&key, "c")]).await.unwrap();
         }
@@ -307,9 +350,17 @@ mod tests {
         drop(f);
         let log = EmbeddedLog::open(&dir, "events".into(), 4).unwrap();
         let h = log.history(1).await.unwrap();
-        assert_eq!(h.iter().map(|r| r.value.clone().unwrap()).collect::<Vec<_>>(), [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert_eq!(
+            h.iter()
+                .map(|r| r.value.clone().unwrap())
+                .collect::<Vec<_>>(),
+            [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
+        );
         assert_eq!(h[2].position.offset, 2);
-        assert_eq!(h[0].headers, vec![("ce_type".to_owned(), Some(b"t".to_vec()))]);
+        assert_eq!(
+            h[0].headers,
+            vec![("ce_type".to_owned(), Some(b"t".to_vec()))]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -321,11 +372,17 @@ mod tests {
         let old = log.open_writer(2).await.unwrap();
         old.append(&[record(&key, "1")]).await.unwrap();
         let new = log.open_writer(2).await.unwrap();
-        assert!(matches!(old.append(&[record(&key, "2")]).await, Err(LogError::Fenced { .. })));
+        assert!(matches!(
+            old.append(&[record(&key, "2")]).await,
+            Err(LogError::Fenced { .. })
+        ));
         new.append(&[record(&key, "3")]).await.unwrap();
         assert_eq!(log.history(2).await.unwrap().len(), 2);
         let other = key_for(3, 4);
-        assert!(matches!(new.append(&[record(&other, "x")]).await, Err(LogError::WrongPartition { .. })));
+        assert!(matches!(
+            new.append(&[record(&other, "x")]).await,
+            Err(LogError::WrongPartition { .. })
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::kafka::{read_partition, KafkaSettings, LogError, PartitionWriter, RecordAppender, StoredRecord};
+use crate::kafka::{
+    read_partition, KafkaSettings, LogError, PartitionWriter, RecordAppender, StoredRecord,
+};
 
 #[async_trait]
 pub trait CustomerLog: Send + Sync + 'static {

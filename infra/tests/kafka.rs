@@ -367,9 +367,11 @@ async fn opening_a_writer_aborts_the_open_transaction_of_the_old_one() {
 
     let new = PartitionWriter::open(&s, partition).await.unwrap();
     let read = read_partition(&s, &topic, partition, 0).await.unwrap();
+    let offsets: Vec<i64> = read.iter().map(|r| r.position.offset).collect();
     assert!(
-        read.is_empty(),
-        "the fenced writer's aborted transaction is visible to read_committed readers: {read:?}"
+        offsets.is_empty(),
+        "records {offsets:?} of the fenced writer's aborted transaction are visible to \
+         read_committed readers (a broker that lists no aborted transactions in Fetch)"
     );
     assert!(old.commit_transaction(Duration::from_secs(15)).is_err());
 
@@ -484,4 +486,89 @@ async fn ownership_follows_group_membership() {
     a.shutdown().await;
     // The final revocation is reported.
     wait_owned("a", &mut a_rx, &mut a_owned, bound, |o| o.is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_producer_keeps_the_record_and_adds_the_reason() {
+    let broker = KafkaBroker::start();
+    let s = provisioned(&broker, "dlq-producer").await;
+    let bad = infra::kafka::StoredRecord {
+        position: infra::Position {
+            topic: s.topics().customer_events(),
+            partition: 3,
+            offset: 7,
+        },
+        key: Some(b"c-1".to_vec()),
+        headers: vec![
+            ("ce_type".to_owned(), Some(b"crm.unknown.v9".to_vec())),
+            ("empty".to_owned(), None),
+            // A record that failed before keeps only the newest reason.
+            (DLQ_REASON.to_owned(), Some(b"older reason".to_vec())),
+        ],
+        value: None,
+        timestamp: None,
+    };
+    let producer = infra::kafka::DeadLetterProducer::new(&s).unwrap();
+    let at = producer
+        .send(&DeadLetter::from_stored(&bad, "unknown event type"))
+        .await
+        .unwrap();
+    let read = read_partition(&s, &s.topics().dead_letter(), at.partition, at.offset)
+        .await
+        .unwrap();
+    assert_eq!(read.len(), 1);
+    let letter = &read[0];
+    assert_eq!(letter.key, bad.key);
+    assert_eq!(letter.value, None);
+    let header = |name: &str| {
+        letter
+            .headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(header("ce_type"), vec![Some(b"crm.unknown.v9".to_vec())]);
+    assert_eq!(header("empty"), vec![None]);
+    assert_eq!(
+        header(DLQ_REASON),
+        vec![Some(b"unknown event type".to_vec())]
+    );
+    assert_eq!(
+        header("dlq_source_topic"),
+        vec![Some(s.topics().customer_events().into_bytes())]
+    );
+    assert_eq!(header("dlq_source_partition"), vec![Some(b"3".to_vec())]);
+    assert_eq!(header(DLQ_SOURCE_OFFSET), vec![Some(b"7".to_vec())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_broker_keeps_records_across_kill_and_restart() {
+    let dir = std::env::temp_dir().join(unique_prefix("persistent-broker"));
+    let mut broker = KafkaBroker::start_persistent(&dir);
+    let s = provisioned(&broker, "persistent").await;
+    let topic = s.topics().inbound();
+    let producer: FutureProducer = s.producer_config().create().unwrap();
+    for i in 0..10 {
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .partition(1)
+                    .key("k")
+                    .payload(&format!("m{i}")),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    drop(producer);
+    broker.kill();
+    broker.restart();
+    let read = read_partition(&s, &topic, 1, 0).await.unwrap();
+    let values: Vec<_> = read.iter().map(|r| r.value.clone().unwrap()).collect();
+    let expected: Vec<_> = (0..10).map(|i| format!("m{i}").into_bytes()).collect();
+    assert_eq!(values, expected);
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
 }

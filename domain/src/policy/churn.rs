@@ -37,7 +37,10 @@ mod tests {
     use chrono::TimeZone;
 
     fn day(n: i64) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().unwrap_or_default() + TimeDelta::days(n)
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+            .single()
+            .unwrap_or_default()
+            + TimeDelta::days(n)
     }
 
     #[test]
@@ -56,7 +59,9 @@ mod tests {
 
     #[test]
     fn the_period_is_configurable() {
-        let rule = ChurnRule { inactivity_days: 30 };
+        let rule = ChurnRule {
+            inactivity_days: 30,
+        };
         assert!(rule.matches(Some(day(0)), day(0), day(31)));
     }
 }

@@ -210,20 +210,38 @@ mod tests {
     #[test]
     fn scores_follow_the_definition() {
         // five customers, distinct values: scores 1..5 in order
-        let inputs: Vec<_> = (0..5).map(|i| input(i, 50 - 10 * i as i64, 1 + i as i64, 100 * (1 + i as i64))).collect();
+        let inputs: Vec<_> = (0..5)
+            .map(|i| input(i, 50 - 10 * i as i64, 1 + i as i64, 100 * (1 + i as i64)))
+            .collect();
         let scores = score_rfm(&inputs);
-        assert_eq!(scores.iter().map(|s| s.r).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
-        assert_eq!(scores.iter().map(|s| s.f).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
-        assert_eq!(scores.iter().map(|s| s.m).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(
+            scores.iter().map(|s| s.r).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        assert_eq!(
+            scores.iter().map(|s| s.f).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        assert_eq!(
+            scores.iter().map(|s| s.m).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
         assert_eq!(scores[4].segment, Segment::Champions);
         assert_eq!(scores[0].segment, Segment::Hibernating);
     }
 
     #[test]
     fn equal_values_get_equal_scores() {
-        let inputs = vec![input(1, 10, 2, 500), input(2, 10, 2, 500), input(3, 400, 1, 10)];
+        let inputs = vec![
+            input(1, 10, 2, 500),
+            input(2, 10, 2, 500),
+            input(3, 400, 1, 10),
+        ];
         let scores = score_rfm(&inputs);
-        assert_eq!((scores[0].r, scores[0].f, scores[0].m), (scores[1].r, scores[1].f, scores[1].m));
+        assert_eq!(
+            (scores[0].r, scores[0].f, scores[0].m),
+            (scores[1].r, scores[1].f, scores[1].m)
+        );
         // two of three have fewer days than 400 ... customer 3 has none with more days
         assert_eq!(scores[2].r, 1);
         // customers 1, 2: one customer (3) has strictly more days: 1 + floor(5/3) = 2
@@ -246,12 +264,28 @@ mod tests {
             [Hibernating, Hibernating, AtRisk, AtRisk, CantLoseThem],
             [Hibernating, Hibernating, AtRisk, AtRisk, CantLoseThem],
             [AboutToSleep, AboutToSleep, NeedAttention, Loyal, Loyal],
-            [Promising, PotentialLoyalists, PotentialLoyalists, Loyal, Loyal],
-            [New, PotentialLoyalists, PotentialLoyalists, Champions, Champions],
+            [
+                Promising,
+                PotentialLoyalists,
+                PotentialLoyalists,
+                Loyal,
+                Loyal,
+            ],
+            [
+                New,
+                PotentialLoyalists,
+                PotentialLoyalists,
+                Champions,
+                Champions,
+            ],
         ];
         for r in 1..=5u8 {
             for f in 1..=5u8 {
-                assert_eq!(Segment::from_scores(r, f), expected[r as usize - 1][f as usize - 1], "r{r} f{f}");
+                assert_eq!(
+                    Segment::from_scores(r, f),
+                    expected[r as usize - 1][f as usize - 1],
+                    "r{r} f{f}"
+                );
             }
         }
     }
@@ -265,7 +299,9 @@ mod tests {
 
     #[test]
     fn inputs_count_only_orders_inside_the_window() {
-        let as_of = DateTime::parse_from_rfc3339("2026-06-30T12:00:00Z").map(|d| d.to_utc()).unwrap_or_default();
+        let as_of = DateTime::parse_from_rfc3339("2026-06-30T12:00:00Z")
+            .map(|d| d.to_utc())
+            .unwrap_or_default();
         let c = CustomerId(Uuid::from_u128(7));
         let d = CustomerId(Uuid::from_u128(8));
         let orders = vec![
@@ -276,6 +312,14 @@ mod tests {
             (d, as_of - TimeDelta::days(400), 50),      // only outside: no scores
         ];
         let inputs = rfm_inputs(orders, as_of, RfmWindow::default());
-        assert_eq!(inputs, vec![RfmInput { customer_id: c, recency_days: 3, frequency: 2, monetary: 1500 }]);
+        assert_eq!(
+            inputs,
+            vec![RfmInput {
+                customer_id: c,
+                recency_days: 3,
+                frequency: 2,
+                monetary: 1500
+            }]
+        );
     }
 }

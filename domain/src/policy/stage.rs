@@ -55,16 +55,15 @@ mod tests {
     use chrono::TimeZone;
 
     fn at(day: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 1, day, 0, 0, 0).single().unwrap_or_default()
+        Utc.with_ymd_and_hms(2026, 1, day, 0, 0, 0)
+            .single()
+            .unwrap_or_default()
     }
 
     #[test]
     fn defaults_are_the_issue_s() {
         let t = StageThresholds::default();
-        assert_eq!(
-            Stage::ALL.map(|s| t.days(s)),
-            [14, 21, 21, 30]
-        );
+        assert_eq!(Stage::ALL.map(|s| t.days(s)), [14, 21, 21, 30]);
     }
 
     #[test]
