@@ -4,6 +4,9 @@
 //! log kept in files under `--data-dir`, surviving restarts, with the same domain and the same
 //! command handling.
 
+mod demo;
+mod postgres;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +43,21 @@ enum Commands {
     Up(Up),
     /// Create the platform's topics on Kafka (idempotent).
     Topics(KafkaArgs),
+    /// Load a realistic generated data set through the command API of a running platform.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// The command API to load through.
+    #[arg(long, env = "CRM_COMMAND_URL", default_value = "http://127.0.0.1:8081")]
+    command_url: String,
+    /// How many customers to generate.
+    #[arg(long, default_value_t = 200)]
+    customers: usize,
+    /// Seed of the generator: the same seed gives the same data.
+    #[arg(long, default_value_t = 2026)]
+    seed: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,6 +81,15 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(cli.log_format);
     match cli.command {
         Commands::Up(up) => up.run(cli.log_format).await,
+        Commands::Demo(d) => {
+            demo::Demo {
+                command_url: d.command_url,
+                customers: d.customers,
+                seed: d.seed,
+            }
+            .run()
+            .await
+        }
         Commands::Topics(kafka) => {
             let settings = kafka
                 .settings("crm")

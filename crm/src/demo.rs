@@ -1,0 +1,438 @@
+//! `crm demo`: a realistic generated data set, loaded through the real ingest path (the
+//! command API over HTTP): customers with contacts, two years of touchpoints on every
+//! channel, opportunities moving through the funnel (some stuck past their thresholds), orders,
+//! service requests, complaints and churn cases. Deterministic for a given seed.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, TimeDelta, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// SplitMix64: small, fast, deterministic.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+    fn uuid(&mut self) -> Uuid {
+        // v7-shaped, deterministic
+        let bytes = ((self.next() as u128) << 64 | self.next() as u128).to_be_bytes();
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
+    }
+}
+
+const CITIES: &[(&str, &str)] = &[
+    ("上海", "华东"),
+    ("杭州", "华东"),
+    ("南京", "华东"),
+    ("北京", "华北"),
+    ("天津", "华北"),
+    ("广州", "华南"),
+    ("深圳", "华南"),
+    ("成都", "西南"),
+    ("武汉", "华中"),
+    ("西安", "西北"),
+];
+const TRADES: &[(&str, &str)] = &[
+    ("贸易", "wholesale"),
+    ("科技", "software"),
+    ("精密机械", "machinery"),
+    ("食品", "food"),
+    ("物流", "logistics"),
+    ("医药", "pharma"),
+    ("建材", "construction"),
+];
+const NAMES: &[&str] = &[
+    "恒远", "明光", "远景", "华信", "新天", "金桥", "瑞丰", "东方", "长城", "嘉禾", "宏达", "博远",
+];
+const PEOPLE: &[&str] = &[
+    "王芳", "李伟", "张敏", "刘洋", "陈静", "杨帆", "赵磊", "黄丽", "周强", "吴婷",
+];
+const OWNERS: &[&str] = &["am-li", "am-zhao", "am-chen", "am-wang", "am-liu"];
+const LEVELS: &[&str] = &[
+    "ordinary",
+    "ordinary",
+    "ordinary",
+    "large",
+    "key",
+    "cooperation_partner",
+    "strategic_partner",
+];
+const PRODUCTS: &[(&str, i64)] = &[
+    ("激光打印机", 320_000),
+    ("复印机", 1_250_000),
+    ("碎纸机", 85_000),
+    ("投影仪", 460_000),
+    ("硒鼓", 42_000),
+];
+
+pub struct Demo {
+    pub command_url: String,
+    pub customers: usize,
+    pub seed: u64,
+}
+
+struct Loader {
+    client: reqwest::Client,
+    base: String,
+    sent: u64,
+}
+
+impl Loader {
+    async fn send(
+        &mut self,
+        method: reqwest::Method,
+        path: &str,
+        mut body: Value,
+        at: DateTime<Utc>,
+        actor: &str,
+    ) -> anyhow::Result<Value> {
+        if let Value::Object(m) = &mut body {
+            m.insert("occurred_at".into(), json!(at.to_rfc3339()));
+        }
+        let url = format!("{}{path}", self.base);
+        for attempt in 0..20 {
+            let r = self
+                .client
+                .request(method.clone(), &url)
+                .header("x-actor", actor)
+                .json(&body)
+                .send()
+                .await
+                .with_context(|| format!("{method} {url}"))?;
+            let status = r.status();
+            let answer: Value = r.json().await.unwrap_or(Value::Null);
+            if status.is_success() {
+                self.sent += 1;
+                return Ok(answer);
+            }
+            if status.as_u16() == 503 && attempt < 19 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            bail!("{method} {path}: {status}: {answer}");
+        }
+        bail!("{method} {path}: the service stayed unavailable")
+    }
+}
+
+impl Demo {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let mut rng = Rng(self.seed);
+        let mut loader = Loader {
+            client: reqwest::Client::new(),
+            base: self.command_url.trim_end_matches('/').to_owned(),
+            sent: 0,
+        };
+        let now = Utc::now();
+        let start = now - TimeDelta::days(730);
+        let bar = ProgressBar::new(self.customers as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {bar:40} {pos}/{len} customers  {msg}  [{elapsed_precise}, eta {eta}]",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let mut touchpoints: Vec<Value> = Vec::new();
+        for n in 0..self.customers {
+            let customer = rng.uuid();
+            let (city, region) = *rng.pick(CITIES);
+            let (trade, industry) = *rng.pick(TRADES);
+            let owner = *rng.pick(OWNERS);
+            let since = start + TimeDelta::days(rng.below(120) as i64);
+            let name = format!("{city}{}{trade}有限公司", rng.pick(NAMES));
+            loader
+                .send(reqwest::Method::POST, "/v1/customers", json!({
+                    "customer_id": customer,
+                    "profile": {"kind": "company", "number": format!("KH-{:05}", n + 1), "name": name, "region": region,
+                                "industry": industry, "level": rng.pick(LEVELS), "credit": 1 + rng.below(5), "satisfaction": 1 + rng.below(5),
+                                "registration": {"address": format!("{city}市中山路{}号", 1 + rng.below(300)), "phone": format!("021-{:08}", rng.below(100_000_000))}},
+                    "owner": owner}), since, owner)
+                .await?;
+            let c = format!("/v1/customers/{customer}");
+            let mut contacts = Vec::new();
+            for _ in 0..1 + rng.below(3) {
+                let contact = rng.uuid();
+                contacts.push(contact);
+                loader.send(reqwest::Method::POST, &format!("{c}/contacts"), json!({"contact_id": contact,
+                    "contact": {"name": rng.pick(PEOPLE), "position": rng.pick(&["采购经理", "总经理", "财务主管", "行政"]), "mobile": format!("139{:08}", rng.below(100_000_000))}}), since, owner).await?;
+            }
+            // two years of touchpoints on every channel, through the batch endpoint
+            let active_days = (now - since).num_days().max(1) as u64;
+            let churning = rng.chance(15);
+            for _ in 0..5 + rng.below(30) {
+                let at = since
+                    + TimeDelta::days(rng.below(active_days) as i64)
+                    + TimeDelta::minutes(rng.below(600) as i64 + 480);
+                let channel = match rng.below(6) {
+                    0 => {
+                        json!({"kind": "phone_call", "direction": rng.pick(&["inbound", "outbound"]), "duration_seconds": 30 + rng.below(900), "wait_seconds": rng.below(120), "outcome": rng.pick(&["answered", "answered", "answered", "no_answer", "voicemail"])})
+                    }
+                    1 => {
+                        json!({"kind": "email", "direction": rng.pick(&["inbound", "outbound"]), "subject": rng.pick(&["报价", "合同", "发票", "售后"])})
+                    }
+                    2 => json!({"kind": "visit", "place": format!("{city}客户办公室")}),
+                    3 => json!({"kind": "wechat", "direction": rng.pick(&["inbound", "outbound"])}),
+                    4 => json!({"kind": "web_form", "form": "contact-us"}),
+                    _ => json!({"kind": "fax_letter", "direction": "inbound"}),
+                };
+                touchpoints.push(json!({"customer_id": customer, "occurred_at": at.to_rfc3339(), "idempotency_key": format!("demo-{}", rng.uuid()),
+                    "touchpoint": {"channel": channel, "summary": rng.pick(&["询价", "跟进", "投诉回访", "产品咨询", "节日问候"]), "contact_id": rng.pick(&contacts)}}));
+            }
+            // orders: churning customers stopped ordering 7-12 months ago
+            let last_order_day = if churning {
+                active_days.saturating_sub(210 + rng.below(150))
+            } else {
+                active_days
+            };
+            for k in 0..rng.below(12) {
+                let at = since + TimeDelta::days(rng.below(last_order_day.max(1)) as i64);
+                let (product, price) = *rng.pick(PRODUCTS);
+                let quantity = 1 + rng.below(10);
+                loader.send(reqwest::Method::POST, &format!("{c}/orders"), json!({"order_number": format!("SO-{n:05}-{k:02}"),
+                    "lines": [{"product": product, "quantity": quantity, "unit_price": price}], "total": {"amount": price * quantity as i64, "currency": "CNY"}}), at, owner).await?;
+            }
+            // opportunities along the funnel; some stuck in their stage
+            for _ in 0..rng.below(3) {
+                let o = rng.uuid();
+                let mut at = since + TimeDelta::days(rng.below(active_days) as i64);
+                loader.send(reqwest::Method::POST, &format!("{c}/opportunities"), json!({"opportunity_id": o, "source": rng.pick(&["referral", "campaign", "inbound_call", "trade_show"]),
+                    "title": format!("{}采购", rng.pick(PRODUCTS).0), "value": {"amount": 100_000 * (1 + rng.below(200)) as i64, "currency": "CNY"},
+                    "probability": 10 + rng.below(30), "expected_close": (at + TimeDelta::days(90)).date_naive()}), at, "director-sun").await?;
+                loader
+                    .send(
+                        reqwest::Method::PUT,
+                        &format!("{c}/opportunities/{o}/owner"),
+                        json!({"owner": owner}),
+                        at,
+                        "director-sun",
+                    )
+                    .await?;
+                let steps = rng.below(4);
+                for stage in ["proposal", "evaluation", "negotiation"]
+                    .iter()
+                    .take(steps as usize)
+                {
+                    at += TimeDelta::days(3 + rng.below(30) as i64);
+                    if at > now {
+                        break;
+                    }
+                    loader
+                        .send(
+                            reqwest::Method::PUT,
+                            &format!("{c}/opportunities/{o}/stage"),
+                            json!({"to": stage, "probability": 30 + rng.below(60)}),
+                            at,
+                            owner,
+                        )
+                        .await?;
+                }
+                at += TimeDelta::days(5 + rng.below(40) as i64);
+                if at < now {
+                    match rng.below(3) {
+                        0 if steps == 3 => {
+                            loader
+                                .send(
+                                    reqwest::Method::POST,
+                                    &format!("{c}/opportunities/{o}/won"),
+                                    json!({}),
+                                    at,
+                                    owner,
+                                )
+                                .await?;
+                        }
+                        1 => {
+                            loader.send(reqwest::Method::POST, &format!("{c}/opportunities/{o}/lost"), json!({"reason": rng.pick(&["价格过高", "选择了竞争对手", "预算取消"])}), at, owner).await?;
+                        }
+                        _ => {} // still open: stuck if it has been long in its stage
+                    }
+                }
+            }
+            // service requests
+            for _ in 0..rng.below(3) {
+                let s = rng.uuid();
+                let mut at = since + TimeDelta::days(rng.below(active_days) as i64);
+                loader.send(reqwest::Method::POST, &format!("{c}/service-requests"), json!({"service_request_id": s, "kind": rng.pick(&["consultation", "complaint", "suggestion"]), "summary": "售后服务", "request": "设备故障，请派人维修"}), at, owner).await?;
+                at += TimeDelta::hours(2);
+                loader
+                    .send(
+                        reqwest::Method::PUT,
+                        &format!("{c}/service-requests/{s}/assignee"),
+                        json!({"assignee": "agent-chen"}),
+                        at,
+                        "director-sun",
+                    )
+                    .await?;
+                at += TimeDelta::days(1);
+                loader
+                    .send(
+                        reqwest::Method::POST,
+                        &format!("{c}/service-requests/{s}/handling"),
+                        json!({"handling": "上门维修"}),
+                        at,
+                        "agent-chen",
+                    )
+                    .await?;
+                at += TimeDelta::days(1);
+                let satisfaction = 1 + rng.below(5);
+                loader
+                    .send(
+                        reqwest::Method::POST,
+                        &format!("{c}/service-requests/{s}/feedback"),
+                        json!({"result": "已回访", "satisfaction": satisfaction}),
+                        at,
+                        "agent-chen",
+                    )
+                    .await?;
+                if satisfaction >= 3 {
+                    loader
+                        .send(
+                            reqwest::Method::POST,
+                            &format!("{c}/service-requests/{s}/archive"),
+                            json!({}),
+                            at + TimeDelta::days(1),
+                            "agent-chen",
+                        )
+                        .await?;
+                }
+            }
+            // complaints
+            if rng.chance(20) {
+                let k = rng.uuid();
+                let at = since + TimeDelta::days(rng.below(active_days) as i64);
+                let (category, sub) = *rng.pick(&[
+                    ("product", "quality"),
+                    ("product", "price"),
+                    ("staff", "attitude"),
+                    ("service", "fees"),
+                ]);
+                loader.send(reqwest::Method::POST, &format!("{c}/complaints"), json!({"complaint_id": k, "category": category, "sub_category": sub, "urgency": "high", "importance": "normal", "description": "客户投诉"}), at, "agent-chen").await?;
+                loader
+                    .send(
+                        reqwest::Method::POST,
+                        &format!("{c}/complaints/{k}/handling"),
+                        json!({"handling": "致电道歉并处理", "cause_analysis": "流程问题"}),
+                        at + TimeDelta::days(1),
+                        "agent-chen",
+                    )
+                    .await?;
+                if rng.chance(70) {
+                    loader
+                        .send(
+                            reqwest::Method::POST,
+                            &format!("{c}/complaints/{k}/closure"),
+                            json!({"resolution": "客户接受"}),
+                            at + TimeDelta::days(3),
+                            "agent-chen",
+                        )
+                        .await?;
+                }
+            }
+            // churn cases for those who stopped ordering
+            if churning {
+                let at = now - TimeDelta::days(20 + rng.below(60) as i64);
+                loader
+                    .send(
+                        reqwest::Method::POST,
+                        &format!("{c}/churn/warnings"),
+                        json!({"churn_case_id": rng.uuid(), "reason": "超过 180 天无订单"}),
+                        at,
+                        "system",
+                    )
+                    .await?;
+                loader
+                    .send(
+                        reqwest::Method::POST,
+                        &format!("{c}/churn/measures"),
+                        json!({"measure": "赠送免费保养一次"}),
+                        at + TimeDelta::days(3),
+                        owner,
+                    )
+                    .await?;
+                match rng.below(3) {
+                    0 => {
+                        loader.send(reqwest::Method::POST, &format!("{c}/churn/confirmation"), json!({"reason": rng.pick(&["转向竞争对手", "公司倒闭", "需求消失"])}), at + TimeDelta::days(10), owner).await?;
+                    }
+                    1 => {
+                        loader
+                            .send(
+                                reqwest::Method::POST,
+                                &format!("{c}/churn/reactivation"),
+                                json!({"reason": "重新下单"}),
+                                at + TimeDelta::days(10),
+                                owner,
+                            )
+                            .await?;
+                    }
+                    _ => {}
+                }
+            }
+            bar.inc(1);
+            bar.set_message(format!("{} commands", loader.sent));
+            if touchpoints.len() >= 5_000 {
+                send_batch(&mut loader, &mut touchpoints).await?;
+            }
+        }
+        send_batch(&mut loader, &mut touchpoints).await?;
+        bar.finish_with_message(format!("{} commands", loader.sent));
+        println!(
+            "\nLoaded {} customers ({} commands and touchpoints) through {}.",
+            self.customers, loader.sent, loader.base
+        );
+        println!("Look at:");
+        println!("  {}/openapi.json        the command API", loader.base);
+        println!("  the query API (/v1/customers, /v1/pipeline, /v1/alerts, /v1/segments/rfm, /v1/audit) once the projections caught up");
+        Ok(())
+    }
+}
+
+async fn send_batch(loader: &mut Loader, touchpoints: &mut Vec<Value>) -> anyhow::Result<()> {
+    if touchpoints.is_empty() {
+        return Ok(());
+    }
+    let body = Value::Array(std::mem::take(touchpoints));
+    let count = body.as_array().map(Vec::len).unwrap_or(0) as u64;
+    let r = loader
+        .client
+        .post(format!("{}/v1/touchpoints:batch", loader.base))
+        .header("x-actor", "adapter:demo")
+        .json(&body)
+        .send()
+        .await
+        .context("sending a touchpoint batch")?;
+    let answer: Value = r.json().await.context("reading the batch answer")?;
+    let rejected = answer["rejected"].as_u64().unwrap_or(count);
+    if rejected > 0 {
+        bail!(
+            "{rejected} of {count} touchpoints were rejected: {}",
+            answer["results"]
+                .as_array()
+                .and_then(|r| r.iter().find(|i| i["problem"].is_object()))
+                .cloned()
+                .unwrap_or(Value::Null)
+        );
+    }
+    loader.sent += count;
+    Ok(())
+}
