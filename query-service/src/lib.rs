@@ -1,1 +1,159 @@
-//! query-service
+//! # query-service
+//!
+//! The read side over HTTP, for dashboards and analysts: customers (filters, text search,
+//! keyset pagination), the 360° view, timelines, opportunities, the pipeline, stage-duration
+//! alerts, RFM segments, churn, the four reports and the audit trail, as JSON or streamed CSV.
+//!
+//! Every request reads the **live** version of the projection (`projection.projection_versions`),
+//! so a replay's switch-over is picked up at once. `CRM-Min-Position` gives read-your-writes:
+//! the request waits, bounded, until the live version's checkpoint has reached the position a
+//! command answered with (see [`position`]).
+
+pub mod error;
+pub mod http;
+pub mod list;
+pub mod metrics;
+pub mod params;
+pub mod position;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use infra::config::LogFormat;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+pub use crate::error::{QueryError, Result};
+pub use crate::http::{openapi, router};
+use crate::metrics::Metrics;
+
+/// Every setting, as a flag and an environment variable (`query-service --help`).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "query-service",
+    version,
+    about = "Serves the CRM read models over HTTP"
+)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "CRM_QUERY_LISTEN", default_value = "127.0.0.1:8082")]
+    pub listen: SocketAddr,
+    /// PostgreSQL holding the read models (written by the projection-service).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// The projection whose live version is served.
+    #[arg(long, env = "CRM_PROJECTION", default_value = "rm")]
+    pub projection: String,
+    /// Longest a request with `CRM-Min-Position` waits for the read model, in milliseconds.
+    #[arg(long, env = "CRM_QUERY_MAX_WAIT_MS", default_value_t = 2000)]
+    pub max_wait_ms: u64,
+    /// Connections to PostgreSQL.
+    #[arg(long, env = "CRM_QUERY_DB_CONNECTIONS", default_value_t = 16)]
+    pub db_connections: u32,
+    /// Log format.
+    #[arg(long, env = "CRM_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// The running service: what every handler can reach.
+pub struct App {
+    pub pool: PgPool,
+    /// The projection name (`rm`); its live version's schema is read per request.
+    pub projection: String,
+    /// Bound of a read-your-writes wait.
+    pub max_wait: Duration,
+    pub metrics: Metrics,
+}
+
+impl App {
+    pub fn new(
+        pool: PgPool,
+        projection: impl Into<String>,
+        max_wait: Duration,
+    ) -> Result<Arc<App>> {
+        let projection = projection.into();
+        // the same rule as the projection-service's names: it is spliced into SQL as a schema
+        projection_service::ProjectionVersion::new(projection.clone(), 1)?;
+        let metrics = Metrics::new().map_err(|e| {
+            QueryError::Problem(Box::new(infra::problem::Problem::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("metrics: {e}"),
+            )))
+        })?;
+        Ok(Arc::new(App {
+            pool,
+            projection,
+            max_wait,
+            metrics,
+        }))
+    }
+
+    /// The schema of the live version, read now (a switch-over shows at the next request).
+    pub async fn schema(&self) -> Result<String> {
+        match projection_service::live_version(&self.pool, &self.projection).await? {
+            Some(v) => Ok(v.schema()),
+            None => Err(QueryError::NoLiveVersion(self.projection.clone())),
+        }
+    }
+}
+
+/// A pool that connects lazily: the service starts (and `/readyz` says why it is not ready)
+/// while the database is away.
+pub fn pool(database_url: &str, connections: u32) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(database_url)
+        .context("--database-url (DATABASE_URL) is not a PostgreSQL URL")?
+        .application_name("query-service")
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+    Ok(PgPoolOptions::new()
+        .max_connections(connections.max(1))
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options))
+}
+
+/// Runs the query-service until SIGINT/SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let pool = pool(&config.database_url, config.db_connections)?;
+    let app = App::new(
+        pool,
+        config.projection.clone(),
+        Duration::from_millis(config.max_wait_ms),
+    )
+    .context("starting the query-service")?;
+    serve(app, config.listen).await
+}
+
+/// Serves the HTTP API until SIGINT/SIGTERM.
+pub async fn serve(app: Arc<App>, listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(%listen, projection = %app.projection, "query-service listening");
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

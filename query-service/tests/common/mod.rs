@@ -1,0 +1,552 @@
+//! Test support: a fresh database per test; a world that makes valid event streams with
+//! `domain::decide` and lays them out on partitions as a Kafka topic would (as in the
+//! projection-service's tests); read models filled by the real `Projector`; and a client that
+//! calls the query-service router in process.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveDate, TimeDelta, TimeZone, Utc};
+use domain::*;
+use infra::Position;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use uuid::Uuid;
+
+pub const TOPIC: &str = "crm.customer-events";
+
+fn admin_options() -> PgConnectOptions {
+    let url = std::env::var("CRM_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    url.parse::<PgConnectOptions>()
+        .expect("database url")
+        .disable_statement_logging()
+}
+
+/// A database of its own, dropped when the test ends (also when it fails).
+pub struct TestDb {
+    pub pool: PgPool,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = format!("qs_{}", Uuid::now_v7().simple());
+        let mut admin = admin_options()
+            .connect()
+            .await
+            .expect("connect to the test database");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(admin_options().database(&name))
+            .await
+            .expect("connect to the new database");
+        TestDb { pool, name }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let pool = self.pool.clone();
+        // a runtime of its own: Drop cannot await, and the test's runtime may be gone
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                drop(pool);
+                if let Ok(mut admin) = admin_options().connect().await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 1, 6, 9, 0, 0).single().unwrap()
+}
+
+pub fn day(n: i64) -> DateTime<Utc> {
+    t0() + TimeDelta::days(n)
+}
+
+pub fn date(y: i32, m: u32, d: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, d).unwrap()
+}
+
+pub fn cid(n: u128) -> CustomerId {
+    CustomerId(Uuid::from_u128(0xC000_0000 + n))
+}
+
+pub fn id(n: u128) -> Uuid {
+    Uuid::from_u128(0xE000_0000 + n)
+}
+
+pub fn money(amount: i64) -> Money {
+    Money {
+        amount,
+        currency: "CNY".into(),
+    }
+}
+
+/// Customer streams decided by the domain, appended to a topic of `partitions` partitions.
+pub struct World {
+    pub states: BTreeMap<CustomerId, CustomerState>,
+    /// Every record in append order, with its position.
+    pub log: Vec<(Position, RecordedEvent)>,
+    partitions: i32,
+    next_offset: BTreeMap<i32, i64>,
+    partition_of: BTreeMap<CustomerId, i32>,
+}
+
+impl World {
+    pub fn new(partitions: i32) -> World {
+        World {
+            states: BTreeMap::new(),
+            log: Vec::new(),
+            partitions,
+            next_offset: BTreeMap::new(),
+            partition_of: BTreeMap::new(),
+        }
+    }
+
+    /// Decides `command` for `customer` at business time `at` (recorded 30 s later) and
+    /// appends what it causes.
+    pub fn exec(
+        &mut self,
+        customer: CustomerId,
+        at: DateTime<Utc>,
+        actor: &str,
+        command: Command,
+    ) -> Vec<RecordedEvent> {
+        self.exec_recorded(customer, at, at + TimeDelta::seconds(30), actor, command)
+    }
+
+    /// As `exec`, with an explicit recorded-at (a late event: recorded long after it happened).
+    pub fn exec_recorded(
+        &mut self,
+        customer: CustomerId,
+        at: DateTime<Utc>,
+        recorded_at: DateTime<Utc>,
+        actor: &str,
+        command: Command,
+    ) -> Vec<RecordedEvent> {
+        self.exec_full(customer, at, recorded_at, actor, command, None)
+    }
+
+    /// As `exec`, caused by an earlier event (`causation_id` = that event's id).
+    pub fn exec_caused_by(
+        &mut self,
+        customer: CustomerId,
+        at: DateTime<Utc>,
+        actor: &str,
+        command: Command,
+        cause: Uuid,
+    ) -> Vec<RecordedEvent> {
+        self.exec_full(
+            customer,
+            at,
+            at + TimeDelta::seconds(30),
+            actor,
+            command,
+            Some(cause),
+        )
+    }
+
+    pub fn exec_full(
+        &mut self,
+        customer: CustomerId,
+        at: DateTime<Utc>,
+        recorded_at: DateTime<Utc>,
+        actor: &str,
+        command: Command,
+        cause: Option<Uuid>,
+    ) -> Vec<RecordedEvent> {
+        let n = self.partition_of.len() as i32;
+        let partitions = self.partitions;
+        let partition = *self.partition_of.entry(customer).or_insert(n % partitions);
+        let state = self
+            .states
+            .entry(customer)
+            .or_insert_with(|| CustomerState::new(customer))
+            .clone();
+        let events =
+            decide(&state, &command).unwrap_or_else(|e| panic!("{} refused: {e}", command.name()));
+        let correlation_id = Uuid::now_v7();
+        let command_id = Uuid::now_v7();
+        let mut state = state;
+        let mut out = Vec::new();
+        for event in events {
+            let metadata = EventMetadata {
+                id: Uuid::now_v7(),
+                source: "/test".into(),
+                customer_id: customer,
+                sequence: state.next_sequence(),
+                actor: actor.into(),
+                command: Some(command.name().into()),
+                command_id: Some(command_id.to_string()),
+                correlation_id,
+                causation_id: Some(cause.unwrap_or(command_id)),
+                occurred_at: at,
+                recorded_at,
+            };
+            state = evolve(state, &event);
+            let offset = self.next_offset.entry(partition).or_insert(0);
+            let position = Position {
+                topic: TOPIC.into(),
+                partition,
+                offset: *offset,
+            };
+            *offset += 1;
+            let rec = RecordedEvent { metadata, event };
+            self.log.push((position, rec.clone()));
+            out.push(rec);
+        }
+        self.states.insert(customer, state);
+        out
+    }
+
+    pub fn partition_of(&self, customer: CustomerId) -> i32 {
+        self.partition_of.get(&customer).copied().unwrap_or(0)
+    }
+}
+
+pub fn register(
+    level: CustomerLevel,
+    name: &str,
+    region: &str,
+    credit: u8,
+    satisfaction: u8,
+    owner: &str,
+) -> Command {
+    Command::RegisterCustomer(RegisterCustomer {
+        profile: CustomerProfile {
+            kind: CustomerKind::Company,
+            number: Some(format!("KH-{name}")),
+            name: name.into(),
+            region: region.into(),
+            industry: "manufacturing".into(),
+            level,
+            credit,
+            satisfaction,
+            registration: Registration::default(),
+        },
+        owner: UserId::new(owner),
+    })
+}
+
+pub fn contact(n: u128, name: &str) -> Command {
+    Command::AddContact(AddContact {
+        contact_id: ContactId(id(n)),
+        contact: ContactDetails {
+            name: name.into(),
+            gender: None,
+            position: Some("buyer".into()),
+            office_phone: None,
+            mobile: None,
+            email: None,
+            memo: None,
+        },
+    })
+}
+
+pub fn touch(n: u128, channel: Channel, summary: &str) -> Command {
+    Command::RecordTouchpoint(RecordTouchpoint {
+        touchpoint_id: TouchpointId(id(n)),
+        touchpoint: Touchpoint {
+            channel,
+            summary: summary.into(),
+            contact_id: None,
+            opportunity_id: None,
+        },
+    })
+}
+
+pub fn email(subject: &str) -> Channel {
+    Channel::Email {
+        direction: Direction::Outbound,
+        subject: subject.into(),
+    }
+}
+
+pub fn call(seconds: u32) -> Channel {
+    Channel::PhoneCall {
+        direction: Direction::Inbound,
+        duration_seconds: seconds,
+        wait_seconds: 12,
+        outcome: CallOutcome::Answered,
+    }
+}
+
+pub fn open_opp(n: u128, amount: i64, probability: u8, expected_close: NaiveDate) -> Command {
+    Command::OpenOpportunity(OpenOpportunity {
+        opportunity_id: OpportunityId(id(n)),
+        source: "referral".into(),
+        title: format!("deal {n}"),
+        value: money(amount),
+        probability,
+        expected_close,
+        contact_id: None,
+        description: None,
+    })
+}
+
+pub fn stage(n: u128, to: Stage) -> Command {
+    Command::ChangeStage(ChangeStage {
+        opportunity_id: OpportunityId(id(n)),
+        to,
+        reason: None,
+        probability: None,
+    })
+}
+
+pub fn assign_opp(n: u128, owner: &str) -> Command {
+    Command::AssignOpportunity(AssignOpportunity {
+        opportunity_id: OpportunityId(id(n)),
+        owner: UserId::new(owner),
+    })
+}
+
+pub fn win(n: u128) -> Command {
+    Command::WinOpportunity(WinOpportunity {
+        opportunity_id: OpportunityId(id(n)),
+        value: None,
+    })
+}
+
+pub fn lose(n: u128, reason: &str) -> Command {
+    Command::LoseOpportunity(LoseOpportunity {
+        opportunity_id: OpportunityId(id(n)),
+        reason: reason.into(),
+    })
+}
+
+pub fn order(number: &str, amount: i64) -> Command {
+    Command::PlaceOrder(PlaceOrder {
+        order_number: OrderNumber(number.into()),
+        lines: vec![OrderLine {
+            product: "widget".into(),
+            quantity: 1,
+            unit_price: amount,
+        }],
+        total: money(amount),
+        delivery_address: None,
+    })
+}
+
+// ------------------------------------------------------------------ the service under test
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::Router;
+use projection_service::{ProjectionVersion, Projector, ReadModels};
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// A database, the live projection version `rm` v1 with its projector, and the router.
+pub struct Harness {
+    pub db: TestDb,
+    pub projector: Projector,
+    pub reads: ReadModels,
+    pub router: Router,
+}
+
+/// An answer: status, headers, body.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    /// Asserts a problem+json with this status naming `field`.
+    pub fn assert_problem(&self, status: u16, field: &str) {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(
+            self.header("content-type").as_deref(),
+            Some("application/problem+json")
+        );
+        let p = self.json();
+        assert_eq!(p["status"], status);
+        assert_eq!(p["field"], field, "{p}");
+    }
+}
+
+impl Harness {
+    pub async fn new(max_wait: Duration) -> Harness {
+        let db = TestDb::new().await;
+        let version = ProjectionVersion::new("rm", 1).unwrap();
+        let (projector, _) = Projector::open(db.pool.clone(), version.clone())
+            .await
+            .unwrap();
+        let reads = ReadModels::new(db.pool.clone(), &version);
+        let app = query_service::App::new(db.pool.clone(), "rm", max_wait).unwrap();
+        let router = query_service::router(app);
+        Harness {
+            db,
+            projector,
+            reads,
+            router,
+        }
+    }
+
+    /// Applies events through the real projector, in batches of 7.
+    pub async fn apply(&self, log: &[(Position, RecordedEvent)]) {
+        for batch in log.chunks(7) {
+            self.projector.apply(batch).await.unwrap();
+        }
+    }
+
+    pub async fn get_with(&self, uri: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut request = Request::get(uri);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, uri: &str) -> Answer {
+        self.get_with(uri, &[]).await
+    }
+
+    /// A 200 JSON answer.
+    pub async fn json(&self, uri: &str) -> Value {
+        let a = self.get(uri).await;
+        assert_eq!(
+            a.status,
+            StatusCode::OK,
+            "{uri}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        a.json()
+    }
+
+    /// Every item of a paginated list, following `next_cursor` with pages of `limit`.
+    pub async fn all_pages(&self, uri: &str, limit: usize) -> Vec<Value> {
+        let sep = if uri.contains('?') { '&' } else { '?' };
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..10_000 {
+            let page_uri = match &cursor {
+                Some(c) => format!("{uri}{sep}limit={limit}&cursor={c}"),
+                None => format!("{uri}{sep}limit={limit}"),
+            };
+            let page = self.json(&page_uri).await;
+            let got = page["items"].as_array().unwrap();
+            assert!(got.len() <= limit);
+            items.extend(got.iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return items,
+            }
+        }
+        panic!("{uri}: no last page");
+    }
+
+    /// The CSV answer, parsed: the header and the records.
+    pub async fn csv(&self, uri: &str) -> (Vec<String>, Vec<Vec<String>>) {
+        let a = self.get_with(uri, &[("accept", "text/csv")]).await;
+        assert_eq!(
+            a.status,
+            StatusCode::OK,
+            "{uri}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        assert!(a.header("content-type").unwrap().starts_with("text/csv"));
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(a.body.as_slice());
+        let header: Vec<String> = reader
+            .headers()
+            .unwrap()
+            .iter()
+            .map(str::to_owned)
+            .collect();
+        let records = reader
+            .records()
+            .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+            .collect();
+        (header, records)
+    }
+
+    /// Asserts that the CSV of `uri` has the same rows, in the same order, as its JSON items.
+    pub async fn assert_csv_matches_json(&self, uri: &str, items: &[Value]) {
+        let (header, records) = self.csv(uri).await;
+        assert_eq!(records.len(), items.len(), "{uri}: CSV rows vs JSON items");
+        for (record, item) in records.iter().zip(items) {
+            let obj = item.as_object().unwrap();
+            for (column, cell) in header.iter().zip(record) {
+                let expected = match obj.get(column) {
+                    None | Some(Value::Null) => String::new(),
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Number(n)) => n.to_string(),
+                    Some(Value::Bool(b)) => b.to_string(),
+                    Some(other) => other.to_string(),
+                };
+                assert_eq!(cell, &expected, "{uri}: column {column}");
+            }
+            // every JSON field is a CSV column
+            for key in obj.keys() {
+                assert!(header.contains(key), "{uri}: {key} missing from the CSV");
+            }
+        }
+    }
+}
+
+/// The ids (field `key`) of a list's items.
+pub fn ids(items: &[Value], key: &str) -> Vec<String> {
+    items
+        .iter()
+        .map(|i| i[key].as_str().unwrap().to_owned())
+        .collect()
+}
+
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
