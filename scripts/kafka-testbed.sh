@@ -11,21 +11,25 @@
 #
 # Environment: CRM_TOOLS (default ~/.cache/crm-tools), CRM_KAFKA_RUN (pid and log files,
 # default $CRM_TOOLS/run); CRM_TANSU_CRATE, CRM_TANSU_VERSION, CRM_TANSU_FEATURES choose
-# what `ensure` installs (default: nisshi 0.8.1 — Tansu's continuation under a new name — with
+# what `ensure` installs (default: nisshi 0.7.0 — Tansu's continuation under a new name — with
 # its memory (dynostore) and SQLite (libsql) engines; the binary is named after the crate).
 # Only the test bed uses it; nothing in the code depends on it.
 #
 # Why not tansu 0.6.0 (the last release under that name): it has no EndTxn (transactions can
-# begin but never commit or abort) and Fetch never lists aborted transactions. nisshi needs
-# rustc >= 1.96; where the default toolchain is older, the image's nightly builds it.
+# begin but never commit or abort) and Fetch never lists aborted transactions. Why not nisshi
+# 0.8: it refuses every transactional producer ("Nisshi does not support transactions").
+# nisshi 0.7.0 has both EndTxn and aborted-transaction lists. It needs rustc >= 1.96; where the
+# default toolchain is older, the image's nightly builds it.
 set -euo pipefail
 
 TANSU_CRATE=${CRM_TANSU_CRATE:-nisshi}
-TANSU_VERSION=${CRM_TANSU_VERSION:-0.8.1}
+TANSU_VERSION=${CRM_TANSU_VERSION:-0.7.0}
 TANSU_FEATURES=${CRM_TANSU_FEATURES:-dynostore,libsql}
 CRM_TOOLS=${CRM_TOOLS:-$HOME/.cache/crm-tools}
 RUN_DIR=${CRM_KAFKA_RUN:-$CRM_TOOLS/run}
-TANSU=$CRM_TOOLS/bin/$TANSU_CRATE
+# One directory per crate and version: changing the version installs the new one.
+TANSU_ROOT=$CRM_TOOLS/$TANSU_CRATE-$TANSU_VERSION
+TANSU=$TANSU_ROOT/bin/$TANSU_CRATE
 
 die() { echo "kafka-testbed: $*" >&2; exit 1; }
 
@@ -48,7 +52,7 @@ ensure() {
         toolchain=(+nightly)
     fi
     cargo "${toolchain[@]}" install "$TANSU_CRATE" --version "$TANSU_VERSION" --locked \
-        --no-default-features --features "$TANSU_FEATURES" --root "$CRM_TOOLS"
+        --no-default-features --features "$TANSU_FEATURES" --root "$TANSU_ROOT"
     [[ -x $TANSU ]] || die "cargo install did not produce $TANSU"
 }
 
