@@ -1,6 +1,10 @@
-//! The HTTP API: one resource route per command, the batch ingest endpoint, and the
-//! operational endpoints. Every route parses, then hands a [`CommandRequest`] to
-//! [`CustomerStreams`]; nothing here decides anything.
+//! The HTTP API: one resource route per command, the batch ingest endpoint, the organisation
+//! (teams) routes, and the operational endpoints. Every route but `/healthz`, `/readyz` and
+//! `/metrics` needs an authenticated caller ([`infra::auth::require_authentication`]); a route
+//! whose command the caller's roles may not use answers 403 (the permission table,
+//! [`domain::access::PERMISSIONS`]); a customer outside the caller's reach answers 404, exactly
+//! like one that does not exist. Every route parses, then hands a [`CommandRequest`] to
+//! [`CustomerStreams`](crate::streams::CustomerStreams); nothing here decides anything.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,14 +18,16 @@ use axum::routing::{get, post, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use domain::{Command, CustomerId, DomainError, ErrorKind};
+use domain::access::{Principal, INGEST_TOUCHPOINTS};
+use domain::{Command, CustomerId, DomainError, ErrorKind, OrganisationCommand};
+use infra::auth::{forbidden, require_authentication, Authenticated};
 use infra::problem::Problem;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::streams::{CommandError, CommandRequest, Outcome};
+use crate::streams::{Caller, CommandError, CommandRequest, OrganisationRequest, Outcome, Via};
 use crate::App;
 
 /// The header that carries a command's log position, for read-your-writes queries.
@@ -98,16 +104,105 @@ pub fn command_routes() -> Vec<CommandRoute> {
     ]
 }
 
+/// One organisation command as an HTTP resource.
+pub struct OrganisationRoute {
+    pub method: Method,
+    pub path: &'static str,
+    pub name: &'static str,
+    pub summary: &'static str,
+    parse: fn(Value) -> Result<OrganisationCommand, Problem>,
+    schema: fn() -> schemars::Schema,
+}
+
+fn organisation_route<T>(
+    method: Method,
+    path: &'static str,
+    name: &'static str,
+    summary: &'static str,
+) -> OrganisationRoute
+where
+    T: DeserializeOwned + JsonSchema + Into<OrganisationCommand>,
+{
+    OrganisationRoute {
+        method,
+        path,
+        name,
+        summary,
+        parse: |body| {
+            serde_path_to_error::deserialize::<_, T>(body)
+                .map(Into::into)
+                .map_err(|e| {
+                    let message = e.inner().to_string();
+                    Problem::invalid_field(serde_field(&e.path().to_string(), &message), message)
+                })
+        },
+        schema: || schemars::schema_for!(T),
+    }
+}
+
+/// The organisation's routes: sales teams, their directors and members. Administrators do
+/// everything; a sales director adds and removes members of the teams they direct.
+pub fn organisation_routes() -> Vec<OrganisationRoute> {
+    use domain::*;
+    vec![
+        organisation_route::<CreateTeam>(
+            Method::POST,
+            "/v1/teams",
+            "create_team",
+            "Set up a sales team (team_id generated when absent)",
+        ),
+        organisation_route::<AssignTeamDirector>(
+            Method::PUT,
+            "/v1/teams/{team_id}/director",
+            "assign_team_director",
+            "Make a sales director the team's director",
+        ),
+        organisation_route::<AddTeamMember>(
+            Method::POST,
+            "/v1/teams/{team_id}/members",
+            "add_team_member",
+            "Add a member (account manager) to the team",
+        ),
+        organisation_route::<RemoveTeamMember>(
+            Method::DELETE,
+            "/v1/teams/{team_id}/members/{member}",
+            "remove_team_member",
+            "Remove a member from the team",
+        ),
+    ]
+}
+
+/// The 403 of a caller whose roles may not use `operation`.
+fn require(principal: &Principal, operation: &str) -> Result<(), Problem> {
+    principal
+        .require(operation)
+        .map_err(|d| forbidden(d.to_string()).with("operation", operation))
+}
+
 pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
     let mut by_path: HashMap<&'static str, MethodRouter<Arc<App>>> = HashMap::new();
     for r in command_routes() {
         let r: &'static CommandRoute = Box::leak(Box::new(r));
         let filter = MethodFilter::try_from(r.method.clone()).unwrap_or(MethodFilter::POST);
         let handler = move |State(app): State<Arc<App>>,
+                            Authenticated(caller): Authenticated,
                             Path(path): Path<HashMap<String, String>>,
                             headers: HeaderMap,
                             body: Result<Bytes, BytesRejection>| async move {
-            handle_command(app, r, path, headers, body).await
+            handle_command(app, r, caller, path, headers, body).await
+        };
+        let entry = by_path.remove(r.path).unwrap_or_default();
+        by_path.insert(r.path, entry.on(filter, handler));
+    }
+    for r in organisation_routes() {
+        let r: &'static OrganisationRoute = Box::leak(Box::new(r));
+        let filter = MethodFilter::try_from(r.method.clone()).unwrap_or(MethodFilter::POST);
+        let handler = move |State(app): State<Arc<App>>,
+                            Authenticated(caller): Authenticated,
+                            Path(path): Path<HashMap<String, String>>,
+                            headers: HeaderMap,
+                            body: Result<Bytes, BytesRejection>| async move {
+            handle_organisation(app, r, caller, path, headers, body).await
         };
         let entry = by_path.remove(r.path).unwrap_or_default();
         by_path.insert(r.path, entry.on(filter, handler));
@@ -124,6 +219,11 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .route("/openapi.json", get(|| async { Json(openapi()) }))
         .fallback(|| async { Problem::not_found("no such resource") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        // Closed by default: every route above but the open ones needs a caller.
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            require_authentication::<Arc<App>>,
+        ))
         .with_state(app)
 }
 
@@ -159,6 +259,8 @@ fn serde_field(path: &str, message: &str) -> String {
     let path = if path == "." { "" } else { path };
     match (path.is_empty(), named) {
         (true, Some(n)) => n.to_owned(),
+        // serde_path_to_error may already have put the unknown field on the path
+        (false, Some(n)) if path == n || path.ends_with(&format!(".{n}")) => path.to_owned(),
         (false, Some(n)) => format!("{path}.{n}"),
         (_, None) => path.to_owned(),
     }
@@ -211,13 +313,12 @@ fn occurred_at(
 }
 
 /// Headers that shape a command: `If-Match`, `Idempotency-Key`, `X-Correlation-Id`,
-/// `X-Causation-Id`, and the actor.
+/// `X-Causation-Id`. The actor is never the client's to say: it is the authenticated caller.
 struct CommandHeaders {
     expected_sequence: Option<u64>,
     command_id: Option<String>,
     correlation_id: Option<Uuid>,
     causation_id: Option<Uuid>,
-    actor: String,
 }
 
 fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Problem> {
@@ -261,22 +362,18 @@ fn command_headers(headers: &HeaderMap) -> Result<CommandHeaders, Problem> {
     let causation_id = header_text(headers, "x-causation-id")?
         .map(|v| uuid_param("X-Causation-Id", v))
         .transpose()?;
-    // Until authentication lands, the actor is whoever the caller says; see the README.
-    let actor = header_text(headers, "x-actor")?
-        .map(str::to_owned)
-        .unwrap_or_else(|| "anonymous".to_owned());
     Ok(CommandHeaders {
         expected_sequence,
         command_id,
         correlation_id,
         causation_id,
-        actor,
     })
 }
 
 /// Builds the request for one command route.
 fn command_request(
     route: &CommandRoute,
+    caller: Caller,
     path: HashMap<String, String>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -331,7 +428,7 @@ fn command_request(
         command,
         expected_sequence: h.expected_sequence,
         command_id: h.command_id,
-        actor: h.actor,
+        caller,
         occurred_at,
         correlation_id: h.correlation_id,
         causation_id: h.causation_id,
@@ -344,6 +441,13 @@ fn command_request(
 pub fn command_problem(error: &CommandError) -> Problem {
     match error {
         CommandError::Refused(e) => domain_problem(e),
+        CommandError::Forbidden { field, reason } => {
+            let p = forbidden(reason.clone());
+            match field {
+                Some(f) => p.field(*f),
+                None => p,
+            }
+        }
         CommandError::SequenceMismatch { expected, actual } => Problem::new(
             StatusCode::CONFLICT,
             "sequence-mismatch",
@@ -409,6 +513,7 @@ fn outcome_label(result: &Result<Outcome, CommandError>) -> &'static str {
             ErrorKind::Conflict => "refused",
         },
         Err(CommandError::SequenceMismatch { .. }) => "conflict",
+        Err(CommandError::Forbidden { .. }) => "forbidden",
         Err(CommandError::NotOwner { .. }) => "not_owner",
         Err(_) => "error",
     }
@@ -422,12 +527,21 @@ fn position_header(o: &Outcome) -> Option<HeaderValue> {
 async fn handle_command(
     app: Arc<App>,
     route: &'static CommandRoute,
+    principal: Arc<Principal>,
     path: HashMap<String, String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let request = match command_request(route, path, &headers, body) {
+    if let Err(p) = require(&principal, route.name) {
+        app.metrics
+            .commands
+            .with_label_values(&[route.name, "forbidden"])
+            .inc();
+        return p.into_response();
+    }
+    let caller = Caller::new(principal, Via::Command);
+    let request = match command_request(route, caller, path, &headers, body) {
         Ok(r) => r,
         Err(p) => {
             app.metrics
@@ -469,6 +583,121 @@ async fn handle_command(
                 if let Ok(v) =
                     HeaderValue::from_str(&format!("/v1/customers/{}", outcome.customer_id))
                 {
+                    h.insert(header::LOCATION, v);
+                }
+            }
+            response
+        }
+        Err(e) => command_problem(&e).into_response(),
+    }
+}
+
+// ------------------------------------------------------------------ organisation
+
+fn organisation_request(
+    route: &OrganisationRoute,
+    principal: Arc<Principal>,
+    path: HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<OrganisationRequest, Problem> {
+    let mut body = body_object(body)?;
+    for (name, value) in &path {
+        if name == "team_id" {
+            uuid_param(name, value)?;
+        } else if value.trim().is_empty() {
+            return Err(Problem::bad_parameter(name, "must not be empty"));
+        }
+        match body.get(name) {
+            Some(Value::String(v)) if v != value => {
+                return Err(Problem::invalid_field(
+                    name.clone(),
+                    "differs from the path",
+                ))
+            }
+            _ => {
+                body.insert(name.clone(), Value::String(value.clone()));
+            }
+        }
+    }
+    if !body.contains_key("team_id") {
+        body.insert("team_id".into(), Value::String(Uuid::now_v7().to_string()));
+    }
+    let command = (route.parse)(Value::Object(body))?;
+    let h = command_headers(headers)?;
+    Ok(OrganisationRequest {
+        command,
+        expected_sequence: h.expected_sequence,
+        command_id: h.command_id,
+        principal,
+        correlation_id: h.correlation_id,
+        causation_id: h.causation_id,
+    })
+}
+
+async fn handle_organisation(
+    app: Arc<App>,
+    route: &'static OrganisationRoute,
+    principal: Arc<Principal>,
+    path: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    if let Err(p) = require(&principal, route.name) {
+        app.metrics
+            .commands
+            .with_label_values(&[route.name, "forbidden"])
+            .inc();
+        return p.into_response();
+    }
+    let request = match organisation_request(route, principal, path, &headers, body) {
+        Ok(r) => r,
+        Err(p) => {
+            app.metrics
+                .commands
+                .with_label_values(&[route.name, "malformed"])
+                .inc();
+            return p.into_response();
+        }
+    };
+    let team_id = request.command.team_id();
+    let created = route.name == "create_team";
+    let result = app.streams.execute_organisation(request).await;
+    app.metrics
+        .commands
+        .with_label_values(&[route.name, outcome_label(&result)])
+        .inc();
+    app.metrics
+        .command_seconds
+        .with_label_values(&[route.name])
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(outcome) => {
+            let status = if created && !outcome.replayed && !outcome.events.is_empty() {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let body = json!({
+                "team_id": team_id,
+                "events": outcome.events,
+                "sequence": outcome.sequence,
+                "replayed": outcome.replayed,
+            });
+            let mut response = (status, Json(body)).into_response();
+            let h = response.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", outcome.sequence)) {
+                h.insert(header::ETAG, v);
+            }
+            if let Some(v) = position_header(&outcome) {
+                h.insert(POSITION_HEADER, v);
+            }
+            if outcome.replayed {
+                h.insert("idempotent-replayed", HeaderValue::from_static("true"));
+            }
+            if created {
+                if let Ok(v) = HeaderValue::from_str(&format!("/v1/teams/{team_id}")) {
                     h.insert(header::LOCATION, v);
                 }
             }
@@ -555,7 +784,7 @@ fn batch_items(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<Result<Value, Pr
 
 fn batch_request(
     item: Value,
-    actor: &str,
+    caller: &Caller,
     correlation_id: Option<Uuid>,
 ) -> Result<CommandRequest, Problem> {
     let t: BatchTouchpoint = serde_path_to_error::deserialize(item).map_err(|e| {
@@ -580,7 +809,7 @@ fn batch_request(
         }),
         expected_sequence: None,
         command_id: t.idempotency_key,
-        actor: actor.to_owned(),
+        caller: caller.clone(),
         occurred_at: t.occurred_at,
         correlation_id,
         causation_id: None,
@@ -589,10 +818,15 @@ fn batch_request(
 
 async fn batch_touchpoints(
     State(app): State<Arc<App>>,
+    Authenticated(principal): Authenticated,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
+    if let Err(p) = require(&principal, INGEST_TOUCHPOINTS) {
+        return p.into_response();
+    }
+    let caller = Caller::new(principal, Via::Ingest);
     let bytes = match body {
         Ok(b) => b,
         Err(e) => {
@@ -614,7 +848,7 @@ async fn batch_touchpoints(
     let mut requests = Vec::new();
     let mut slots = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
-        match item.and_then(|v| batch_request(v, &h.actor, correlation_id)) {
+        match item.and_then(|v| batch_request(v, &caller, correlation_id)) {
             Ok(r) => {
                 slots.push(i);
                 requests.push(r);
@@ -688,6 +922,13 @@ fn component_schema(schema: schemars::Schema, components: &mut Map<String, Value
     value
 }
 
+/// The roles the permission table grants an operation, for the OpenAPI document.
+fn roles_of(operation: &str) -> Vec<&'static str> {
+    domain::access::permission(operation)
+        .map(|p| p.roles.iter().map(|r| r.as_str()).collect())
+        .unwrap_or_default()
+}
+
 fn problem_response(description: &str) -> Value {
     json!({"description": description, "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
 }
@@ -733,6 +974,7 @@ pub fn openapi() -> Value {
         let op = json!({
             "operationId": r.name,
             "summary": r.summary,
+            "x-crm-roles": roles_of(r.name),
             "parameters": params,
             "requestBody": {"required": r.method != Method::DELETE, "content": {"application/json": {"schema": body}}},
             "responses": {
@@ -741,7 +983,9 @@ pub fn openapi() -> Value {
                     "CRM-Position": {"schema": {"type": "string"}, "description": "topic:partition:offset of the last appended event"}
                 }, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Outcome"}}}},
                 "400": problem_response("Malformed JSON, header or path parameter"),
-                "404": problem_response("Unknown customer or entity"),
+                "401": problem_response("No valid credentials (bearer token)"),
+                "403": problem_response("The caller's roles may not use this command, or may not assign to that user (`field`)"),
+                "404": problem_response("Unknown customer or entity, or a customer outside the caller's reach"),
                 "409": problem_response("Not allowed in the current state, or If-Match mismatch"),
                 "413": problem_response("Body too large"),
                 "422": problem_response("A field is invalid; `field` names it"),
@@ -753,17 +997,66 @@ pub fn openapi() -> Value {
             m.insert(r.method.as_str().to_lowercase(), op);
         }
     }
+    for r in organisation_routes() {
+        let mut params: Vec<Value> = r
+            .path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| {
+                let format = if name == "team_id" {
+                    json!({"type": "string", "format": "uuid"})
+                } else {
+                    json!({"type": "string"})
+                };
+                json!({"name": name, "in": "path", "required": true, "schema": format})
+            })
+            .collect();
+        params.extend(header_params.as_array().cloned().unwrap_or_default());
+        let mut body = component_schema((r.schema)(), &mut components);
+        if let Value::Object(m) = &mut body {
+            if let Some(Value::Array(req)) = m.get_mut("required") {
+                req.retain(|f| {
+                    f.as_str()
+                        .is_some_and(|f| f != "team_id" && !r.path.contains(&format!("{{{f}}}")))
+                });
+            }
+        }
+        let op = json!({
+            "operationId": r.name,
+            "summary": r.summary,
+            "x-crm-roles": roles_of(r.name),
+            "parameters": params,
+            "requestBody": {"required": r.method != Method::DELETE, "content": {"application/json": {"schema": body}}},
+            "responses": {
+                if r.name == "create_team" { "201" } else { "200" }: {"description": "Appended (or unchanged)", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "400": problem_response("Malformed JSON, header or path parameter"),
+                "401": problem_response("No valid credentials (bearer token)"),
+                "403": problem_response("The caller's roles may not use this command"),
+                "404": problem_response("Unknown team, or a team the director does not direct"),
+                "409": problem_response("Not allowed in the current state, or If-Match mismatch"),
+                "422": problem_response("A field is invalid; `field` names it"),
+                "503": problem_response("This instance does not own the organisation stream's partition; retry")
+            }
+        });
+        let entry = paths.entry(r.path.to_owned()).or_insert_with(|| json!({}));
+        if let Value::Object(m) = entry {
+            m.insert(r.method.as_str().to_lowercase(), op);
+        }
+    }
     let batch_item = component_schema(schemars::schema_for!(BatchTouchpoint), &mut components);
     components.insert("BatchTouchpoint".into(), batch_item);
     paths.insert("/v1/touchpoints:batch".into(), json!({"post": {
         "operationId": "record_touchpoints_batch",
+        "x-crm-roles": roles_of(INGEST_TOUCHPOINTS),
+        "security": [{"apiKey": []}, {"bearer": []}],
         "summary": format!("Record up to {MAX_BATCH} touchpoints (JSON array or NDJSON); answers per item"),
         "requestBody": {"required": true, "content": {
             "application/json": {"schema": {"type": "array", "maxItems": MAX_BATCH, "items": {"$ref": "#/components/schemas/BatchTouchpoint"}}},
             "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/BatchTouchpoint"}}
         }},
         "responses": {"200": {"description": "Per-item results", "content": {"application/json": {"schema": {"type": "object"}}}},
-            "400": problem_response("Malformed JSON"), "413": problem_response("More than the maximum items"), "422": problem_response("Not an array")}
+            "400": problem_response("Malformed JSON"), "401": problem_response("No valid API key or token"), "403": problem_response("The caller may not ingest touchpoints"),
+            "413": problem_response("More than the maximum items"), "422": problem_response("Not an array")}
     }}));
     for (path, summary) in [
         ("/healthz", "Liveness"),
@@ -775,7 +1068,7 @@ pub fn openapi() -> Value {
     ] {
         paths.insert(
             path.into(),
-            json!({"get": {"summary": summary, "responses": {"200": {"description": "OK"}}}}),
+            json!({"get": {"summary": summary, "security": [], "responses": {"200": {"description": "OK"}}}}),
         );
     }
     components.insert("Problem".into(), json!({"type": "object", "description": "RFC 9457 problem details", "properties": {
@@ -789,9 +1082,13 @@ pub fn openapi() -> Value {
         "sequence": {"type": "integer"}, "replayed": {"type": "boolean"}}}));
     json!({
         "openapi": "3.1.0",
+        "security": [{"bearer": []}],
         "info": {"title": "CRM command-service", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Commands on customer streams. Each appends immutable events to Kafka."},
         "paths": paths,
-        "components": {"schemas": components}
+        "components": {"schemas": components, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "HS256 or RS256; `iss`, `aud`, `exp` checked; roles in the `roles` claim"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key", "description": "Channel adapters"}
+        }}
     })
 }

@@ -7,6 +7,13 @@
 //! valid ones and sends the invalid ones to the dead-letter topic with the reason; then it
 //! commits the inbound offset. `ce_id` is the idempotency key, so a record read twice (after
 //! a crash, or while a partition moves) appends once.
+//!
+//! Who published a record: its `ce_source`, mapped to a configured adapter identity
+//! (`--channel-sources /channels/wechat=channel-wechat,...`). The adapter is a principal with
+//! the `channel_adapter` role, checked against the permission table (`ingest_touchpoints`) like
+//! an HTTP caller, and its subject is the events' actor. A record from a source not configured
+//! is dead-lettered. Anyone who may write to the inbound topic may claim any configured
+//! source: the topic's ACLs are the gate (grant write on it to the adapters only).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,15 +30,19 @@ use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use crate::http::command_problem;
-use crate::streams::{CommandError, CommandRequest};
+use crate::streams::{Caller, CommandError, CommandRequest, Via};
 use crate::App;
+use infra::auth::Authenticator;
 
 /// The event type channel adapters publish.
 pub const INBOUND_TYPE: &str = "crm.touchpoint.recorded.v1";
 const BATCH: usize = 500;
 
 /// Turns one inbound record into the command it asks for, or says why it cannot.
-pub fn inbound_request(record: &StoredRecord) -> Result<CommandRequest, String> {
+pub fn inbound_request(
+    record: &StoredRecord,
+    auth: &Authenticator,
+) -> Result<CommandRequest, String> {
     let h = Headers::collect(
         record
             .headers
@@ -48,6 +59,11 @@ pub fn inbound_request(record: &StoredRecord) -> Result<CommandRequest, String> 
     if id.trim().is_empty() || source.trim().is_empty() {
         return Err("ce_id and ce_source must not be empty".into());
     }
+    let Some(adapter) = auth.channel(source) else {
+        return Err(format!(
+            "ce_source `{source}` is not a configured channel adapter (--channel-sources)"
+        ));
+    };
     let event_type = text(header::TYPE)?;
     let body = record.value.as_deref().ok_or("record has no body")?;
     let event = domain::upcast::decode(event_type, body).map_err(|e| e.to_string())?;
@@ -95,7 +111,7 @@ pub fn inbound_request(record: &StoredRecord) -> Result<CommandRequest, String> 
         }),
         expected_sequence: None,
         command_id: Some(format!("inbound:{source}:{id}")),
-        actor: format!("adapter:{source}"),
+        caller: Caller::new(Arc::new(adapter), Via::Ingest),
         occurred_at,
         correlation_id,
         causation_id: Uuid::parse_str(id).ok(),
@@ -209,7 +225,7 @@ impl InboundReaders {
         let mut requests = Vec::new();
         let mut sources = Vec::new();
         for record in &batch {
-            match inbound_request(record) {
+            match inbound_request(record, &self.app.auth) {
                 Ok(r) => {
                     requests.push(r);
                     sources.push(record);
@@ -255,7 +271,11 @@ impl InboundReaders {
                     metrics.with_label_values(&["forwarded"]).inc();
                 }
                 Err(CommandError::NotOwner { .. }) => return Ok(Step::Stop),
-                Err(e @ (CommandError::Refused(_) | CommandError::Envelope(_))) => {
+                Err(
+                    e @ (CommandError::Refused(_)
+                    | CommandError::Envelope(_)
+                    | CommandError::Forbidden { .. }),
+                ) => {
                     let problem = command_problem(&e);
                     let reason = serde_json::to_string(&problem).unwrap_or_else(|_| e.to_string());
                     dead_letters

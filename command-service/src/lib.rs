@@ -9,12 +9,14 @@
 pub mod http;
 pub mod inbound;
 pub mod metrics;
+pub mod organisation;
 pub mod streams;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use infra::auth::{AuthArgs, AuthState, Authenticator};
 use infra::config::{KafkaArgs, LogFormat};
 use infra::kafka::{provision_topics, OwnershipChange, PartitionOwnership};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -46,20 +48,38 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "CRM_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// The running service: what every HTTP handler can reach.
 pub struct App {
     pub streams: Arc<CustomerStreams>,
     pub metrics: Metrics,
+    /// Who is calling: bearer tokens, API keys, inbound sources.
+    pub auth: Arc<Authenticator>,
 }
 
 impl App {
-    pub fn new(log: Arc<dyn CustomerLog>, source: String) -> anyhow::Result<Arc<App>> {
+    pub fn new(
+        log: Arc<dyn CustomerLog>,
+        source: String,
+        auth: Authenticator,
+    ) -> anyhow::Result<Arc<App>> {
         let metrics = Metrics::new().context("registering metrics")?;
         let topic = log.topic();
         let streams = Arc::new(CustomerStreams::new(log, topic, source, metrics.clone()));
-        Ok(Arc::new(App { streams, metrics }))
+        Ok(Arc::new(App {
+            streams,
+            metrics,
+            auth: Arc::new(auth),
+        }))
+    }
+}
+
+impl AuthState for App {
+    fn authenticator(&self) -> &Authenticator {
+        &self.auth
     }
 }
 
@@ -94,12 +114,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("provisioning topics")?;
     tracing::info!(?topics, "topics ready");
+    let auth = Authenticator::from_args(&config.auth).context("authentication settings")?;
     let app = App::new(
         Arc::new(KafkaCustomerLog {
             settings: settings.clone(),
         }),
         config.source.clone(),
+        auth,
     )?;
+    tokio::spawn(organisation::follow_organisation(
+        app.streams.clone(),
+        settings.clone(),
+    ));
     let (ownership, changes) =
         PartitionOwnership::start(&settings).context("joining the command-service group")?;
     let inbound = InboundReaders::new(app.clone(), settings.clone());

@@ -7,13 +7,18 @@
 //! interleave with another command for the same customer.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock as StdRwLock};
 
 use chrono::{DateTime, Utc};
-use domain::envelope::envelope_time;
+use domain::access::{
+    authorize_command, authorize_ingest, authorize_organisation, Denial, Principal,
+};
+use domain::envelope::{envelope_time, is_organisation_key};
 use domain::{
-    apply_recorded, decide, Command, CustomerId, CustomerState, DomainError, EventMetadata,
-    KafkaRecord, RecordedEvent,
+    apply_recorded, apply_recorded_organisation, decide, decide_organisation, organisation_stream,
+    Command, CustomerId, CustomerState, DomainError, EventMetadata, KafkaRecord,
+    OrganisationCommand, OrganisationEvent, OrganisationState, RecordedEvent,
+    RecordedOrganisationEvent, ORGANISATION_STREAM_ID,
 };
 use infra::kafka::{partition_for, LogError, RecordAppender};
 use infra::Position;
@@ -24,6 +29,33 @@ use uuid::Uuid;
 use crate::metrics::Metrics;
 use infra::log::CustomerLog;
 
+/// How a command came in: what the permission table is asked about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Its own route: the command's row of the permission table.
+    Command,
+    /// A channel (batch endpoint, inbound topic): the `ingest_touchpoints` row.
+    Ingest,
+}
+
+/// The authenticated caller of a command and how it came in. The caller's subject becomes
+/// the `actor` of every event the command causes.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Arc<Principal>,
+    pub via: Via,
+}
+
+impl Caller {
+    pub fn new(principal: Arc<Principal>, via: Via) -> Self {
+        Caller { principal, via }
+    }
+
+    pub fn actor(&self) -> String {
+        self.principal.subject.to_string()
+    }
+}
+
 /// A command with everything the envelope needs.
 #[derive(Debug, Clone)]
 pub struct CommandRequest {
@@ -33,7 +65,9 @@ pub struct CommandRequest {
     pub expected_sequence: Option<u64>,
     /// `Idempotency-Key`: a retry with the same key gets the first answer.
     pub command_id: Option<String>,
-    pub actor: String,
+    /// Who asks: checked against the permission table and the customer's owner, recorded as
+    /// the events' actor.
+    pub caller: Caller,
     /// Business time; now when absent.
     pub occurred_at: Option<DateTime<Utc>>,
     pub correlation_id: Option<Uuid>,
@@ -69,10 +103,29 @@ impl Outcome {
     }
 }
 
+/// An organisation command with everything the envelope needs.
+#[derive(Debug, Clone)]
+pub struct OrganisationRequest {
+    pub command: OrganisationCommand,
+    /// `If-Match`: the organisation stream's sequence the client expects.
+    pub expected_sequence: Option<u64>,
+    pub command_id: Option<String>,
+    pub principal: Arc<Principal>,
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error(transparent)]
     Refused(#[from] DomainError),
+    /// The caller's role may not do this (403). Records outside the caller's reach are
+    /// answered as [`CommandError::Refused`] "not found" instead, so existence does not leak.
+    #[error("{reason}")]
+    Forbidden {
+        field: Option<&'static str>,
+        reason: String,
+    },
     #[error("expected sequence {expected}, but the customer is at {actual}")]
     SequenceMismatch { expected: u64, actual: u64 },
     #[error("partition {partition} of this customer is not owned by this instance")]
@@ -110,12 +163,30 @@ struct OwnedPartition {
     customers: Mutex<HashMap<CustomerId, CustomerEntry>>,
 }
 
+/// The organisation stream as this instance knows it: complete when it owns the stream's
+/// partition, else as far as it has followed it (see [`CustomerStreams::follow_organisation`]).
+#[derive(Debug, Default)]
+struct OrganisationView {
+    state: OrganisationState,
+    answered: HashMap<String, Vec<AppendedEvent>>,
+    broken: Option<String>,
+}
+
 pub struct CustomerStreams {
     log: Arc<dyn CustomerLog>,
     topic: String,
     source: String,
     owned: RwLock<HashMap<i32, Arc<OwnedPartition>>>,
+    organisation: StdRwLock<OrganisationView>,
     metrics: Metrics,
+}
+
+/// Maps a refusal of the access rules to the command's answer.
+fn denied(denial: Denial, hidden: DomainError) -> CommandError {
+    match denial {
+        Denial::Forbidden { field, reason, .. } => CommandError::Forbidden { field, reason },
+        Denial::Hidden => CommandError::Refused(hidden),
+    }
 }
 
 impl CustomerStreams {
@@ -125,7 +196,58 @@ impl CustomerStreams {
             topic,
             source,
             owned: RwLock::new(HashMap::new()),
+            organisation: StdRwLock::new(OrganisationView::default()),
             metrics,
+        }
+    }
+
+    /// The partition of the organisation stream.
+    pub fn organisation_partition(&self) -> i32 {
+        self.partition_of(&organisation_stream())
+    }
+
+    /// The organisation (teams, directors, members) as this instance knows it.
+    pub fn organisation(&self) -> OrganisationState {
+        self.organisation
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state
+            .clone()
+    }
+
+    /// Folds one recorded organisation event in, if it is the next one; events already
+    /// applied are skipped (the owner's own appends and its history may be seen again).
+    pub fn apply_organisation(
+        &self,
+        recorded: &RecordedOrganisationEvent,
+        position: Option<Position>,
+    ) {
+        let mut view = self
+            .organisation
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let m = &recorded.metadata;
+        if m.sequence <= view.state.version || view.broken.is_some() {
+            return;
+        }
+        match apply_recorded_organisation(view.state.clone(), m.sequence, &recorded.event) {
+            Ok(next) => view.state = next,
+            Err(e) => {
+                tracing::error!(error = %e, "the organisation stream breaks the sequence rule");
+                view.broken = Some(e.to_string());
+                return;
+            }
+        }
+        if let (Some(key), Some(position)) = (&m.command_id, position) {
+            view.answered
+                .entry(key.clone())
+                .or_default()
+                .push(AppendedEvent {
+                    id: m.id,
+                    event_type: recorded.event.event_type().to_owned(),
+                    sequence: m.sequence,
+                    position,
+                });
         }
     }
 
@@ -148,6 +270,23 @@ impl CustomerStreams {
             let mut customers: HashMap<CustomerId, CustomerEntry> = HashMap::new();
             let mut skipped = 0usize;
             for record in &history {
+                if is_organisation_key(record.key.as_deref()) {
+                    match domain::RecordedOrganisationEvent::from_kafka(
+                        record.key.as_deref(),
+                        record
+                            .headers
+                            .iter()
+                            .map(|(k, v)| (k.as_str(), v.as_deref())),
+                        record.value.as_deref(),
+                    ) {
+                        Ok(r) => self.apply_organisation(&r, Some(record.position.clone())),
+                        Err(e) => {
+                            skipped += 1;
+                            tracing::warn!(partition, offset = record.position.offset, error = %e, "undecodable record in the organisation stream, skipped");
+                        }
+                    }
+                    continue;
+                }
                 let recorded = match record.decode() {
                     Ok(r) => r,
                     Err(e) => {
@@ -231,14 +370,21 @@ impl CustomerStreams {
     ) -> Vec<Result<Outcome, CommandError>> {
         let mut by_partition: HashMap<i32, Vec<(usize, CommandRequest)>> = HashMap::new();
         let count = requests.len();
+        let mut outcomes: Vec<Option<Result<Outcome, CommandError>>> =
+            (0..count).map(|_| None).collect();
         for (i, r) in requests.into_iter().enumerate() {
+            if r.customer_id.as_uuid() == ORGANISATION_STREAM_ID {
+                // The organisation stream's key: never a customer.
+                outcomes[i] = Some(Err(CommandError::Refused(
+                    DomainError::CustomerNotRegistered,
+                )));
+                continue;
+            }
             by_partition
                 .entry(self.partition_of(&r.customer_id))
                 .or_default()
                 .push((i, r));
         }
-        let mut outcomes: Vec<Option<Result<Outcome, CommandError>>> =
-            (0..count).map(|_| None).collect();
         let owned = self.owned.read().await.clone();
         let mut work = Vec::new();
         for (partition, requests) in by_partition {
@@ -287,6 +433,26 @@ impl CustomerStreams {
                 results.push((i, Err(CommandError::BrokenStream(reason.clone()))));
                 continue;
             }
+            // Who may do this to this customer: before anything else, so that a customer
+            // outside the caller's reach looks exactly like one that does not exist.
+            let authorized = {
+                let organisation = self
+                    .organisation
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let principal = &request.caller.principal;
+                let owner = entry.state.owner.as_ref();
+                match request.caller.via {
+                    Via::Command => {
+                        authorize_command(principal, &organisation.state, owner, &request.command)
+                    }
+                    Via::Ingest => authorize_ingest(principal, &organisation.state, owner),
+                }
+            };
+            if let Err(d) = authorized {
+                results.push((i, Err(denied(d, DomainError::CustomerNotRegistered))));
+                continue;
+            }
             if let Some(answer) = request
                 .command_id
                 .as_ref()
@@ -333,7 +499,7 @@ impl CustomerStreams {
                     source: self.source.clone(),
                     customer_id: request.customer_id,
                     sequence: state.next_sequence(),
-                    actor: request.actor.clone(),
+                    actor: request.caller.actor(),
                     command: Some(request.command.name().to_owned()),
                     command_id: request.command_id.clone(),
                     correlation_id,
@@ -424,8 +590,158 @@ impl CustomerStreams {
                     }
                 }
             }
+        } else {
+            // Only commands that asked for what is already so: nothing to append, each is
+            // answered with the customer's current sequence.
+            for (i, customer_id, ..) in pending {
+                let sequence = working
+                    .get(&customer_id)
+                    .map(|e| e.state.version)
+                    .unwrap_or(0);
+                results.push((
+                    i,
+                    Ok(Outcome {
+                        customer_id,
+                        events: vec![],
+                        sequence,
+                        replayed: false,
+                    }),
+                ));
+            }
         }
         results
+    }
+
+    /// Decides and appends one organisation command, in the organisation stream's partition
+    /// (under that partition's lock, with its writer: the same single-writer rule as every
+    /// customer).
+    pub async fn execute_organisation(
+        &self,
+        request: OrganisationRequest,
+    ) -> Result<Outcome, CommandError> {
+        let partition = self.organisation_partition();
+        let owned = self
+            .owned
+            .read()
+            .await
+            .get(&partition)
+            .cloned()
+            .ok_or(CommandError::NotOwner { partition })?;
+        let customers = owned.customers.lock().await;
+        let now = envelope_time(Utc::now());
+        let stream = organisation_stream();
+        let (recorded, records, version) = {
+            let view = self
+                .organisation
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(reason) = &view.broken {
+                return Err(CommandError::BrokenStream(reason.clone()));
+            }
+            let team_id = request.command.team_id();
+            authorize_organisation(&request.principal, &view.state, &request.command).map_err(
+                |d| {
+                    denied(
+                        d,
+                        DomainError::NotFound {
+                            entity: "team",
+                            field: "team_id",
+                            id: team_id.to_string(),
+                        },
+                    )
+                },
+            )?;
+            if let Some(answer) = request
+                .command_id
+                .as_ref()
+                .and_then(|k| view.answered.get(k))
+            {
+                return Ok(Outcome {
+                    customer_id: stream,
+                    events: answer.clone(),
+                    sequence: view.state.version,
+                    replayed: true,
+                });
+            }
+            if let Some(expected) = request.expected_sequence {
+                if expected != view.state.version {
+                    return Err(CommandError::SequenceMismatch {
+                        expected,
+                        actual: view.state.version,
+                    });
+                }
+            }
+            let events: Vec<OrganisationEvent> =
+                decide_organisation(&view.state, &request.command)?;
+            let correlation_id = request.correlation_id.unwrap_or_else(Uuid::now_v7);
+            let mut recorded = Vec::with_capacity(events.len());
+            let mut records = Vec::with_capacity(events.len());
+            for (n, event) in events.into_iter().enumerate() {
+                let r = RecordedOrganisationEvent {
+                    metadata: EventMetadata {
+                        id: Uuid::now_v7(),
+                        source: self.source.clone(),
+                        customer_id: stream,
+                        sequence: view.state.version + 1 + n as u64,
+                        actor: request.principal.subject.to_string(),
+                        command: Some(request.command.name().to_owned()),
+                        command_id: request.command_id.clone(),
+                        correlation_id,
+                        causation_id: request.causation_id,
+                        occurred_at: now,
+                        recorded_at: now,
+                    },
+                    event,
+                };
+                records.push(
+                    r.to_kafka()
+                        .map_err(|e| CommandError::Envelope(e.to_string()))?,
+                );
+                recorded.push(r);
+            }
+            (recorded, records, view.state.version)
+        };
+        if records.is_empty() {
+            return Ok(Outcome {
+                customer_id: stream,
+                events: vec![],
+                sequence: version,
+                replayed: false,
+            });
+        }
+        self.metrics.append_batch_size.observe(records.len() as f64);
+        match owned.writer.append(&records).await {
+            Ok(positions) => {
+                let mut events = Vec::with_capacity(recorded.len());
+                for (r, position) in recorded.iter().zip(positions) {
+                    self.apply_organisation(r, Some(position.clone()));
+                    events.push(AppendedEvent {
+                        id: r.metadata.id,
+                        event_type: r.event.event_type().to_owned(),
+                        sequence: r.metadata.sequence,
+                        position,
+                    });
+                }
+                let sequence = events.last().map(|e| e.sequence).unwrap_or(version);
+                Ok(Outcome {
+                    customer_id: stream,
+                    events,
+                    sequence,
+                    replayed: false,
+                })
+            }
+            Err(e) => {
+                let fenced = matches!(e, LogError::Fenced { .. } | LogError::Fatal { .. });
+                drop(customers);
+                if fenced {
+                    tracing::warn!(partition, error = %e, "fenced: giving the partition up");
+                    self.revoke(&[partition]).await;
+                    Err(CommandError::NotOwner { partition })
+                } else {
+                    Err(CommandError::Unavailable(e.to_string()))
+                }
+            }
+        }
     }
 
     /// The state of one customer, when this instance owns it (for tests and diagnostics).

@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 use uuid::Uuid;
 
+mod common;
+
 const PARTITIONS: i32 = 3;
 
 struct Service {
@@ -37,6 +39,7 @@ async fn service(name: &str) -> Service {
             settings: settings.clone(),
         }),
         "/test".into(),
+        common::authenticator(),
     )
     .unwrap();
     app.streams
@@ -68,6 +71,13 @@ async fn send(
     let mut request = Request::builder().method(method).uri(uri);
     for (k, v) in headers {
         request = request.header(*k, *v);
+    }
+    // an administrator unless the test says who
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+    {
+        request = request.header("authorization", common::bearer("admin", &["administrator"]));
     }
     let body = match body {
         Some(v) => Body::from(serde_json::to_vec(&v).unwrap()),
@@ -129,11 +139,12 @@ fn register_body() -> Value {
 async fn every_command_appends_its_event_in_order() {
     let s = service("every-command").await;
     let r = &s.router;
+    let li = common::bearer("am-li", &["administrator"]);
     let a = send(
         r,
         "POST",
         "/v1/customers",
-        &[("x-actor", "am-li")],
+        &[("authorization", &li)],
         Some(register_body()),
     )
     .await;
@@ -334,10 +345,19 @@ async fn every_command_appends_its_event_in_order() {
             "crm.contact.removed.v1",
         ),
     ];
+    let zhao = common::bearer("am-zhao", &["administrator"]);
     let mut expected_types = vec!["crm.customer.registered.v1".to_owned()];
     for (method, uri, body, event_type) in steps {
         let body = if body.is_null() { None } else { Some(body) };
-        let a = send(r, method, &uri, &[("x-actor", "am-zhao")], body).await;
+        // an X-Actor header is no longer heard: the token's subject is the actor
+        let a = send(
+            r,
+            method,
+            &uri,
+            &[("authorization", &zhao), ("x-actor", "someone-else")],
+            body,
+        )
+        .await;
         assert_eq!(a.status, StatusCode::OK, "{method} {uri}: {}", a.body);
         assert_eq!(a.body["events"][0]["type"], event_type, "{method} {uri}");
         assert_eq!(a.body["sequence"], expected_types.len() as u64 + 1);
@@ -358,6 +378,7 @@ async fn every_command_appends_its_event_in_order() {
     );
     // the envelope carries who, which command and business time
     assert_eq!(stream[0].metadata.actor, "am-li");
+    assert!(stream[1..].iter().all(|e| e.metadata.actor == "am-zhao"));
     assert_eq!(
         stream[1].metadata.command.as_deref(),
         Some("change_profile")
@@ -471,6 +492,7 @@ async fn a_retry_with_the_same_idempotency_key_appends_nothing() {
             settings: s.settings.clone(),
         }),
         "/test".into(),
+        common::authenticator(),
     )
     .unwrap();
     again.streams.assign(&partitions).await.unwrap();
@@ -611,6 +633,7 @@ async fn bad_input_gets_problem_details_naming_the_field() {
                     .method(method)
                     .uri(&uri)
                     .header("content-type", "application/json")
+                    .header("authorization", common::bearer("admin", &["administrator"]))
                     .body(Body::from("{\"touchpoint\": "))
                     .unwrap();
                 let response = r.clone().oneshot(request).await.unwrap();
@@ -719,6 +742,7 @@ async fn a_batch_answers_per_item() {
         .method("POST")
         .uri("/v1/touchpoints:batch")
         .header("content-type", "application/x-ndjson")
+        .header("x-api-key", common::ADAPTER_KEY)
         .body(Body::from(ndjson))
         .unwrap();
     let response = s.router.clone().oneshot(request).await.unwrap();

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use command_service::inbound::InboundReaders;
-use command_service::streams::CommandRequest;
+use command_service::streams::{Caller, CommandRequest, Via};
 use command_service::App;
 use crm_tests::{unique_prefix, KafkaBroker};
+use domain::access::{Credential, Principal, Role};
 use domain::*;
+use infra::auth::{AuthArgs, Authenticator};
 use infra::kafka::{provision_topics, read_partition, KafkaSettings, DLQ_REASON};
 use infra::log::KafkaCustomerLog;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -19,10 +21,20 @@ use uuid::Uuid;
 const PARTITIONS: i32 = 2;
 
 fn ce_headers(id: &str, event_type: &str, subject: &str, time: &str) -> OwnedHeaders {
+    ce_headers_from("/channels/wechat", id, event_type, subject, time)
+}
+
+fn ce_headers_from(
+    source: &str,
+    id: &str,
+    event_type: &str,
+    subject: &str,
+    time: &str,
+) -> OwnedHeaders {
     [
         ("ce_specversion", "1.0"),
         ("ce_id", id),
-        ("ce_source", "/channels/wechat"),
+        ("ce_source", source),
         ("ce_type", event_type),
         ("ce_subject", subject),
         ("ce_time", time),
@@ -85,6 +97,12 @@ async fn inbound_events_are_validated_appended_once_or_dead_lettered() {
             settings: settings.clone(),
         }),
         "/test".into(),
+        Authenticator::from_args(&AuthArgs {
+            channel_sources: Some("/channels/wechat=channel-wechat".into()),
+            api_keys: Some("an-api-key-of-16-chars=x:channel_adapter".into()),
+            ..AuthArgs::default()
+        })
+        .unwrap(),
     )
     .unwrap();
     let partitions: Vec<i32> = (0..PARTITIONS).collect();
@@ -111,7 +129,14 @@ async fn inbound_events_are_validated_appended_once_or_dead_lettered() {
             }),
             expected_sequence: None,
             command_id: None,
-            actor: "am-li".into(),
+            caller: Caller::new(
+                Arc::new(Principal::new(
+                    "am-li",
+                    [Role::AccountManager],
+                    Credential::Token,
+                )),
+                Via::Command,
+            ),
             occurred_at: None,
             correlation_id: None,
             causation_id: None,
@@ -205,6 +230,22 @@ async fn inbound_events_are_validated_appended_once_or_dead_lettered() {
     )
     .await;
 
+    // 7. from a source that is no configured adapter
+    publish(
+        &producer,
+        &inbound,
+        &c,
+        ce_headers_from(
+            "/channels/rogue",
+            "wx-6",
+            "crm.touchpoint.recorded.v1",
+            &c,
+            "2026-05-01T08:05:00Z",
+        ),
+        &touchpoint_body(customer, "冒充"),
+    )
+    .await;
+
     let readers = InboundReaders::new(app.clone(), settings.clone());
     readers.start(&partitions);
 
@@ -217,7 +258,7 @@ async fn inbound_events_are_validated_appended_once_or_dead_lettered() {
             .filter(|e| e.metadata.customer_id == customer)
             .collect();
         let dead = all(&settings, &settings.topics().dead_letter()).await;
-        if (stream.len() >= 3 && dead.len() >= 3) || Instant::now() > deadline {
+        if (stream.len() >= 3 && dead.len() >= 4) || Instant::now() > deadline {
             break (stream, dead);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -237,7 +278,8 @@ async fn inbound_events_are_validated_appended_once_or_dead_lettered() {
         [1, 2, 3]
     );
     let t = &stream[1];
-    assert_eq!(t.metadata.actor, "adapter:/channels/wechat");
+    // the configured adapter behind the record's ce_source
+    assert_eq!(t.metadata.actor, "channel-wechat");
     assert_eq!(
         t.metadata.occurred_at.to_rfc3339(),
         "2026-05-01T08:00:00+00:00"
@@ -251,7 +293,7 @@ async fn inbound_events_are_validated_appended_once_or_dead_lettered() {
         .iter()
         .map(|r| String::from_utf8_lossy(r.header(DLQ_REASON).unwrap()).into_owned())
         .collect();
-    assert_eq!(dead.len(), 3, "{reasons:?}");
+    assert_eq!(dead.len(), 4, "{reasons:?}");
     let ids: Vec<String> = dead
         .iter()
         .map(|r| String::from_utf8_lossy(r.header("ce_id").unwrap()).into_owned())
@@ -265,6 +307,10 @@ async fn inbound_events_are_validated_appended_once_or_dead_lettered() {
             ),
             "wx-4" => assert!(
                 reason.contains("not-found") && reason.contains("not registered"),
+                "{reason}"
+            ),
+            "wx-6" => assert!(
+                reason.contains("not a configured channel adapter"),
                 "{reason}"
             ),
             other => panic!("unexpected dead letter {other}: {reason}"),

@@ -5,6 +5,7 @@
 //! command handling.
 
 mod demo;
+#[allow(dead_code)] // wired into `crm up` next
 mod postgres;
 
 use std::net::SocketAddr;
@@ -73,6 +74,8 @@ struct Up {
     max_body_bytes: usize,
     #[command(flatten)]
     kafka: KafkaArgs,
+    #[command(flatten)]
+    auth: infra::auth::AuthArgs,
 }
 
 #[tokio::main]
@@ -114,13 +117,16 @@ impl Up {
                 max_body_bytes: self.max_body_bytes,
                 source: "/crm".into(),
                 log_format,
+                auth: self.auth,
             })
             .await;
         }
         let dir = self.data_dir.join("log");
         let log = EmbeddedLog::open(&dir, "customer-events".into(), self.kafka.partitions)
             .with_context(|| format!("opening the embedded log in {}", dir.display()))?;
-        let app = command_service::App::new(Arc::new(log), "/crm".into())?;
+        let auth = infra::auth::Authenticator::from_args(&self.auth)
+            .context("authentication settings")?;
+        let app = command_service::App::new(Arc::new(log), "/crm".into(), auth)?;
         let all: Vec<i32> = (0..self.kafka.partitions).collect();
         app.streams
             .assign(&all)

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::event::{CustomerEvent, EventDecodeError};
 use crate::ids::CustomerId;
+use crate::organisation::{organisation_stream, OrganisationEvent};
 
 pub const SPEC_VERSION: &str = "1.0";
 pub const CONTENT_TYPE: &str = "application/json";
@@ -113,43 +114,11 @@ fn rfc3339(t: &DateTime<Utc>) -> Vec<u8> {
 impl RecordedEvent {
     /// Binary-mode record: key = customer id, `ce_*` headers, JSON body.
     pub fn to_kafka(&self) -> Result<KafkaRecord, EnvelopeError> {
-        let m = &self.metadata;
         let value = self
             .event
             .to_json()
             .map_err(|e| EnvelopeError::Encode(e.to_string()))?;
-        let subject = m.customer_id.to_string().into_bytes();
-        let mut headers: Vec<(&'static str, Vec<u8>)> = vec![
-            (header::SPEC_VERSION, SPEC_VERSION.as_bytes().to_vec()),
-            (header::ID, m.id.to_string().into_bytes()),
-            (header::SOURCE, m.source.clone().into_bytes()),
-            (header::TYPE, self.event.event_type().as_bytes().to_vec()),
-            (header::SUBJECT, subject.clone()),
-            (header::TIME, rfc3339(&m.occurred_at)),
-            (header::CONTENT_TYPE, CONTENT_TYPE.as_bytes().to_vec()),
-            (header::SEQUENCE, m.sequence.to_string().into_bytes()),
-            (header::ACTOR, m.actor.clone().into_bytes()),
-            (
-                header::CORRELATION_ID,
-                m.correlation_id.to_string().into_bytes(),
-            ),
-            (header::OCCURRED_AT, rfc3339(&m.occurred_at)),
-            (header::RECORDED_AT, rfc3339(&m.recorded_at)),
-        ];
-        if let Some(c) = &m.command {
-            headers.push((header::COMMAND, c.clone().into_bytes()));
-        }
-        if let Some(c) = &m.command_id {
-            headers.push((header::COMMAND_ID, c.clone().into_bytes()));
-        }
-        if let Some(c) = &m.causation_id {
-            headers.push((header::CAUSATION_ID, c.to_string().into_bytes()));
-        }
-        Ok(KafkaRecord {
-            key: subject,
-            headers,
-            value,
-        })
+        Ok(encode(&self.metadata, self.event.event_type(), value))
     }
 
     /// Decodes a binary-mode record. Never panics: anything wrong is an [`EnvelopeError`].
@@ -158,70 +127,208 @@ impl RecordedEvent {
         headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
         value: Option<&'a [u8]>,
     ) -> Result<RecordedEvent, EnvelopeError> {
-        let h = Headers::collect(headers);
-        let spec = h.text(header::SPEC_VERSION)?;
-        if spec != SPEC_VERSION {
-            return Err(EnvelopeError::SpecVersion(spec.to_owned()));
-        }
-        if let Some(ct) = h.optional_text(header::CONTENT_TYPE)? {
-            let media_type = ct.split(';').next().unwrap_or_default().trim();
-            if !media_type.eq_ignore_ascii_case(CONTENT_TYPE) {
-                return Err(EnvelopeError::ContentType(ct.to_owned()));
+        let (metadata, event) = decode(key, headers, value, |event_type, body, customer_id| {
+            let event = crate::upcast::decode(event_type, body)?;
+            if event.customer_id() != customer_id {
+                return Err(EnvelopeError::SubjectMismatch {
+                    body: event.customer_id().to_string(),
+                    subject: customer_id.to_string(),
+                });
             }
-        }
-        let subject = h.text(header::SUBJECT)?;
-        let customer_id: CustomerId =
-            subject
-                .parse()
-                .map_err(|e: uuid::Error| EnvelopeError::InvalidHeader {
-                    name: header::SUBJECT,
-                    reason: e.to_string(),
-                })?;
-        if subject != customer_id.to_string() {
-            // Another spelling of the same UUID would hash to another partition.
-            return Err(EnvelopeError::InvalidHeader {
-                name: header::SUBJECT,
-                reason: "the customer id must be a lower-case hyphenated UUID".into(),
-            });
-        }
-        let key = key.ok_or(EnvelopeError::MissingKey)?;
-        if key != subject.as_bytes() {
-            return Err(EnvelopeError::KeyMismatch {
-                key: String::from_utf8_lossy(key).into_owned(),
-                subject: subject.to_owned(),
-            });
-        }
-        let event_type = h.text(header::TYPE)?;
-        let body = value.ok_or(EnvelopeError::MissingBody)?;
-        let event = crate::upcast::decode(event_type, body)?;
-        if event.customer_id() != customer_id {
-            return Err(EnvelopeError::SubjectMismatch {
-                body: event.customer_id().to_string(),
-                subject: subject.to_owned(),
-            });
-        }
-        let occurred_at = match h.optional_time(header::OCCURRED_AT)? {
-            Some(t) => t,
-            None => h.time(header::TIME)?,
-        };
-        let metadata = EventMetadata {
-            id: h.uuid(header::ID)?,
-            source: h.text(header::SOURCE)?.to_owned(),
-            customer_id,
-            sequence: h.parse(header::SEQUENCE)?,
-            actor: h.text(header::ACTOR)?.to_owned(),
-            command: h.optional_text(header::COMMAND)?.map(str::to_owned),
-            command_id: h.optional_text(header::COMMAND_ID)?.map(str::to_owned),
-            correlation_id: h.uuid(header::CORRELATION_ID)?,
-            causation_id: match h.optional_text(header::CAUSATION_ID)? {
-                Some(_) => Some(h.uuid(header::CAUSATION_ID)?),
-                None => None,
-            },
-            occurred_at,
-            recorded_at: h.time(header::RECORDED_AT)?,
-        };
+            Ok(event)
+        })?;
         Ok(RecordedEvent { metadata, event })
     }
+}
+
+/// An event of the organisation stream with its envelope. The stream's subject (and Kafka
+/// key) is [`crate::organisation::ORGANISATION_STREAM_ID`]; `metadata.customer_id` carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedOrganisationEvent {
+    pub metadata: EventMetadata,
+    pub event: OrganisationEvent,
+}
+
+impl RecordedOrganisationEvent {
+    /// Binary-mode record: key = the organisation stream id, `ce_*` headers, JSON body.
+    pub fn to_kafka(&self) -> Result<KafkaRecord, EnvelopeError> {
+        if self.metadata.customer_id != organisation_stream() {
+            return Err(EnvelopeError::Encode(format!(
+                "an organisation event belongs to the stream {}, not {}",
+                organisation_stream(),
+                self.metadata.customer_id
+            )));
+        }
+        let value = self
+            .event
+            .to_json()
+            .map_err(|e| EnvelopeError::Encode(e.to_string()))?;
+        Ok(encode(&self.metadata, self.event.event_type(), value))
+    }
+
+    /// Decodes a binary-mode record of the organisation stream.
+    pub fn from_kafka<'a>(
+        key: Option<&'a [u8]>,
+        headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+        value: Option<&'a [u8]>,
+    ) -> Result<RecordedOrganisationEvent, EnvelopeError> {
+        let (metadata, event) = decode(key, headers, value, |event_type, body, subject| {
+            if subject != organisation_stream() {
+                return Err(EnvelopeError::InvalidHeader {
+                    name: header::SUBJECT,
+                    reason: format!(
+                        "organisation events belong to the stream {}",
+                        organisation_stream()
+                    ),
+                });
+            }
+            Ok(OrganisationEvent::from_json(event_type, body)?)
+        })?;
+        Ok(RecordedOrganisationEvent { metadata, event })
+    }
+}
+
+/// Any record of the customer-events topic: a customer's event, or one of the organisation
+/// stream (key [`crate::organisation::ORGANISATION_STREAM_ID`]).
+// Decoded one record at a time, never kept in bulk: boxing would only cost an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    Customer(RecordedEvent),
+    Organisation(RecordedOrganisationEvent),
+}
+
+impl StreamEvent {
+    /// Decodes a record, choosing the stream by its key.
+    pub fn from_kafka<'a>(
+        key: Option<&'a [u8]>,
+        headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+        value: Option<&'a [u8]>,
+    ) -> Result<StreamEvent, EnvelopeError> {
+        if is_organisation_key(key) {
+            RecordedOrganisationEvent::from_kafka(key, headers, value)
+                .map(StreamEvent::Organisation)
+        } else {
+            RecordedEvent::from_kafka(key, headers, value).map(StreamEvent::Customer)
+        }
+    }
+
+    pub fn metadata(&self) -> &EventMetadata {
+        match self {
+            StreamEvent::Customer(e) => &e.metadata,
+            StreamEvent::Organisation(e) => &e.metadata,
+        }
+    }
+}
+
+/// Whether a record's key is the organisation stream's.
+pub fn is_organisation_key(key: Option<&[u8]>) -> bool {
+    key.is_some_and(|k| k == ORGANISATION_KEY.as_bytes())
+}
+
+/// The organisation stream's key as text.
+pub const ORGANISATION_KEY: &str = "00000000-0000-0000-0000-000000000000";
+
+fn encode(m: &EventMetadata, event_type: &str, value: Vec<u8>) -> KafkaRecord {
+    let subject = m.customer_id.to_string().into_bytes();
+    let mut headers: Vec<(&'static str, Vec<u8>)> = vec![
+        (header::SPEC_VERSION, SPEC_VERSION.as_bytes().to_vec()),
+        (header::ID, m.id.to_string().into_bytes()),
+        (header::SOURCE, m.source.clone().into_bytes()),
+        (header::TYPE, event_type.as_bytes().to_vec()),
+        (header::SUBJECT, subject.clone()),
+        (header::TIME, rfc3339(&m.occurred_at)),
+        (header::CONTENT_TYPE, CONTENT_TYPE.as_bytes().to_vec()),
+        (header::SEQUENCE, m.sequence.to_string().into_bytes()),
+        (header::ACTOR, m.actor.clone().into_bytes()),
+        (
+            header::CORRELATION_ID,
+            m.correlation_id.to_string().into_bytes(),
+        ),
+        (header::OCCURRED_AT, rfc3339(&m.occurred_at)),
+        (header::RECORDED_AT, rfc3339(&m.recorded_at)),
+    ];
+    if let Some(c) = &m.command {
+        headers.push((header::COMMAND, c.clone().into_bytes()));
+    }
+    if let Some(c) = &m.command_id {
+        headers.push((header::COMMAND_ID, c.clone().into_bytes()));
+    }
+    if let Some(c) = &m.causation_id {
+        headers.push((header::CAUSATION_ID, c.to_string().into_bytes()));
+    }
+    KafkaRecord {
+        key: subject,
+        headers,
+        value,
+    }
+}
+
+/// The envelope checks shared by every stream; `event` decodes the body of `ce_type` and
+/// checks it against the subject.
+fn decode<'a, E>(
+    key: Option<&'a [u8]>,
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    value: Option<&'a [u8]>,
+    event: impl FnOnce(&str, &[u8], CustomerId) -> Result<E, EnvelopeError>,
+) -> Result<(EventMetadata, E), EnvelopeError> {
+    let h = Headers::collect(headers);
+    let spec = h.text(header::SPEC_VERSION)?;
+    if spec != SPEC_VERSION {
+        return Err(EnvelopeError::SpecVersion(spec.to_owned()));
+    }
+    if let Some(ct) = h.optional_text(header::CONTENT_TYPE)? {
+        let media_type = ct.split(';').next().unwrap_or_default().trim();
+        if !media_type.eq_ignore_ascii_case(CONTENT_TYPE) {
+            return Err(EnvelopeError::ContentType(ct.to_owned()));
+        }
+    }
+    let subject = h.text(header::SUBJECT)?;
+    let customer_id: CustomerId =
+        subject
+            .parse()
+            .map_err(|e: uuid::Error| EnvelopeError::InvalidHeader {
+                name: header::SUBJECT,
+                reason: e.to_string(),
+            })?;
+    if subject != customer_id.to_string() {
+        // Another spelling of the same UUID would hash to another partition.
+        return Err(EnvelopeError::InvalidHeader {
+            name: header::SUBJECT,
+            reason: "the customer id must be a lower-case hyphenated UUID".into(),
+        });
+    }
+    let key = key.ok_or(EnvelopeError::MissingKey)?;
+    if key != subject.as_bytes() {
+        return Err(EnvelopeError::KeyMismatch {
+            key: String::from_utf8_lossy(key).into_owned(),
+            subject: subject.to_owned(),
+        });
+    }
+    let event_type = h.text(header::TYPE)?;
+    let body = value.ok_or(EnvelopeError::MissingBody)?;
+    let event = event(event_type, body, customer_id)?;
+    let occurred_at = match h.optional_time(header::OCCURRED_AT)? {
+        Some(t) => t,
+        None => h.time(header::TIME)?,
+    };
+    let metadata = EventMetadata {
+        id: h.uuid(header::ID)?,
+        source: h.text(header::SOURCE)?.to_owned(),
+        customer_id,
+        sequence: h.parse(header::SEQUENCE)?,
+        actor: h.text(header::ACTOR)?.to_owned(),
+        command: h.optional_text(header::COMMAND)?.map(str::to_owned),
+        command_id: h.optional_text(header::COMMAND_ID)?.map(str::to_owned),
+        correlation_id: h.uuid(header::CORRELATION_ID)?,
+        causation_id: match h.optional_text(header::CAUSATION_ID)? {
+            Some(_) => Some(h.uuid(header::CAUSATION_ID)?),
+            None => None,
+        },
+        occurred_at,
+        recorded_at: h.time(header::RECORDED_AT)?,
+    };
+    Ok((metadata, event))
 }
 
 /// The headers of one record, looked up by name (the last one wins, as in Kafka clients).

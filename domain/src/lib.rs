@@ -6,7 +6,8 @@
 //! [`decide`] accepts or refuses it against the customer's [`CustomerState`] and names the
 //! events it causes; [`evolve`] folds an event into the state. Policies (stage thresholds,
 //! RFM, the churn rule) are pure functions in [`policy`]. The [`envelope`] puts events on the
-//! wire as CloudEvents. Nothing here does I/O.
+//! wire as CloudEvents. The [`organisation`] stream holds the sales teams, and [`access`] the
+//! roles, the permission table and record visibility. Nothing here does I/O.
 //!
 //! ```
 //! use domain::*;
@@ -15,12 +16,14 @@
 //! assert_eq!(refused, Err(DomainError::CustomerNotRegistered));
 //! ```
 
+pub mod access;
 pub mod command;
 pub mod decide;
 pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod organisation;
 pub mod policy;
 pub mod schema;
 pub mod state;
@@ -29,9 +32,12 @@ pub mod values;
 
 pub use command::*;
 pub use decide::decide;
-pub use envelope::{EventMetadata, KafkaRecord, RecordedEvent};
+pub use envelope::{
+    EventMetadata, KafkaRecord, RecordedEvent, RecordedOrganisationEvent, StreamEvent,
+};
 pub use error::{DomainError, ErrorKind};
 pub use event::*;
 pub use ids::*;
+pub use organisation::*;
 pub use state::{apply_recorded, evolve, CustomerState};
 pub use values::*;

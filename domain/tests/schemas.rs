@@ -16,8 +16,26 @@ use std::path::{Path, PathBuf};
 
 use domain::schema::{incompatibilities, Incompatibility};
 use domain::upcast::{decode, UPCASTERS};
-use domain::{event_schemas, EVENT_TYPES};
+use domain::{
+    event_schemas, organisation_event_schemas, OrganisationEvent, EVENT_TYPES,
+    ORGANISATION_EVENT_TYPES,
+};
 use serde_json::{json, Value};
+
+/// Every current event type of every stream: the customers' and the organisation's.
+fn all_event_schemas() -> Vec<(&'static str, schemars::Schema)> {
+    let mut all = event_schemas();
+    all.extend(organisation_event_schemas());
+    all
+}
+
+fn is_current(event_type: &str) -> bool {
+    EVENT_TYPES.contains(&event_type) || ORGANISATION_EVENT_TYPES.contains(&event_type)
+}
+
+fn is_organisation(event_type: &str) -> bool {
+    ORGANISATION_EVENT_TYPES.contains(&event_type)
+}
 
 const REGENERATE: &str = "UPDATE_SCHEMAS=1 cargo test -p domain --test schemas";
 
@@ -132,7 +150,7 @@ fn read_optional(path: &Path) -> Option<String> {
 fn committed_schemas_match_the_code() {
     let update = updating();
     let mut problems = Vec::new();
-    for (event_type, schema) in event_schemas() {
+    for (event_type, schema) in all_event_schemas() {
         let generated = schema.as_value();
         let path = schema_path(event_type);
         let shown = format!("schemas/events/{event_type}.json");
@@ -194,7 +212,7 @@ fn is_upcast(event_type: &str) -> bool {
 fn every_committed_schema_is_a_current_type_or_an_upcast_old_version() {
     for stem in json_stems(&events_dir()) {
         assert!(
-            EVENT_TYPES.contains(&stem.as_str()) || is_upcast(&stem),
+            is_current(&stem) || is_upcast(&stem),
             "schemas/events/{stem}.json is neither a current event type nor an old version with \
              an upcaster in domain::upcast::UPCASTERS (see schemas/README.md)"
         );
@@ -296,6 +314,7 @@ fn every_current_type_has_an_example() {
     let covered: BTreeSet<String> = examples().into_iter().map(|e| e.event_type).collect();
     let missing: Vec<&&str> = EVENT_TYPES
         .iter()
+        .chain(ORGANISATION_EVENT_TYPES)
         .filter(|t| !covered.contains(**t))
         .collect();
     assert!(
@@ -319,6 +338,23 @@ fn examples_validate_against_their_committed_schema_and_round_trip() {
             .or_insert_with(|| validator(&ex.event_type));
         for e in schema_errors(v, &ex.body) {
             problems.push(format!("{file} fails its schema {e}"));
+        }
+        if is_organisation(&ex.event_type) {
+            match OrganisationEvent::from_json(&ex.event_type, &ex.bytes) {
+                Err(e) => problems.push(format!("{file} does not decode: {e}")),
+                Ok(event) => {
+                    assert_eq!(event.event_type(), ex.event_type, "{file}");
+                    let again = event.to_value().unwrap();
+                    if again != ex.body {
+                        problems.push(format!(
+                            "{file} does not re-encode to itself (unknown or defaulted fields?):\n  \
+                             example: {}\n  encoded: {again}",
+                            ex.body
+                        ));
+                    }
+                }
+            }
+            continue;
         }
         match decode(&ex.event_type, &ex.bytes) {
             Err(e) => problems.push(format!("{file} does not decode: {e}")),
@@ -419,6 +455,18 @@ fn broken_examples_fail_their_schema() {
             "crm.churn.warning_raised.v1",
             "last order at not a timestamp",
             |b| b["last_order_at"] = json!("2024-13-45"),
+        ),
+        (
+            "crm.organisation.team_created.v1",
+            "team id not a uuid",
+            |b| b["team_id"] = json!("east"),
+        ),
+        (
+            "crm.organisation.team_member_added.v1",
+            "missing member",
+            |b| {
+                b.as_object_mut().unwrap().remove("member");
+            },
         ),
     ];
     for (event_type, what, breakage) in cases {
@@ -526,7 +574,7 @@ fn an_incompatible_change_is_refused_even_when_updating() {
 
 #[test]
 fn rendering_is_stable_and_pretty() {
-    for (event_type, schema) in event_schemas() {
+    for (event_type, schema) in all_event_schemas() {
         let text = render(schema.as_value());
         assert!(text.ends_with("}\n"), "{event_type}");
         assert!(text.starts_with("{\n  \"$schema\": "), "{event_type}");

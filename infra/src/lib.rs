@@ -1,6 +1,7 @@
 //! Adapters for the event log and the read-model store. The services use these; the domain
 //! knows nothing of them.
 
+pub mod auth;
 pub mod config;
 pub mod embedded;
 pub mod kafka;

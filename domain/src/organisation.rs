@@ -1,0 +1,424 @@
+//! The organisation stream: sales teams (销售团队), their directors and their members. It is
+//! event-sourced like every customer: administrators and directors change it through
+//! [`OrganisationCommand`]s, [`decide_organisation`] accepts or refuses them against the
+//! [`OrganisationState`], and [`evolve_organisation`] folds the facts in.
+//!
+//! Record visibility needs it: a sales director sees the customers owned by the members of the
+//! teams they direct (see [`crate::access`]). Customer ownership itself lives in each
+//! customer's stream (`CustomerRegistered.owner`, `OwnerReassigned`).
+//!
+//! There is one organisation, so one stream. On the log it travels in the customer-events
+//! topic under the fixed key [`ORGANISATION_STREAM_ID`] (the nil UUID, which no customer can
+//! have: customer ids are UUIDv7), so it goes through the same single-writer machinery: the
+//! owner of that key's partition decides its commands and appends with that partition's
+//! transactional writer.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::DomainError;
+use crate::event::EventDecodeError;
+use crate::ids::{CustomerId, UserId};
+
+/// The key (and CloudEvents subject) of the organisation stream: the nil UUID.
+pub const ORGANISATION_STREAM_ID: Uuid = Uuid::nil();
+
+/// The organisation stream's id as the stream subject the envelope carries.
+pub fn organisation_stream() -> CustomerId {
+    CustomerId(ORGANISATION_STREAM_ID)
+}
+
+/// A sales team (销售团队).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(transparent)]
+pub struct TeamId(pub Uuid);
+
+impl std::fmt::Display for TeamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for TeamId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+// ---------------------------------------------------------------- events
+
+/// A sales team was set up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TeamCreated {
+    pub team_id: TeamId,
+    pub name: String,
+}
+
+/// A sales director (销售主管) now leads the team, replacing any previous one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TeamDirectorAssigned {
+    pub team_id: TeamId,
+    pub director: UserId,
+    /// The director it replaced, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<UserId>,
+}
+
+/// An account manager (or other staff) joined the team.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TeamMemberAdded {
+    pub team_id: TeamId,
+    pub member: UserId,
+}
+
+/// A member left the team.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TeamMemberRemoved {
+    pub team_id: TeamId,
+    pub member: UserId,
+}
+
+/// Names every organisation event once: variant, payload and CloudEvents type.
+macro_rules! organisation_events {
+    ($( $variant:ident($payload:ident) = $type_name:literal; )*) => {
+        /// Every fact of the organisation stream.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum OrganisationEvent {
+            $( $variant($payload), )*
+        }
+
+        impl OrganisationEvent {
+            /// The CloudEvents `type`, e.g. `crm.organisation.team_created.v1`.
+            pub fn event_type(&self) -> &'static str {
+                match self { $( Self::$variant(_) => $type_name, )* }
+            }
+
+            /// The team the event is about.
+            pub fn team_id(&self) -> TeamId {
+                match self { $( Self::$variant(e) => e.team_id, )* }
+            }
+
+            /// The JSON body of the event.
+            pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+                match self { $( Self::$variant(e) => serde_json::to_vec(e), )* }
+            }
+
+            /// The JSON body as a value.
+            pub fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+                match self { $( Self::$variant(e) => serde_json::to_value(e), )* }
+            }
+
+            /// Decodes a body of `event_type`.
+            pub fn from_json(event_type: &str, body: &[u8]) -> Result<Self, EventDecodeError> {
+                match event_type {
+                    $( $type_name => serde_json::from_slice::<$payload>(body)
+                        .map(Self::$variant)
+                        .map_err(|e| EventDecodeError::Body { event_type: event_type.to_owned(), reason: e.to_string() }), )*
+                    other => Err(EventDecodeError::UnknownType(other.to_owned())),
+                }
+            }
+        }
+
+        $(
+            impl From<$payload> for OrganisationEvent {
+                fn from(e: $payload) -> Self { Self::$variant(e) }
+            }
+        )*
+
+        /// Every current organisation event type.
+        pub const ORGANISATION_EVENT_TYPES: &[&str] = &[ $( $type_name, )* ];
+
+        /// The JSON Schema (draft 2020-12) of each current organisation event type.
+        pub fn organisation_event_schemas() -> Vec<(&'static str, schemars::Schema)> {
+            vec![ $( ($type_name, schemars::schema_for!($payload)), )* ]
+        }
+    };
+}
+
+organisation_events! {
+    TeamCreated(TeamCreated) = "crm.organisation.team_created.v1";
+    TeamDirectorAssigned(TeamDirectorAssigned) = "crm.organisation.team_director_assigned.v1";
+    TeamMemberAdded(TeamMemberAdded) = "crm.organisation.team_member_added.v1";
+    TeamMemberRemoved(TeamMemberRemoved) = "crm.organisation.team_member_removed.v1";
+}
+
+// ---------------------------------------------------------------- commands
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTeam {
+    pub team_id: TeamId,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssignTeamDirector {
+    pub team_id: TeamId,
+    pub director: UserId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddTeamMember {
+    pub team_id: TeamId,
+    pub member: UserId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveTeamMember {
+    pub team_id: TeamId,
+    pub member: UserId,
+}
+
+/// Every command the organisation stream accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum OrganisationCommand {
+    CreateTeam(CreateTeam),
+    AssignTeamDirector(AssignTeamDirector),
+    AddTeamMember(AddTeamMember),
+    RemoveTeamMember(RemoveTeamMember),
+}
+
+impl OrganisationCommand {
+    /// The command's name, as in the permission table, metrics and the audit trail.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OrganisationCommand::CreateTeam(_) => "create_team",
+            OrganisationCommand::AssignTeamDirector(_) => "assign_team_director",
+            OrganisationCommand::AddTeamMember(_) => "add_team_member",
+            OrganisationCommand::RemoveTeamMember(_) => "remove_team_member",
+        }
+    }
+
+    /// The team the command is about.
+    pub fn team_id(&self) -> TeamId {
+        match self {
+            OrganisationCommand::CreateTeam(c) => c.team_id,
+            OrganisationCommand::AssignTeamDirector(c) => c.team_id,
+            OrganisationCommand::AddTeamMember(c) => c.team_id,
+            OrganisationCommand::RemoveTeamMember(c) => c.team_id,
+        }
+    }
+}
+
+impl From<CreateTeam> for OrganisationCommand {
+    fn from(c: CreateTeam) -> Self {
+        OrganisationCommand::CreateTeam(c)
+    }
+}
+impl From<AssignTeamDirector> for OrganisationCommand {
+    fn from(c: AssignTeamDirector) -> Self {
+        OrganisationCommand::AssignTeamDirector(c)
+    }
+}
+impl From<AddTeamMember> for OrganisationCommand {
+    fn from(c: AddTeamMember) -> Self {
+        OrganisationCommand::AddTeamMember(c)
+    }
+}
+impl From<RemoveTeamMember> for OrganisationCommand {
+    fn from(c: RemoveTeamMember) -> Self {
+        OrganisationCommand::RemoveTeamMember(c)
+    }
+}
+
+// ---------------------------------------------------------------- state
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Team {
+    pub name: String,
+    pub director: Option<UserId>,
+    pub members: BTreeSet<UserId>,
+}
+
+/// The organisation stream, folded.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OrganisationState {
+    /// Sequence number of the last event applied; 0 for an empty stream.
+    pub version: u64,
+    pub teams: BTreeMap<TeamId, Team>,
+}
+
+impl OrganisationState {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn next_sequence(&self) -> u64 {
+        self.version + 1
+    }
+
+    /// The teams `director` leads.
+    pub fn teams_directed_by<'a>(
+        &'a self,
+        director: &'a UserId,
+    ) -> impl Iterator<Item = (&'a TeamId, &'a Team)> + 'a {
+        self.teams
+            .iter()
+            .filter(move |(_, t)| t.director.as_ref() == Some(director))
+    }
+
+    /// Whether `director` leads a team `user` is a member of.
+    pub fn directs(&self, director: &UserId, user: &UserId) -> bool {
+        self.teams_directed_by(director)
+            .any(|(_, t)| t.members.contains(user))
+    }
+
+    /// Everyone whose customers `director` sees: the director and the members of their teams.
+    pub fn reach_of(&self, director: &UserId) -> BTreeSet<UserId> {
+        let mut users: BTreeSet<UserId> = self
+            .teams_directed_by(director)
+            .flat_map(|(_, t)| t.members.iter().cloned())
+            .collect();
+        users.insert(director.clone());
+        users
+    }
+}
+
+/// Applies one organisation event. Total, like [`crate::evolve`].
+pub fn evolve_organisation(
+    mut state: OrganisationState,
+    event: &OrganisationEvent,
+) -> OrganisationState {
+    state.version += 1;
+    match event {
+        OrganisationEvent::TeamCreated(e) => {
+            state.teams.insert(
+                e.team_id,
+                Team {
+                    name: e.name.clone(),
+                    ..Team::default()
+                },
+            );
+        }
+        OrganisationEvent::TeamDirectorAssigned(e) => {
+            state.teams.entry(e.team_id).or_default().director = Some(e.director.clone());
+        }
+        OrganisationEvent::TeamMemberAdded(e) => {
+            state
+                .teams
+                .entry(e.team_id)
+                .or_default()
+                .members
+                .insert(e.member.clone());
+        }
+        OrganisationEvent::TeamMemberRemoved(e) => {
+            if let Some(t) = state.teams.get_mut(&e.team_id) {
+                t.members.remove(&e.member);
+            }
+        }
+    }
+    state
+}
+
+/// Applies a recorded organisation event, checking that it comes next.
+pub fn apply_recorded_organisation(
+    state: OrganisationState,
+    sequence: u64,
+    event: &OrganisationEvent,
+) -> Result<OrganisationState, DomainError> {
+    if sequence != state.next_sequence() {
+        return Err(DomainError::OutOfSequence {
+            expected: state.next_sequence(),
+            got: sequence,
+        });
+    }
+    Ok(evolve_organisation(state, event))
+}
+
+/// Accepts or refuses an organisation command. An empty `Ok` means nothing changes (adding a
+/// member who is already one, assigning the current director).
+pub fn decide_organisation(
+    state: &OrganisationState,
+    command: &OrganisationCommand,
+) -> Result<Vec<OrganisationEvent>, DomainError> {
+    let team_id = command.team_id();
+    if let OrganisationCommand::CreateTeam(c) = command {
+        if state.teams.contains_key(&team_id) {
+            return Err(DomainError::AlreadyExists {
+                entity: "team",
+                field: "team_id",
+                id: team_id.to_string(),
+            });
+        }
+        let name = c.name.trim();
+        if name.is_empty() {
+            return Err(DomainError::invalid("name", "must not be empty"));
+        }
+        if state.teams.values().any(|t| t.name == name) {
+            return Err(DomainError::invalid("name", "another team has this name"));
+        }
+        return Ok(vec![TeamCreated {
+            team_id,
+            name: name.to_owned(),
+        }
+        .into()]);
+    }
+    let Some(team) = state.teams.get(&team_id) else {
+        return Err(DomainError::NotFound {
+            entity: "team",
+            field: "team_id",
+            id: team_id.to_string(),
+        });
+    };
+    match command {
+        OrganisationCommand::CreateTeam(_) => Ok(vec![]),
+        OrganisationCommand::AssignTeamDirector(c) => {
+            user(&c.director, "director")?;
+            if team.director.as_ref() == Some(&c.director) {
+                return Ok(vec![]);
+            }
+            Ok(vec![TeamDirectorAssigned {
+                team_id,
+                director: c.director.clone(),
+                previous: team.director.clone(),
+            }
+            .into()])
+        }
+        OrganisationCommand::AddTeamMember(c) => {
+            user(&c.member, "member")?;
+            if team.members.contains(&c.member) {
+                return Ok(vec![]);
+            }
+            Ok(vec![TeamMemberAdded {
+                team_id,
+                member: c.member.clone(),
+            }
+            .into()])
+        }
+        OrganisationCommand::RemoveTeamMember(c) => {
+            if !team.members.contains(&c.member) {
+                return Err(DomainError::NotFound {
+                    entity: "team member",
+                    field: "member",
+                    id: c.member.to_string(),
+                });
+            }
+            Ok(vec![TeamMemberRemoved {
+                team_id,
+                member: c.member.clone(),
+            }
+            .into()])
+        }
+    }
+}
+
+fn user(id: &UserId, field: &str) -> Result<(), DomainError> {
+    let s = id.as_str();
+    if s.trim().is_empty() || s.len() > 200 || s.chars().any(char::is_control) {
+        return Err(DomainError::invalid(
+            field,
+            "must be a user id of 1 to 200 visible characters",
+        ));
+    }
+    Ok(())
+}
