@@ -93,13 +93,38 @@ pub struct Demo {
     pub seed: u64,
 }
 
-struct Loader {
+/// Signs a token for (subject, role).
+pub type Mint<'a> = &'a dyn Fn(&str, &str) -> anyhow::Result<String>;
+
+/// The role each demo actor acts in.
+fn role_of(actor: &str) -> &'static str {
+    match actor {
+        a if a.starts_with("am-") => "account_manager",
+        a if a.starts_with("director-") => "sales_director",
+        a if a.starts_with("agent-") => "service_agent",
+        a if a.starts_with("adapter:") => "channel_adapter",
+        _ => "administrator",
+    }
+}
+
+struct Loader<'a> {
     client: reqwest::Client,
     base: String,
     sent: u64,
+    mint: Mint<'a>,
+    tokens: std::collections::HashMap<String, String>,
 }
 
-impl Loader {
+impl Loader<'_> {
+    fn token(&mut self, actor: &str) -> anyhow::Result<String> {
+        if let Some(t) = self.tokens.get(actor) {
+            return Ok(t.clone());
+        }
+        let t = (self.mint)(actor, role_of(actor))?;
+        self.tokens.insert(actor.to_owned(), t.clone());
+        Ok(t)
+    }
+
     async fn send(
         &mut self,
         method: reqwest::Method,
@@ -108,15 +133,17 @@ impl Loader {
         at: DateTime<Utc>,
         actor: &str,
     ) -> anyhow::Result<Value> {
-        if let Value::Object(m) = &mut body {
+        // business time for customer commands (team commands take none)
+        if let (Value::Object(m), true) = (&mut body, path.starts_with("/v1/customers")) {
             m.insert("occurred_at".into(), json!(at.to_rfc3339()));
         }
         let url = format!("{}{path}", self.base);
+        let token = self.token(actor)?;
         for attempt in 0..20 {
             let r = self
                 .client
                 .request(method.clone(), &url)
-                .header("x-actor", actor)
+                .bearer_auth(&token)
                 .json(&body)
                 .send()
                 .await
@@ -138,14 +165,48 @@ impl Loader {
 }
 
 impl Demo {
-    pub async fn run(self) -> anyhow::Result<()> {
+    pub async fn run(self, mint: Mint<'_>) -> anyhow::Result<()> {
         let mut rng = Rng(self.seed);
         let mut loader = Loader {
             client: reqwest::Client::new(),
             base: self.command_url.trim_end_matches('/').to_owned(),
             sent: 0,
+            mint,
+            tokens: std::collections::HashMap::new(),
         };
         let now = Utc::now();
+        // the sales team: a director and the account managers
+        let team = rng.uuid();
+        let founded = now - TimeDelta::days(740);
+        loader
+            .send(
+                reqwest::Method::POST,
+                "/v1/teams",
+                json!({"team_id": team, "name": "华东销售部"}),
+                founded,
+                "admin",
+            )
+            .await?;
+        loader
+            .send(
+                reqwest::Method::PUT,
+                &format!("/v1/teams/{team}/director"),
+                json!({"director": "director-sun"}),
+                founded,
+                "admin",
+            )
+            .await?;
+        for owner in OWNERS {
+            loader
+                .send(
+                    reqwest::Method::POST,
+                    &format!("/v1/teams/{team}/members"),
+                    json!({"member": owner}),
+                    founded,
+                    "director-sun",
+                )
+                .await?;
+        }
         let start = now - TimeDelta::days(730);
         let bar = ProgressBar::new(self.customers as u64);
         bar.set_style(
@@ -358,7 +419,7 @@ impl Demo {
                         &format!("{c}/churn/warnings"),
                         json!({"churn_case_id": rng.uuid(), "reason": "超过 180 天无订单"}),
                         at,
-                        "system",
+                        "admin",
                     )
                     .await?;
                 loader
@@ -407,16 +468,17 @@ impl Demo {
     }
 }
 
-async fn send_batch(loader: &mut Loader, touchpoints: &mut Vec<Value>) -> anyhow::Result<()> {
+async fn send_batch(loader: &mut Loader<'_>, touchpoints: &mut Vec<Value>) -> anyhow::Result<()> {
     if touchpoints.is_empty() {
         return Ok(());
     }
     let body = Value::Array(std::mem::take(touchpoints));
     let count = body.as_array().map(Vec::len).unwrap_or(0) as u64;
+    let token = loader.token("adapter:demo")?;
     let r = loader
         .client
         .post(format!("{}/v1/touchpoints:batch", loader.base))
-        .header("x-actor", "adapter:demo")
+        .bearer_auth(token)
         .json(&body)
         .send()
         .await

@@ -5,6 +5,7 @@
 //! command handling.
 
 mod demo;
+mod local_auth;
 #[allow(dead_code)] // wired into `crm up` next
 mod postgres;
 
@@ -46,6 +47,28 @@ enum Commands {
     Topics(KafkaArgs),
     /// Load a realistic generated data set through the command API of a running platform.
     Demo(DemoArgs),
+    /// Mint a bearer token for local use (signed with the data directory's secret, or the
+    /// configured HS256 secret).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// Who the token is for: becomes the actor of every event it causes.
+    #[arg(long)]
+    subject: String,
+    /// A role: administrator, sales_director, account_manager, executive, service_agent,
+    /// auditor, channel_adapter. Repeat for several.
+    #[arg(long = "role", required = true)]
+    roles: Vec<String>,
+    /// Hours until it expires.
+    #[arg(long, default_value_t = 12)]
+    hours: u64,
+    /// The data directory whose secret signs the token.
+    #[arg(long, env = "CRM_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    auth: infra::auth::AuthArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,6 +82,11 @@ struct DemoArgs {
     /// Seed of the generator: the same seed gives the same data.
     #[arg(long, default_value_t = 2026)]
     seed: u64,
+    /// The data directory of the running platform, whose secret signs the demo's tokens.
+    #[arg(long, env = "CRM_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    auth: infra::auth::AuthArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,13 +113,23 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Commands::Up(up) => up.run(cli.log_format).await,
         Commands::Demo(d) => {
+            let mint = |subject: &str, role: &str| {
+                local_auth::token(&d.auth, &d.data_dir, subject, &[role.to_owned()], 12)
+            };
             demo::Demo {
-                command_url: d.command_url,
+                command_url: d.command_url.clone(),
                 customers: d.customers,
                 seed: d.seed,
             }
-            .run()
+            .run(&mint)
             .await
+        }
+        Commands::Token(t) => {
+            println!(
+                "{}",
+                local_auth::token(&t.auth, &t.data_dir, &t.subject, &t.roles, t.hours)?
+            );
+            Ok(())
         }
         Commands::Topics(kafka) => {
             let settings = kafka
@@ -109,7 +147,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 impl Up {
-    async fn run(self, log_format: LogFormat) -> anyhow::Result<()> {
+    async fn run(mut self, log_format: LogFormat) -> anyhow::Result<()> {
+        if local_auth::use_local_secret_if_unconfigured(&mut self.auth, &self.data_dir)? {
+            println!(
+                "Authentication: bearer tokens signed with the secret in {}/auth; mint one with\n  crm token --subject am-li --role account_manager",
+                self.data_dir.display()
+            );
+        }
         if self.kafka.brokers.is_some() {
             return command_service::run(command_service::Config {
                 listen: self.command_listen,
@@ -124,8 +168,8 @@ impl Up {
         let dir = self.data_dir.join("log");
         let log = EmbeddedLog::open(&dir, "customer-events".into(), self.kafka.partitions)
             .with_context(|| format!("opening the embedded log in {}", dir.display()))?;
-        let auth = infra::auth::Authenticator::from_args(&self.auth)
-            .context("authentication settings")?;
+        let auth =
+            infra::auth::Authenticator::from_args(&self.auth).context("authentication settings")?;
         let app = command_service::App::new(Arc::new(log), "/crm".into(), auth)?;
         let all: Vec<i32> = (0..self.kafka.partitions).collect();
         app.streams

@@ -22,13 +22,13 @@ use axum::response::{IntoResponse, Response};
 use domain::access::{Credential, Principal, Role};
 use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::problem::Problem;
 
 /// Paths anyone may call: liveness, readiness and metrics.
-pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
+pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
 /// The header channel adapters send their API key in.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -523,4 +523,42 @@ pub async fn require_authentication<S: AuthState>(
             e.into_response()
         }
     }
+}
+
+/// The claims of a token this platform mints (for local use: `crm token`).
+#[derive(Debug, Serialize)]
+struct MintedClaims<'a> {
+    sub: &'a str,
+    roles: &'a [String],
+    iss: &'a str,
+    aud: &'a str,
+    iat: i64,
+    exp: i64,
+}
+
+/// Mints an HS256 bearer token that an [`Authenticator`] with the same secret, issuer and
+/// audience accepts. For local development and demos; production tokens come from the
+/// organisation's identity provider.
+pub fn mint_hs256(
+    secret: &[u8],
+    issuer: &str,
+    audience: &str,
+    subject: &str,
+    roles: &[String],
+    valid_for: std::time::Duration,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = chrono::Utc::now().timestamp();
+    let claims = MintedClaims {
+        sub: subject,
+        roles,
+        iss: issuer,
+        aud: audience,
+        iat: now,
+        exp: now + i64::try_from(valid_for.as_secs()).unwrap_or(i64::MAX / 2),
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
 }
