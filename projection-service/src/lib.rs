@@ -16,20 +16,34 @@
 
 pub mod alerts;
 mod apply;
+pub mod cli;
+pub mod clock;
+pub mod consumer;
 mod describe;
 pub mod error;
+pub mod jobs;
+pub mod metrics;
 pub mod projector;
 pub mod read;
 pub mod reports;
 pub mod rfm;
+pub mod service;
 pub mod version;
 
 pub use alerts::{Alert, AlertChanges, OutboxEntry};
+pub use clock::{Clock, FixedClock, ManualClock, SystemClock};
+pub use consumer::{BatchOptions, ConsumerSnapshot, PartitionProgress};
 pub use error::{ProjectionError, Result};
+pub use jobs::JobOptions;
+pub use metrics::Metrics;
 pub use projector::{ApplyOutcome, Projector};
 pub use read::ReadModels;
 pub use rfm::RfmRun;
+pub use service::{
+    replay, ProjectionService, ReplayOptions, ReplayOutcome, ReplayProgress, RunOptions,
+    ServiceError, ServiceStatus,
+};
 pub use version::{
-    activate, drop_version, ensure_version, live_version, migrate_control, ProjectionVersion,
-    VersionStatus,
+    activate, drop_version, ensure_version, list_versions, live_version, migrate_control,
+    version_status, ProjectionVersion, VersionInfo, VersionStatus,
 };

@@ -78,8 +78,21 @@ impl Projector {
     ///
     /// Within one partition the batch must be in offset order, as a consumer delivers it.
     pub async fn apply(&self, batch: &[(Position, RecordedEvent)]) -> Result<ApplyOutcome> {
+        self.apply_with_skips(batch, &[]).await
+    }
+
+    /// As [`Projector::apply`], and in the same transaction moves the checkpoint past each
+    /// position of `skipped`: records that are not events (dead-lettered) and so write nothing,
+    /// but must not be read again. A skip never moves a checkpoint back. The caller must pass
+    /// every event that precedes a skipped record in its partition (in this call or an
+    /// earlier one), or those events would be skipped too.
+    pub async fn apply_with_skips(
+        &self,
+        batch: &[(Position, RecordedEvent)],
+        skipped: &[Position],
+    ) -> Result<ApplyOutcome> {
         let mut outcome = ApplyOutcome::default();
-        if batch.is_empty() {
+        if batch.is_empty() && skipped.is_empty() {
             return Ok(outcome);
         }
         let mut tx = begin_in(&self.pool, &self.version).await?;
@@ -88,7 +101,7 @@ impl Projector {
         // order so that two instances during a rebalance cannot deadlock: the second waits,
         // then sees the first one's offsets and skips what it applied.
         let mut current: BTreeMap<(String, i32), (i64, bool)> = BTreeMap::new();
-        for (pos, _) in batch {
+        for pos in batch.iter().map(|(pos, _)| pos).chain(skipped) {
             current
                 .entry((pos.topic.clone(), pos.partition))
                 .or_insert((-1, false));
@@ -137,6 +150,13 @@ impl Projector {
             apply_event(&mut tx, pos, event, &mut effects).await?;
             *entry = (pos.offset, true);
             outcome.applied += 1;
+        }
+        for pos in skipped {
+            if let Some(entry) = current.get_mut(&(pos.topic.clone(), pos.partition)) {
+                if pos.offset > entry.0 {
+                    *entry = (pos.offset, true);
+                }
+            }
         }
 
         for ((topic, partition), (offset, moved)) in &current {

@@ -91,7 +91,9 @@ async fn migrate_into(
     sqlx::query(&format!("SET search_path TO {schema}"))
         .execute(&mut *conn)
         .await?;
-    let outcome = migrator.run(&mut *conn).await;
+    // `run_direct`, not `run`: the future of `run` cannot be proven `Send` inside spawned
+    // tasks (a higher-ranked lifetime of `Acquire`)
+    let outcome = migrator.run_direct(&mut *conn).await;
     let reset = sqlx::query("RESET search_path").execute(&mut *conn).await;
     if outcome.is_err() || reset.is_err() {
         // never hand a connection with a changed search_path back to the pool
@@ -211,6 +213,72 @@ pub async fn activate(pool: &PgPool, pv: &ProjectionVersion) -> Result<()> {
     Ok(())
 }
 
+/// One registered version, as `projection-service versions` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    pub version: ProjectionVersion,
+    pub status: VersionStatus,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub live_since: Option<chrono::DateTime<chrono::Utc>>,
+    pub retired_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Records applied or skipped so far: the sum over partitions of checkpoint + 1.
+    pub records: i64,
+}
+
+/// Every registered version of every projection (or of `name`), by projection and version.
+pub async fn list_versions(pool: &PgPool, name: Option<&str>) -> Result<Vec<VersionInfo>> {
+    migrate_control(pool).await?;
+    type Row = (
+        String,
+        i32,
+        String,
+        chrono::DateTime<chrono::Utc>,
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<chrono::DateTime<chrono::Utc>>,
+        i64,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        r#"SELECT v.projection, v.version, v.status, v.created_at, v.live_since, v.retired_at,
+                  coalesce((SELECT sum(c."offset" + 1) FROM projection.checkpoints c
+                             WHERE c.projection = v.projection AND c.version = v.version), 0)::bigint
+             FROM projection.projection_versions v
+            WHERE $1::text IS NULL OR v.projection = $1
+            ORDER BY v.projection, v.version"#,
+    )
+    .bind(name)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(
+            |(projection, version, status, created_at, live_since, retired_at, records)| {
+                Ok(VersionInfo {
+                    version: ProjectionVersion::new(projection, version)?,
+                    status: VersionStatus::parse(&status).unwrap_or(VersionStatus::Building),
+                    created_at,
+                    live_since,
+                    retired_at,
+                    records,
+                })
+            },
+        )
+        .collect()
+}
+
+/// The status of one version, if it is registered.
+pub async fn version_status(
+    pool: &PgPool,
+    pv: &ProjectionVersion,
+) -> Result<Option<VersionStatus>> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT status FROM projection.projection_versions WHERE projection = $1 AND version = $2",
+    )
+    .bind(pv.name())
+    .bind(pv.version())
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|(s,)| VersionStatus::parse(&s)))
+}
+
 /// Drops a version that is not live: its schema, its registration and its checkpoints.
 pub async fn drop_version(pool: &PgPool, pv: &ProjectionVersion) -> Result<()> {
     let mut tx = pool.begin().await?;
@@ -262,7 +330,10 @@ mod tests {
     #[test]
     fn names_are_safe_schema_names() {
         let pv = ProjectionVersion::new("rm", 3);
-        assert_eq!(pv.as_ref().map(ProjectionVersion::schema).ok(), Some("rm_v3".to_owned()));
+        assert_eq!(
+            pv.as_ref().map(ProjectionVersion::schema).ok(),
+            Some("rm_v3".to_owned())
+        );
         for bad in ["", "Rm", "1rm", "rm;drop", "rm-x", "rm v"] {
             assert!(ProjectionVersion::new(bad, 1).is_err(), "{bad:?}");
         }

@@ -28,6 +28,15 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// The URL of this database, for a child process.
+    pub fn url(&self) -> String {
+        let base = std::env::var("CRM_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let base = base.split('?').next().unwrap_or_default();
+        let prefix = base.rsplit_once('/').map(|(p, _)| p).unwrap_or(base);
+        format!("{prefix}/{}", self.name)
+    }
+
     pub async fn new() -> TestDb {
         let name = format!("proj_{}", Uuid::now_v7().simple());
         let mut admin = admin_options()
