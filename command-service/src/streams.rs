@@ -419,6 +419,10 @@ impl CustomerStreams {
         let mut working: HashMap<CustomerId, CustomerEntry> = HashMap::new();
         let mut results: Vec<(usize, Result<Outcome, CommandError>)> = Vec::new();
         let mut pending: Vec<(usize, CustomerId, Option<String>, Vec<RecordedEvent>)> = Vec::new();
+        // A command id seen twice in one batch (a client's retry racing its first try): the
+        // second gets the first one's answer, as if it came after the append.
+        let mut pending_keys: HashMap<(CustomerId, String), usize> = HashMap::new();
+        let mut duplicates: Vec<(usize, usize)> = Vec::new();
         let mut records: Vec<KafkaRecord> = Vec::new();
         let now = envelope_time(Utc::now());
 
@@ -467,6 +471,14 @@ impl CustomerStreams {
                         replayed: true,
                     }),
                 ));
+                continue;
+            }
+            if let Some(&first) = request
+                .command_id
+                .as_ref()
+                .and_then(|k| pending_keys.get(&(request.customer_id, k.clone())))
+            {
+                duplicates.push((i, first));
                 continue;
             }
             if let Some(expected) = request.expected_sequence {
@@ -524,6 +536,9 @@ impl CustomerStreams {
             }
             entry.state = state;
             records.extend(encoded);
+            if let Some(k) = &request.command_id {
+                pending_keys.insert((request.customer_id, k.clone()), pending.len());
+            }
             pending.push((i, request.customer_id, request.command_id, recorded));
         }
 
@@ -532,6 +547,7 @@ impl CustomerStreams {
             match owned.writer.append(&records).await {
                 Ok(positions) => {
                     let mut positions = positions.into_iter();
+                    let mut answers: Vec<Outcome> = Vec::with_capacity(pending.len());
                     for (i, customer_id, command_id, recorded) in pending {
                         let events: Vec<AppendedEvent> = recorded
                             .iter()
@@ -556,15 +572,24 @@ impl CustomerStreams {
                             .last()
                             .map(|e| e.sequence)
                             .unwrap_or(entry.state.version);
-                        results.push((
-                            i,
-                            Ok(Outcome {
-                                customer_id,
-                                events,
-                                sequence,
-                                replayed: false,
-                            }),
-                        ));
+                        answers.push(Outcome {
+                            customer_id,
+                            events,
+                            sequence,
+                            replayed: false,
+                        });
+                        results.push((i, Ok(answers[answers.len() - 1].clone())));
+                    }
+                    for (i, first) in duplicates {
+                        if let Some(answer) = answers.get(first) {
+                            results.push((
+                                i,
+                                Ok(Outcome {
+                                    replayed: true,
+                                    ..answer.clone()
+                                }),
+                            ));
+                        }
                     }
                     for (id, entry) in working {
                         customers.insert(id, entry);
@@ -573,7 +598,11 @@ impl CustomerStreams {
                 Err(e) => {
                     let fenced = matches!(e, LogError::Fenced { .. } | LogError::Fatal { .. });
                     let reason = e.to_string();
-                    for (i, ..) in pending {
+                    let failed = pending.iter().map(|(i, ..)| *i);
+                    for i in failed
+                        .chain(duplicates.iter().map(|(i, _)| *i))
+                        .collect::<Vec<_>>()
+                    {
                         results.push((
                             i,
                             Err(if fenced {
@@ -593,7 +622,11 @@ impl CustomerStreams {
         } else {
             // Only commands that asked for what is already so: nothing to append, each is
             // answered with the customer's current sequence.
-            for (i, customer_id, ..) in pending {
+            let answered = pending.iter().map(|(i, c, ..)| (*i, *c));
+            let repeated = duplicates
+                .iter()
+                .filter_map(|(i, first)| pending.get(*first).map(|(_, c, ..)| (*i, *c)));
+            for (i, customer_id) in answered.chain(repeated).collect::<Vec<_>>() {
                 let sequence = working
                     .get(&customer_id)
                     .map(|e| e.state.version)

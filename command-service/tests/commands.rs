@@ -732,10 +732,28 @@ async fn a_batch_answers_per_item() {
     assert_eq!(results.len(), 202);
     assert_eq!(results[200]["status"], 404);
     assert_eq!(results[201]["status"], 422);
-    assert_eq!(results[201]["problem"]["field"], "touchpoint.channel");
+    assert_eq!(results[201]["problem"]["field"], "touchpoint.channel.kind");
     for (i, r) in results.iter().enumerate() {
         assert_eq!(r["index"], i);
     }
+    // the same key twice in one batch (a retry racing the first try): appended once
+    let twice = json!({"customer_id": customers[1], "idempotency_key": "dup-1",
+        "touchpoint": {"channel": {"kind": "web_form"}, "summary": "twice"}});
+    let a = send(
+        &s.router,
+        "POST",
+        "/v1/touchpoints:batch",
+        &[],
+        Some(json!([twice.clone(), twice])),
+    )
+    .await;
+    assert_eq!(a.body["accepted"], 2, "{}", a.body);
+    assert_eq!(a.body["results"][0]["outcome"]["replayed"], false);
+    assert_eq!(a.body["results"][1]["outcome"]["replayed"], true);
+    assert_eq!(
+        a.body["results"][0]["outcome"]["events"],
+        a.body["results"][1]["outcome"]["events"]
+    );
     // NDJSON, retried: nothing new
     let ndjson: String = items[..200].iter().map(|v| format!("{v}\n")).collect();
     let request = Request::builder()
@@ -758,15 +776,20 @@ async fn a_batch_answers_per_item() {
         .unwrap()
         .iter()
         .all(|r| r["outcome"]["replayed"] == true));
-    for c in &customers {
+    for (n, c) in customers.iter().enumerate() {
         let stream = stream_of(&s.settings, c).await;
-        assert_eq!(stream.len(), 41, "registration + 40 touchpoints");
+        let expected: u64 = if n == 1 { 42 } else { 41 };
+        assert_eq!(
+            stream.len() as u64,
+            expected,
+            "registration + 40 touchpoints (+1 sent twice)"
+        );
         assert_eq!(
             stream
                 .iter()
                 .map(|e| e.metadata.sequence)
                 .collect::<Vec<_>>(),
-            (1..=41).collect::<Vec<_>>()
+            (1..=expected).collect::<Vec<_>>()
         );
     }
 }

@@ -197,7 +197,7 @@ async fn inbound_events_are_validated_appended_once_or_dead_lettered() {
         &inbound,
         &c,
         ce_headers("wx-3", "crm.churn.confirmed.v1", &c, "2026-05-01T08:02:00Z"),
-        b"{}",
+        &serde_json::to_vec(&serde_json::json!({"customer_id": customer, "churn_case_id": Uuid::now_v7(), "reason": "x"})).unwrap(),
     )
     .await;
     // 5. a customer nobody registered
