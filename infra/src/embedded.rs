@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use chrono::Utc;
 use domain::KafkaRecord;
+use tokio::sync::watch;
 
 use crate::kafka::{partition_for, LogError, RecordAppender, StoredRecord};
 use crate::log::CustomerLog;
@@ -43,6 +44,16 @@ pub struct EmbeddedLog {
     topic: String,
     partitions: i32,
     files: Mutex<HashMap<i32, Arc<Mutex<PartitionFile>>>>,
+    /// Counts committed appends: in-process readers wait on it for new records.
+    appended: Arc<watch::Sender<u64>>,
+}
+
+/// One record to append: what a Kafka producer would send. A missing key is stored empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedRecord {
+    pub key: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub value: Vec<u8>,
 }
 
 impl EmbeddedLog {
@@ -54,7 +65,38 @@ impl EmbeddedLog {
             topic,
             partitions,
             files: Mutex::new(HashMap::new()),
+            appended: Arc::new(watch::channel(0).0),
         })
+    }
+
+    /// The topic's name, as positions carry it.
+    pub fn topic_name(&self) -> &str {
+        &self.topic
+    }
+
+    /// Changes (to a count of appends) after every committed append: `changed().await` on
+    /// it wakes a reader when new records may be there.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
+    /// Appends `record` to the partition of its key, outside the one-writer rule (which
+    /// guards the customer streams): for topics that only collect, such as dead letters and
+    /// alerts. Durable (fsync) when it returns.
+    pub async fn publish(&self, record: OwnedRecord) -> Result<Position, LogError> {
+        let partition = partition_for(&record.key, self.partitions);
+        let file = self.partition(partition)?;
+        let topic = self.topic.clone();
+        let appended = self.appended.clone();
+        let positions = tokio::task::spawn_blocking(move || {
+            let mut f = file.lock().unwrap_or_else(PoisonError::into_inner);
+            write_committed(&mut f, &topic, partition, &[record], &appended)
+        })
+        .await??;
+        positions
+            .into_iter()
+            .next()
+            .ok_or_else(|| LogError::Task("nothing appended".into()))
     }
 
     fn partition(&self, partition: i32) -> Result<Arc<Mutex<PartitionFile>>, LogError> {
@@ -78,13 +120,23 @@ impl EmbeddedLog {
 
     /// Committed records of `partition` from `offset` on (for in-process consumers).
     pub fn read(&self, partition: i32, offset: i64) -> Result<Vec<StoredRecord>, LogError> {
+        self.read_at_most(partition, offset, usize::MAX)
+    }
+
+    /// At most `max` committed records of `partition` from `offset` on.
+    pub fn read_at_most(
+        &self,
+        partition: i32,
+        offset: i64,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, LogError> {
         let file = self.partition(partition)?;
         let file = file.lock().unwrap_or_else(PoisonError::into_inner);
         let from = usize::try_from(offset.max(0)).unwrap_or(usize::MAX);
         Ok(file
             .records
             .get(from..)
-            .map(<[_]>::to_vec)
+            .map(|r| r.iter().take(max).cloned().collect())
             .unwrap_or_default())
     }
 
@@ -209,6 +261,67 @@ struct EmbeddedWriter {
     partition: i32,
     partitions: i32,
     generation: u64,
+    appended: Arc<watch::Sender<u64>>,
+}
+
+/// Appends `records` and a commit marker to the partition's file, syncs it, then makes them
+/// visible (and wakes readers). Called with the partition locked.
+fn write_committed(
+    f: &mut PartitionFile,
+    topic: &str,
+    partition: i32,
+    records: &[OwnedRecord],
+    appended: &watch::Sender<u64>,
+) -> Result<Vec<Position>, LogError> {
+    let now = Utc::now();
+    let mut bytes = Vec::new();
+    let mut stored = Vec::with_capacity(records.len());
+    let first = f.records.len() as i64;
+    for (i, r) in records.iter().enumerate() {
+        bytes.push(RECORD);
+        bytes.extend_from_slice(&now.timestamp_millis().to_le_bytes());
+        put_blob(&mut bytes, &r.key);
+        bytes.extend_from_slice(&(r.headers.len() as u32).to_le_bytes());
+        for (name, value) in &r.headers {
+            put_blob(&mut bytes, name.as_bytes());
+            put_blob(&mut bytes, value);
+        }
+        put_blob(&mut bytes, &r.value);
+        stored.push(StoredRecord {
+            position: Position {
+                topic: topic.to_owned(),
+                partition,
+                offset: first + i as i64,
+            },
+            key: Some(r.key.clone()),
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect(),
+            value: Some(r.value.clone()),
+            timestamp: Some(now),
+        });
+    }
+    bytes.push(COMMIT);
+    let mut out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&f.path)
+        .map_err(|e| io("opening a partition file", e))?;
+    let before = out
+        .metadata()
+        .map_err(|e| io("reading a partition file's length", e))?
+        .len();
+    if let Err(e) = out.write_all(&bytes).and_then(|()| out.sync_data()) {
+        // leave no torn tail for the next append to follow
+        let _ = out.set_len(before);
+        return Err(io("appending", e));
+    }
+    let positions = stored.iter().map(|s| s.position.clone()).collect();
+    f.records.extend(stored);
+    appended.send_modify(|n| *n += 1);
+    Ok(positions)
 }
 
 #[async_trait]
@@ -225,8 +338,20 @@ impl RecordAppender for EmbeddedWriter {
             }
         }
         let file = self.file.clone();
-        let records = records.to_vec();
+        let records: Vec<OwnedRecord> = records
+            .iter()
+            .map(|r| OwnedRecord {
+                key: r.key.clone(),
+                headers: r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                    .collect(),
+                value: r.value.clone(),
+            })
+            .collect();
         let (topic, partition, generation) = (self.topic.clone(), self.partition, self.generation);
+        let appended = self.appended.clone();
         tokio::task::spawn_blocking(move || {
             let mut f = file.lock().unwrap_or_else(PoisonError::into_inner);
             if f.generation.load(Ordering::Acquire) != generation {
@@ -234,47 +359,7 @@ impl RecordAppender for EmbeddedWriter {
                     transactional_id: format!("embedded-{partition}"),
                 });
             }
-            let now = Utc::now();
-            let mut bytes = Vec::new();
-            let mut stored = Vec::with_capacity(records.len());
-            let first = f.records.len() as i64;
-            for (i, r) in records.iter().enumerate() {
-                bytes.push(RECORD);
-                bytes.extend_from_slice(&now.timestamp_millis().to_le_bytes());
-                put_blob(&mut bytes, &r.key);
-                bytes.extend_from_slice(&(r.headers.len() as u32).to_le_bytes());
-                for (name, value) in &r.headers {
-                    put_blob(&mut bytes, name.as_bytes());
-                    put_blob(&mut bytes, value);
-                }
-                put_blob(&mut bytes, &r.value);
-                stored.push(StoredRecord {
-                    position: Position {
-                        topic: topic.clone(),
-                        partition,
-                        offset: first + i as i64,
-                    },
-                    key: Some(r.key.clone()),
-                    headers: r
-                        .headers
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), Some(v.clone())))
-                        .collect(),
-                    value: Some(r.value.clone()),
-                    timestamp: Some(now),
-                });
-            }
-            bytes.push(COMMIT);
-            let mut out = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&f.path)
-                .map_err(|e| io("opening a partition file", e))?;
-            out.write_all(&bytes).map_err(|e| io("appending", e))?;
-            out.sync_data().map_err(|e| io("syncing", e))?;
-            let positions = stored.iter().map(|s| s.position.clone()).collect();
-            f.records.extend(stored);
-            Ok(positions)
+            write_committed(&mut f, &topic, partition, &records, &appended)
         })
         .await?
     }
@@ -302,6 +387,7 @@ impl CustomerLog for EmbeddedLog {
             partition,
             partitions: self.partitions,
             generation,
+            appended: self.appended.clone(),
         }))
     }
 
@@ -361,6 +447,34 @@ mod tests {
             h[0].headers,
             vec![("ce_type".to_owned(), Some(b"t".to_vec()))]
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn readers_are_woken_by_appends_and_publish_keeps_any_headers() {
+        let dir = std::env::temp_dir().join(format!("crm-embedded-{}", uuid::Uuid::now_v7()));
+        let log = EmbeddedLog::open(&dir, "dead-letter".into(), 4).unwrap();
+        let mut changes = log.subscribe();
+        let key = key_for(3, 4);
+        let at = log
+            .publish(OwnedRecord {
+                key: key.clone().into_bytes(),
+                headers: vec![("dlq_reason".into(), b"bad".to_vec())],
+                value: b"x".to_vec(),
+            })
+            .await
+            .unwrap();
+        assert_eq!((at.partition, at.offset), (3, 0));
+        tokio::time::timeout(std::time::Duration::from_secs(1), changes.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(log.read_at_most(3, 0, 10).unwrap().len(), 1);
+        drop(log);
+        let log = EmbeddedLog::open(&dir, "dead-letter".into(), 4).unwrap();
+        let r = log.read(3, 0).unwrap();
+        assert_eq!(r[0].header("dlq_reason"), Some(&b"bad"[..]));
+        assert_eq!(log.end_offset(3).unwrap(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

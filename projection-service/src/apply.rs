@@ -3,8 +3,9 @@
 //! (occurred-at).
 
 use chrono::{DateTime, Utc};
+use domain::organisation::{organisation_stream, OrganisationEvent as O};
 use domain::policy::SATISFIED_FROM;
-use domain::{CustomerEvent as E, RecordedEvent};
+use domain::{CustomerEvent as E, RecordedEvent, RecordedOrganisationEvent};
 use infra::Position;
 use sqlx::{PgConnection, Postgres, Transaction};
 
@@ -94,6 +95,95 @@ pub(crate) async fn apply_event(
     .bind(at)
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// An event of the organisation stream: the teams read model, and the audit trail (under the
+/// organisation stream's id, the nil UUID, with its own sequence).
+pub(crate) async fn apply_organisation_event(
+    tx: &mut Transaction<'static, Postgres>,
+    pos: &Position,
+    rec: &RecordedOrganisationEvent,
+) -> Result<()> {
+    let conn: &mut PgConnection = tx;
+    let m = &rec.metadata;
+    let seq = to_i64(m.sequence, "sequence")?;
+    let at = m.occurred_at;
+
+    sqlx::query(
+        r#"INSERT INTO audit_trail (event_id, customer_id, sequence, event_type, source, actor,
+               occurred_at, recorded_at, changes, command, command_id, correlation_id,
+               causation_id, topic, "partition", "offset")
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"#,
+    )
+    .bind(m.id)
+    .bind(organisation_stream().as_uuid())
+    .bind(seq)
+    .bind(rec.event.event_type())
+    .bind(&m.source)
+    .bind(&m.actor)
+    .bind(at)
+    .bind(m.recorded_at)
+    .bind(rec.event.to_value()?)
+    .bind(&m.command)
+    .bind(&m.command_id)
+    .bind(m.correlation_id)
+    .bind(m.causation_id)
+    .bind(&pos.topic)
+    .bind(pos.partition)
+    .bind(pos.offset)
+    .execute(&mut *conn)
+    .await?;
+
+    let team = rec.event.team_id().0;
+    // Every event makes sure the team's row exists (as `evolve_organisation` does), so a
+    // member or director event is never lost whatever came before it.
+    sqlx::query(
+        "INSERT INTO teams (team_id, last_sequence, updated_at) VALUES ($1, $2, $3)
+         ON CONFLICT (team_id) DO UPDATE SET
+             last_sequence = greatest(teams.last_sequence, EXCLUDED.last_sequence),
+             updated_at = greatest(teams.updated_at, EXCLUDED.updated_at)",
+    )
+    .bind(team)
+    .bind(seq)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    match &rec.event {
+        O::TeamCreated(e) => {
+            sqlx::query("UPDATE teams SET name = $2, created_at = $3 WHERE team_id = $1")
+                .bind(team)
+                .bind(&e.name)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+        }
+        O::TeamDirectorAssigned(e) => {
+            sqlx::query("UPDATE teams SET director = $2 WHERE team_id = $1")
+                .bind(team)
+                .bind(e.director.as_str())
+                .execute(&mut *conn)
+                .await?;
+        }
+        O::TeamMemberAdded(e) => {
+            sqlx::query(
+                "INSERT INTO team_members (team_id, member, added_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (team_id, member) DO NOTHING",
+            )
+            .bind(team)
+            .bind(e.member.as_str())
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        O::TeamMemberRemoved(e) => {
+            sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND member = $2")
+                .bind(team)
+                .bind(e.member.as_str())
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
     Ok(())
 }
 

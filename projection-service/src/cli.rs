@@ -20,8 +20,9 @@ use crate::consumer::BatchOptions;
 use crate::jobs::JobOptions;
 use crate::metrics::Metrics;
 use crate::service::{
-    replay, ProjectionService, ReplayOptions, ReplayProgress, RunOptions, ServiceError,
+    replay_on, ProjectionService, ReplayOptions, ReplayProgress, RunOptions, ServiceError,
 };
+use crate::source::EventSource;
 use crate::version::{drop_version, ensure_version, list_versions, live_version, migrate_control};
 use crate::ProjectionVersion;
 
@@ -85,7 +86,7 @@ pub struct BatchArgs {
 }
 
 impl BatchArgs {
-    fn options(&self) -> BatchOptions {
+    pub fn options(&self) -> BatchOptions {
         BatchOptions {
             max_records: self.batch_max.max(1),
             max_wait: self.batch_wait,
@@ -117,7 +118,7 @@ pub struct PolicyArgs {
 }
 
 impl PolicyArgs {
-    fn thresholds(&self) -> StageThresholds {
+    pub fn thresholds(&self) -> StageThresholds {
         StageThresholds {
             qualification_days: self.qualification_days,
             proposal_days: self.proposal_days,
@@ -126,7 +127,7 @@ impl PolicyArgs {
         }
     }
 
-    fn clock(&self) -> Arc<dyn Clock> {
+    pub fn clock(&self) -> Arc<dyn Clock> {
         match self.now {
             Some(at) => Arc::new(FixedClock(at)),
             None => Arc::new(SystemClock),
@@ -345,6 +346,15 @@ async fn run(pool: PgPool, args: RunArgs) -> Result<(), ServiceError> {
 async fn run_replay(pool: PgPool, args: ReplayArgs) -> Result<(), ServiceError> {
     let settings = kafka_settings(&args.kafka)?;
     provision_topics(&settings).await?;
+    replay_with_progress(pool, EventSource::Kafka(settings), &args).await
+}
+
+/// Replays as `replay` does (on Kafka or the embedded log), with progress on stderr.
+pub async fn replay_with_progress(
+    pool: PgPool,
+    source: EventSource,
+    args: &ReplayArgs,
+) -> Result<(), ServiceError> {
     migrate_control(&pool).await?;
     let live = live_version(&pool, &args.projection.projection).await?;
     let options = ReplayOptions {
@@ -365,13 +375,13 @@ async fn run_replay(pool: PgPool, args: ReplayArgs) -> Result<(), ServiceError> 
         "replaying {}_v{} from the beginning of {} (live: {})",
         options.projection,
         options.version,
-        settings.topics().customer_events(),
+        source.topic(),
         live.map(|pv| pv.schema()).unwrap_or_else(|| "none".into())
     );
     let mut printer = ProgressPrinter::new();
-    let outcome = replay(
+    let outcome = replay_on(
         pool,
-        settings,
+        source,
         options,
         args.policy.clock(),
         Metrics::new()?,

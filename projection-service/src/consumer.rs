@@ -1,5 +1,6 @@
 //! The Kafka side of the projection-service: a consumer that reads the customer-events topic
-//! in batches and hands them to a [`Projector`], on a thread of its own.
+//! in batches and hands them to a [`Projector`], on a thread of its own; and the batch logic
+//! ([`Processor`]) that the embedded log's tailer ([`crate::source`]) shares.
 //!
 //! - **Positions come from PostgreSQL, never from Kafka.** In a consumer group, the rebalance
 //!   callback reads the version's checkpoints and assigns every partition at checkpoint + 1
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use domain::RecordedEvent;
+use domain::StreamEvent;
 use infra::kafka::{DeadLetter, DeadLetterProducer, KafkaSettings, LogError, StoredRecord};
 use infra::Position;
 use rdkafka::client::ClientContext;
@@ -35,6 +36,7 @@ use tokio::sync::Notify;
 
 use crate::error::ProjectionError;
 use crate::metrics::Metrics;
+use crate::source::DeadLetterSink;
 use crate::Projector;
 
 /// Why the consumer stopped other than by request.
@@ -166,11 +168,11 @@ impl ConsumerState {
         }
     }
 
-    fn set_reached_end(&self) {
+    pub(crate) fn set_reached_end(&self) {
         self.lock().reached_end = true;
     }
 
-    fn assign(&self, partitions: &BTreeMap<i32, i64>, incremental: bool) {
+    pub(crate) fn assign(&self, partitions: &BTreeMap<i32, i64>, incremental: bool) {
         let mut inner = self.lock();
         inner.assigned = true;
         if !incremental {
@@ -209,13 +211,13 @@ impl ConsumerState {
         self.lock().partitions.contains_key(&partition)
     }
 
-    fn set_at_end(&self, partition: i32, at_end: bool) {
+    pub(crate) fn set_at_end(&self, partition: i32, at_end: bool) {
         if let Some(p) = self.lock().partitions.get_mut(&partition) {
             p.at_end = at_end;
         }
     }
 
-    fn set_end(&self, partition: i32, end: i64) {
+    pub(crate) fn set_end(&self, partition: i32, end: i64) {
         if let Some(p) = self.lock().partitions.get_mut(&partition) {
             p.end = Some(end);
         }
@@ -254,7 +256,7 @@ pub fn group_id(settings: &KafkaSettings, projector: &Projector) -> String {
 }
 
 /// Reads a version's checkpoints, blocking, retrying until it succeeds or `stop` is set.
-fn load_checkpoints(
+pub(crate) fn load_checkpoints(
     handle: &Handle,
     projector: &Projector,
     topic: &str,
@@ -465,6 +467,18 @@ impl std::fmt::Debug for ConsumerHandle {
 }
 
 impl ConsumerHandle {
+    pub(crate) fn new(
+        stop: Arc<AtomicBool>,
+        state: Arc<ConsumerState>,
+        thread: JoinHandle<Result<(), ConsumerError>>,
+    ) -> Self {
+        ConsumerHandle {
+            stop,
+            state,
+            thread: Some(thread),
+        }
+    }
+
     pub fn state(&self) -> &Arc<ConsumerState> {
         &self.state
     }
@@ -522,7 +536,8 @@ pub fn start(config: ConsumerConfig) -> Result<ConsumerHandle, ConsumerError> {
     let handle = Handle::current();
     let stop = Arc::new(AtomicBool::new(false));
     let state = Arc::new(ConsumerState::default());
-    let dead_letters = DeadLetterProducer::new(&config.settings)?;
+    let dead_letters: Arc<dyn DeadLetterSink> =
+        Arc::new(DeadLetterProducer::new(&config.settings)?);
     let thread = {
         let stop = stop.clone();
         let state = state.clone();
@@ -546,7 +561,7 @@ fn run(
     handle: Handle,
     stop: Arc<AtomicBool>,
     state: Arc<ConsumerState>,
-    dead_letters: DeadLetterProducer,
+    dead_letters: Arc<dyn DeadLetterSink>,
 ) -> Result<(), ConsumerError> {
     let topic = config.settings.topics().customer_events();
     let context = ProjectionContext {
@@ -740,13 +755,13 @@ fn catch_up(
 }
 
 /// Events per second over the last interval.
-struct Rate {
+pub(crate) struct Rate {
     at: Instant,
     applied: u64,
 }
 
 impl Rate {
-    fn new(applied: u64) -> Self {
+    pub(crate) fn new(applied: u64) -> Self {
         Rate {
             at: Instant::now(),
             applied,
@@ -754,7 +769,12 @@ impl Rate {
     }
 }
 
-fn update_gauges(topic: &str, snapshot: &ConsumerSnapshot, metrics: &Metrics, rate: &mut Rate) {
+pub(crate) fn update_gauges(
+    topic: &str,
+    snapshot: &ConsumerSnapshot,
+    metrics: &Metrics,
+    rate: &mut Rate,
+) {
     let elapsed = rate.at.elapsed().as_secs_f64();
     if elapsed > 0.0 {
         let delta = snapshot.events_applied.saturating_sub(rate.applied);
@@ -779,7 +799,7 @@ fn update_gauges(topic: &str, snapshot: &ConsumerSnapshot, metrics: &Metrics, ra
 
 /// One record of a batch, decoded or not.
 enum Item {
-    Event(StoredRecord, Box<RecordedEvent>),
+    Event(StoredRecord, Box<StreamEvent>),
     /// Not an event: already dead-lettered, to be checkpointed.
     Poison(Position),
 }
@@ -796,18 +816,21 @@ fn is_permanent(e: &ProjectionError) -> bool {
     }
 }
 
-struct Processor {
-    projector: Projector,
-    handle: Handle,
-    state: Arc<ConsumerState>,
-    metrics: Metrics,
-    dead_letters: DeadLetterProducer,
-    alerts_closed: Arc<Notify>,
-    stop: Arc<AtomicBool>,
+/// The batch logic, whatever the source: decode, dead-letter what does not decode, apply
+/// with the skipped positions, retry transient failures, and find (one event at a time) and
+/// dead-letter the events the read models refuse.
+pub(crate) struct Processor {
+    pub(crate) projector: Projector,
+    pub(crate) handle: Handle,
+    pub(crate) state: Arc<ConsumerState>,
+    pub(crate) metrics: Metrics,
+    pub(crate) dead_letters: Arc<dyn DeadLetterSink>,
+    pub(crate) alerts_closed: Arc<Notify>,
+    pub(crate) stop: Arc<AtomicBool>,
 }
 
 impl Processor {
-    fn process(&mut self, records: Vec<StoredRecord>) -> Result<(), ConsumerError> {
+    pub(crate) fn process(&mut self, records: Vec<StoredRecord>) -> Result<(), ConsumerError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -822,7 +845,8 @@ impl Processor {
                 redelivered += 1;
                 continue;
             }
-            match record.decode() {
+            // either stream of the topic: customers' and the organisation's (teams)
+            match record.decode_stream() {
                 Ok(event) => items.push(Item::Event(record, Box::new(event))),
                 Err(e) => {
                     let reason = format!("undecodable event: {e}");
@@ -831,7 +855,7 @@ impl Processor {
                 }
             }
         }
-        let events: Vec<(Position, RecordedEvent)> = items
+        let events: Vec<(Position, StreamEvent)> = items
             .iter()
             .filter_map(|item| match item {
                 Item::Event(record, event) => Some((record.position.clone(), (**event).clone())),
@@ -914,7 +938,7 @@ impl Processor {
     #[allow(clippy::type_complexity)]
     fn apply(
         &self,
-        events: &[(Position, RecordedEvent)],
+        events: &[(Position, StreamEvent)],
         skipped: &[Position],
     ) -> Result<Result<crate::ApplyOutcome, ProjectionError>, ConsumerError> {
         let mut backoff = Duration::from_millis(100);

@@ -7,9 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use domain::policy::rfm::RfmWindow;
 use domain::policy::StageThresholds;
-use infra::kafka::KafkaSettings;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use infra::embedded::OwnedRecord;
+use infra::kafka::{KafkaSettings, LogError};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
@@ -19,6 +18,7 @@ use crate::alerts::Alert;
 use crate::clock::Clock;
 use crate::error::ProjectionError;
 use crate::metrics::Metrics;
+use crate::source::{AlertSink, KafkaAlertSink};
 use crate::version::{begin_in, version_status, VersionStatus};
 use crate::Projector;
 
@@ -35,6 +35,8 @@ pub enum PublishError {
     Database(#[from] sqlx::Error),
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("alerts topic: {0}")]
+    Sink(#[from] LogError),
     #[error("alert payload: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -75,26 +77,29 @@ pub struct AlertMessage<'a> {
     pub alert: &'a Alert,
 }
 
-/// Puts alert changes from a version's outbox on the alerts topic.
+/// Puts alert changes from a version's outbox on the alerts topic (Kafka, or the embedded
+/// default's `alerts` log).
 #[derive(Clone)]
 pub struct AlertPublisher {
-    producer: FutureProducer,
-    topic: String,
+    sink: Arc<dyn AlertSink>,
     source: String,
-    timeout: Duration,
 }
 
 impl AlertPublisher {
-    pub fn new(
-        settings: &KafkaSettings,
-        source: impl Into<String>,
-    ) -> Result<Self, rdkafka::error::KafkaError> {
-        Ok(AlertPublisher {
-            producer: settings.producer_config().create()?,
-            topic: settings.topics().alerts(),
+    /// To the alerts topic on Kafka.
+    pub fn new(settings: &KafkaSettings, source: impl Into<String>) -> Result<Self, LogError> {
+        Ok(Self::with_sink(
+            Arc::new(KafkaAlertSink::new(settings)?),
+            source,
+        ))
+    }
+
+    /// To any [`AlertSink`].
+    pub fn with_sink(sink: Arc<dyn AlertSink>, source: impl Into<String>) -> Self {
+        AlertPublisher {
+            sink,
             source: source.into(),
-            timeout: settings.operation_timeout(),
-        })
+        }
     }
 
     /// Publishes every unpublished change of the outbox, oldest first, and marks them
@@ -134,7 +139,8 @@ impl AlertPublisher {
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut deliveries = Vec::with_capacity(rows.len());
+        let mut records = Vec::with_capacity(rows.len());
+        let mut changes = Vec::with_capacity(rows.len());
         let mut ids = Vec::with_capacity(rows.len());
         for (id, change, at, payload) in &rows {
             let alert: Alert = serde_json::from_value(payload.clone())?;
@@ -151,7 +157,7 @@ impl AlertPublisher {
             };
             let ce_id = alert_event_id(alert.alert_id, change);
             let time = at.to_rfc3339_opts(SecondsFormat::Micros, true);
-            let headers = [
+            let headers: Vec<(String, Vec<u8>)> = [
                 ("ce_specversion", "1.0"),
                 ("ce_id", ce_id.as_str()),
                 ("ce_source", self.source.as_str()),
@@ -161,34 +167,19 @@ impl AlertPublisher {
                 ("content-type", "application/json"),
             ]
             .into_iter()
-            .fold(OwnedHeaders::new(), |h, (key, value)| {
-                h.insert(Header {
-                    key,
-                    value: Some(value),
-                })
+            .map(|(name, value)| (name.to_owned(), value.as_bytes().to_vec()))
+            .collect();
+            records.push(OwnedRecord {
+                key: key.into_bytes(),
+                headers,
+                value: body,
             });
-            let record = FutureRecord::to(&self.topic)
-                .key(key.as_bytes())
-                .payload(body.as_slice())
-                .headers(headers);
-            // enqueue all, then wait: the idempotent producer keeps their order per key
-            let delivery = self
-                .producer
-                .send_result(record)
-                .map_err(|(e, _)| PublishError::Kafka(e))?;
-            deliveries.push((change.clone(), delivery));
+            changes.push(change.clone());
             ids.push(*id);
         }
-        for (change, delivery) in deliveries {
-            match tokio::time::timeout(self.timeout, delivery).await {
-                Ok(Ok(Ok(_))) => {
-                    metrics.alerts_published.with_label_values(&[&change]).inc();
-                }
-                Ok(Ok(Err((e, _)))) => return Err(PublishError::Kafka(e)),
-                Ok(Err(_)) | Err(_) => {
-                    return Err(PublishError::Kafka(rdkafka::error::KafkaError::Canceled))
-                }
-            }
+        self.sink.send_all(records).await?;
+        for change in changes {
+            metrics.alerts_published.with_label_values(&[&change]).inc();
         }
         sqlx::query("UPDATE alert_outbox SET published_at = now() WHERE id = ANY($1)")
             .bind(&ids)

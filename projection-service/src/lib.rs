@@ -2,9 +2,9 @@
 //!
 //! Applies the customer streams to PostgreSQL read models with exactly-once effect: a
 //! [`Projector`] writes a batch of events and the (topic, partition) checkpoints in one
-//! transaction, and skips whatever is at or below a checkpoint. A Kafka consumer only has to
-//! seek each assigned partition past [`Projector::positions`] and hand batches to
-//! [`Projector::apply`].
+//! transaction, and skips whatever is at or below a checkpoint. A consumer only has to start
+//! each partition past [`Projector::positions`] and hand batches to [`Projector::apply`]:
+//! the Kafka consumer, or the tailer of the embedded log of `crm up` ([`source`]).
 //!
 //! Each projection version lives in its own PostgreSQL schema (`rm_v1`, ...), registered in
 //! `projection.projection_versions`; a replay builds a new version while the live one serves
@@ -28,6 +28,7 @@ pub mod read;
 pub mod reports;
 pub mod rfm;
 pub mod service;
+pub mod source;
 pub mod version;
 
 pub use alerts::{Alert, AlertChanges, OutboxEntry};
@@ -36,13 +37,14 @@ pub use consumer::{BatchOptions, ConsumerSnapshot, PartitionProgress};
 pub use error::{ProjectionError, Result};
 pub use jobs::JobOptions;
 pub use metrics::Metrics;
-pub use projector::{ApplyOutcome, Projector};
+pub use projector::{ApplyOutcome, EventRef, Projectable, Projector};
 pub use read::ReadModels;
 pub use rfm::RfmRun;
 pub use service::{
-    replay, ProjectionService, ReplayOptions, ReplayOutcome, ReplayProgress, RunOptions,
+    replay, replay_on, ProjectionService, ReplayOptions, ReplayOutcome, ReplayProgress, RunOptions,
     ServiceError, ServiceStatus,
 };
+pub use source::{AlertSink, DeadLetterSink, EmbeddedTopics, EventSource};
 pub use version::{
     activate, drop_version, ensure_version, list_versions, live_version, migrate_control,
     version_status, ProjectionVersion, VersionInfo, VersionStatus,

@@ -1,16 +1,57 @@
 //! The projector: applies batches of events to the read models of one projection version,
 //! with the checkpoint of every (topic, partition) in the same transaction.
+//!
+//! The customer-events topic carries two streams: every customer's, and the organisation
+//! stream (sales teams, key = the nil UUID). A consumer decodes each record with
+//! [`domain::StreamEvent::from_kafka`] and hands either kind to [`Projector::apply`]: customer
+//! events fill the customer read models, organisation events the `teams` / `team_members`
+//! read model (which query-service's visibility of a sales director reads). Both go into the
+//! audit trail.
 
 use std::collections::BTreeMap;
 
-use domain::RecordedEvent;
+use domain::{RecordedEvent, RecordedOrganisationEvent, StreamEvent};
 use infra::Position;
 use sqlx::PgPool;
 
 use crate::alerts::Alert;
-use crate::apply::{apply_event, Effects};
+use crate::apply::{apply_event, apply_organisation_event, Effects};
 use crate::error::Result;
 use crate::version::{begin_in, ensure_version, ProjectionVersion, VersionStatus};
+
+/// One event of the customer-events topic, by reference: what [`Projectable`] yields.
+#[derive(Debug, Clone, Copy)]
+pub enum EventRef<'a> {
+    Customer(&'a RecordedEvent),
+    Organisation(&'a RecordedOrganisationEvent),
+}
+
+/// What the projector applies: a customer's event, an organisation event, or either
+/// ([`StreamEvent`], as a consumer decodes them).
+pub trait Projectable {
+    fn event_ref(&self) -> EventRef<'_>;
+}
+
+impl Projectable for RecordedEvent {
+    fn event_ref(&self) -> EventRef<'_> {
+        EventRef::Customer(self)
+    }
+}
+
+impl Projectable for RecordedOrganisationEvent {
+    fn event_ref(&self) -> EventRef<'_> {
+        EventRef::Organisation(self)
+    }
+}
+
+impl Projectable for StreamEvent {
+    fn event_ref(&self) -> EventRef<'_> {
+        match self {
+            StreamEvent::Customer(e) => EventRef::Customer(e),
+            StreamEvent::Organisation(e) => EventRef::Organisation(e),
+        }
+    }
+}
 
 /// What one [`Projector::apply`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,7 +118,10 @@ impl Projector {
     /// of the batch is written.
     ///
     /// Within one partition the batch must be in offset order, as a consumer delivers it.
-    pub async fn apply(&self, batch: &[(Position, RecordedEvent)]) -> Result<ApplyOutcome> {
+    pub async fn apply<E: Projectable + Sync>(
+        &self,
+        batch: &[(Position, E)],
+    ) -> Result<ApplyOutcome> {
         self.apply_with_skips(batch, &[]).await
     }
 
@@ -86,9 +130,9 @@ impl Projector {
     /// but must not be read again. A skip never moves a checkpoint back. The caller must pass
     /// every event that precedes a skipped record in its partition (in this call or an
     /// earlier one), or those events would be skipped too.
-    pub async fn apply_with_skips(
+    pub async fn apply_with_skips<E: Projectable + Sync>(
         &self,
-        batch: &[(Position, RecordedEvent)],
+        batch: &[(Position, E)],
         skipped: &[Position],
     ) -> Result<ApplyOutcome> {
         let mut outcome = ApplyOutcome::default();
@@ -147,7 +191,10 @@ impl Projector {
                 outcome.skipped += 1;
                 continue;
             }
-            apply_event(&mut tx, pos, event, &mut effects).await?;
+            match event.event_ref() {
+                EventRef::Customer(e) => apply_event(&mut tx, pos, e, &mut effects).await?,
+                EventRef::Organisation(e) => apply_organisation_event(&mut tx, pos, e).await?,
+            }
             *entry = (pos.offset, true);
             outcome.applied += 1;
         }

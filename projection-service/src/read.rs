@@ -234,6 +234,18 @@ pub struct ChurnCandidate {
     pub churn_status: String,
 }
 
+/// A sales team of the organisation stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct TeamRow {
+    pub team_id: Uuid,
+    pub name: String,
+    pub director: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub last_sequence: i64,
+    /// Sorted.
+    pub members: Vec<String>,
+}
+
 impl ReadModels {
     pub fn new(pool: PgPool, version: &ProjectionVersion) -> Self {
         ReadModels {
@@ -361,6 +373,19 @@ impl ReadModels {
             self.schema
         ))
         .bind(customer_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Every team with its director and members, by team id.
+    pub async fn teams(&self) -> Result<Vec<TeamRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT t.team_id, t.name, t.director, t.created_at, t.last_sequence,
+                    coalesce((SELECT array_agg(m.member ORDER BY m.member)
+                                FROM {s}.team_members m WHERE m.team_id = t.team_id), '{{}}') AS members
+               FROM {s}.teams t ORDER BY t.team_id",
+            s = self.schema
+        ))
         .fetch_all(&self.pool)
         .await?)
     }

@@ -17,13 +17,11 @@ use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 
 use crate::clock::Clock;
-use crate::consumer::{
-    self, group_id, Assignment, BatchOptions, ConsumerConfig, ConsumerError, ConsumerSnapshot,
-    ConsumerState,
-};
+use crate::consumer::{BatchOptions, ConsumerError, ConsumerSnapshot, ConsumerState};
 use crate::error::ProjectionError;
 use crate::jobs::{discard_alert_changes, run_jobs, AlertPublisher, JobOptions};
 use crate::metrics::Metrics;
+use crate::source::{self, ConsumeOptions, EventSource};
 use crate::version::{activate, live_version};
 use crate::{ProjectionVersion, Projector};
 
@@ -138,11 +136,21 @@ pub struct ProjectionService {
 }
 
 impl ProjectionService {
-    /// Starts the supervisor: it opens the version (migrating its schema), starts the
-    /// consumer and the jobs, and restarts them after failures or on a switch-over.
+    /// Starts the supervisor on Kafka: it opens the version (migrating its schema), starts
+    /// the consumer and the jobs, and restarts them after failures or on a switch-over.
     pub fn start(
         pool: PgPool,
         settings: KafkaSettings,
+        options: RunOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ServiceError> {
+        Self::start_on(pool, EventSource::Kafka(settings), options, clock)
+    }
+
+    /// As [`ProjectionService::start`], on any source (Kafka or the embedded log).
+    pub fn start_on(
+        pool: PgPool,
+        source: EventSource,
         options: RunOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ServiceError> {
@@ -156,7 +164,7 @@ impl ProjectionService {
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(supervise(
             pool,
-            settings,
+            source,
             options,
             clock,
             shared.clone(),
@@ -212,7 +220,7 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 
 async fn supervise(
     pool: PgPool,
-    settings: KafkaSettings,
+    source: EventSource,
     options: RunOptions,
     clock: Arc<dyn Clock>,
     shared: Arc<Shared>,
@@ -234,7 +242,7 @@ async fn supervise(
         };
         let started = start_version(
             pool.clone(),
-            settings.clone(),
+            source.clone(),
             options.clone(),
             version,
             clock.clone(),
@@ -305,7 +313,7 @@ async fn supervise(
 
 struct Running {
     version: ProjectionVersion,
-    consumer: consumer::ConsumerHandle,
+    consumer: crate::consumer::ConsumerHandle,
     jobs: tokio::task::JoinHandle<()>,
     jobs_stop: watch::Sender<bool>,
     checked: Instant,
@@ -313,7 +321,7 @@ struct Running {
 
 async fn start_version(
     pool: PgPool,
-    settings: KafkaSettings,
+    source: EventSource,
     options: RunOptions,
     version: i32,
     clock: Arc<dyn Clock>,
@@ -322,17 +330,18 @@ async fn start_version(
     let pv = ProjectionVersion::new(options.projection.clone(), version)?;
     let (projector, status) = Projector::open(pool, pv.clone()).await?;
     tracing::info!(version = %pv.schema(), status = status.as_str(), "opened projection version");
-    let publisher = AlertPublisher::new(&settings, options.alert_source.clone())?;
+    let publisher = AlertPublisher::with_sink(source.alerts()?, options.alert_source.clone());
     let alerts_closed = Arc::new(Notify::new());
-    let consumer = consumer::start(ConsumerConfig {
-        settings: settings.clone(),
-        projector: projector.clone(),
-        assignment: Assignment::Group(group_id(&settings, &projector)),
-        batch: options.batch,
-        metrics: metrics.clone(),
-        alerts_closed: alerts_closed.clone(),
-        catch_up: None,
-    })?;
+    let consumer = source::start(
+        &source,
+        ConsumeOptions {
+            projector: projector.clone(),
+            batch: options.batch,
+            metrics: metrics.clone(),
+            alerts_closed: alerts_closed.clone(),
+            catch_up: None,
+        },
+    )?;
     let (jobs_stop, jobs_stop_rx) = watch::channel(false);
     let jobs = tokio::spawn(run_jobs(
         projector,
@@ -432,21 +441,42 @@ pub async fn replay(
     options: ReplayOptions,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
+    on_progress: impl FnMut(&ReplayProgress) + Send,
+) -> Result<ReplayOutcome, ServiceError> {
+    replay_on(
+        pool,
+        EventSource::Kafka(settings),
+        options,
+        clock,
+        metrics,
+        on_progress,
+    )
+    .await
+}
+
+/// As [`replay`], on any source (Kafka or the embedded log).
+pub async fn replay_on(
+    pool: PgPool,
+    source: EventSource,
+    options: ReplayOptions,
+    clock: Arc<dyn Clock>,
+    metrics: Metrics,
     mut on_progress: impl FnMut(&ReplayProgress) + Send,
 ) -> Result<ReplayOutcome, ServiceError> {
     let pv = ProjectionVersion::new(options.projection.clone(), options.version)?;
     let (projector, status) = Projector::open(pool.clone(), pv.clone()).await?;
     tracing::info!(version = %pv.schema(), status = status.as_str(), "replaying");
     let started = Instant::now();
-    let mut handle = consumer::start(ConsumerConfig {
-        settings: settings.clone(),
-        projector: projector.clone(),
-        assignment: Assignment::Manual,
-        batch: options.batch,
-        metrics,
-        alerts_closed: Arc::new(Notify::new()),
-        catch_up: Some(options.catch_up_lag),
-    })?;
+    let mut handle = source::start(
+        &source,
+        ConsumeOptions {
+            projector: projector.clone(),
+            batch: options.batch,
+            metrics,
+            alerts_closed: Arc::new(Notify::new()),
+            catch_up: Some(options.catch_up_lag),
+        },
+    )?;
     let state = handle.state().clone();
     let mut rate = 0.0f64;
     let mut last = (Instant::now(), 0u64);

@@ -941,3 +941,103 @@ async fn sigkill_under_load_changes_nothing() {
     );
     let _ = std::fs::remove_file(&log);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn team_events_on_the_topic_are_projected_not_dead_lettered() {
+    let broker = KafkaBroker::start();
+    let s = settings(&broker, "teams");
+    provision_topics(&s).await.unwrap();
+    let db = TestDb::new().await;
+    let producer = Producer::new(&s);
+
+    // the organisation stream, on its key's partition as the command-service appends it,
+    // around a customer's events
+    let mut org = Org::new();
+    org.exec(
+        day(0),
+        "admin-ma",
+        CreateTeam {
+            team_id: team(1),
+            name: "华东销售".into(),
+        }
+        .into(),
+    );
+    org.exec(
+        day(0),
+        "admin-ma",
+        AssignTeamDirector {
+            team_id: team(1),
+            director: UserId::new("dir-zhou"),
+        }
+        .into(),
+    );
+    let mut world = World::new(PARTITIONS);
+    let customer = world.exec(
+        cid(1),
+        day(1),
+        "am-li",
+        register(CustomerLevel::Key, "Acme", 5, 4, "am-li"),
+    );
+    for member in ["am-li", "am-wang"] {
+        org.exec(
+            day(2),
+            "dir-zhou",
+            AddTeamMember {
+                team_id: team(1),
+                member: UserId::new(member),
+            }
+            .into(),
+        );
+    }
+    let mut org_positions = Vec::new();
+    for (_, rec) in &org.log {
+        let record = rec.to_kafka().unwrap();
+        assert_eq!(record.key, domain::envelope::ORGANISATION_KEY.as_bytes());
+        org_positions.push(
+            producer
+                .raw(&record.key, &record.headers, Some(record.value.as_slice()))
+                .await,
+        );
+    }
+    producer.events(&customer).await;
+
+    let service = ProjectionService::start(
+        db.pool.clone(),
+        s.clone(),
+        run_options(None),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let pool = db.pool.clone();
+    let settings = s.clone();
+    eventually("every record applied", Duration::from_secs(40), || {
+        let (pool, settings) = (pool.clone(), settings.clone());
+        async move { caught_up(&pool, &settings, 1).await }
+    })
+    .await;
+
+    let rm = ReadModels::new(db.pool.clone(), &ProjectionVersion::new("rm", 1).unwrap());
+    let teams = rm.teams().await.unwrap();
+    assert_eq!(teams.len(), 1);
+    assert_eq!(teams[0].name, "华东销售");
+    assert_eq!(teams[0].director.as_deref(), Some("dir-zhou"));
+    assert_eq!(teams[0].members, ["am-li", "am-wang"]);
+    assert!(rm.customer_360(cid(1).as_uuid()).await.unwrap().is_some());
+    let trail = rm.audit_trail(Some(ORGANISATION_STREAM_ID)).await.unwrap();
+    assert_eq!(
+        trail
+            .iter()
+            .map(|e| (e.partition, e.offset))
+            .collect::<Vec<_>>(),
+        org_positions
+    );
+    assert!(
+        read_topic(&s, &s.topics().dead_letter()).await.is_empty(),
+        "no team event is dead-lettered"
+    );
+    assert_eq!(
+        service.metrics().events_applied.get(),
+        (org.log.len() + customer.len()) as u64
+    );
+    service.shutdown().await;
+}

@@ -1,5 +1,10 @@
-//! The HTTP API: one handler per route of [`crate::routes`], the read-your-writes and metrics
-//! middleware, the operational endpoints and the OpenAPI document.
+//! The HTTP API: one handler per route of [`crate::routes`], the authentication,
+//! read-your-writes and metrics middleware, the operational endpoints and the OpenAPI document.
+//!
+//! Every handler first checks the route's operation against the permission table (403), then
+//! reads only what the caller's reach allows ([`crate::access`]): lists leave the customers the
+//! caller does not see out, and a single resource of such a customer is 404, word for word
+//! the answer for one that does not exist.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,10 +17,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
+use domain::access::{Principal, Visibility};
+use infra::auth::{require_authentication, Authenticated};
 use infra::problem::Problem;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+use crate::access::{only_visible, owners, permit, sees, visibility};
 use crate::error::{QueryError, Result};
 use crate::list::{bind_all, fnv64, Bind, ListQuery};
 use crate::params::{period, In, Params};
@@ -52,6 +60,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(|| async { Json(openapi()) }))
+        // Closed by default: every route but the open ones (`infra::auth::OPEN_PATHS`) needs
+        // a caller; inside `track`, so that 401s are counted per route too.
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            require_authentication::<Arc<App>>,
+        ))
         .route_layer(middleware::from_fn_with_state(app.clone(), track))
         .fallback(|| async { Problem::not_found("no such resource") })
         .with_state(app)
@@ -203,7 +217,15 @@ fn single(headers: &HeaderMap, value: &Value) -> Result<Response> {
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // what a caller sees depends on who they are: no shared cache may keep it
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    h.insert(
+        header::VARY,
+        HeaderValue::from_static("authorization, x-api-key"),
+    );
     Ok(response)
 }
 
@@ -228,28 +250,47 @@ async fn one(app: &App, sql: &str, binds: &[Bind]) -> Result<Option<Value>> {
 
 // ------------------------------------------------------------------ customers
 
-async fn customers(State(app): State<Arc<App>>, headers: HeaderMap, query: RawQuery) -> Response {
-    reply(customers_of(&app, &headers, &CUSTOMERS, query, None).await)
+async fn customers(
+    State(app): State<Arc<App>>,
+    Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    query: RawQuery,
+) -> Response {
+    reply(customers_of(&app, &caller, &headers, &CUSTOMERS, query, None).await)
 }
 
 async fn segment_customers(
     State(app): State<Arc<App>>,
+    Authenticated(caller): Authenticated,
     headers: HeaderMap,
     path: RawPath,
     query: RawQuery,
 ) -> Response {
-    reply(customers_of(&app, &headers, &SEGMENT_CUSTOMERS, query, Some(path)).await)
+    reply(
+        customers_of(
+            &app,
+            &caller,
+            &headers,
+            &SEGMENT_CUSTOMERS,
+            query,
+            Some(path),
+        )
+        .await,
+    )
 }
 
 async fn customers_of(
     app: &App,
+    caller: &Principal,
     headers: &HeaderMap,
     spec: &'static RouteSpec,
     query: RawQuery,
     path: Option<RawPath>,
 ) -> Result<Response> {
+    permit(caller, spec.operation)?;
     let p = params(spec, query, path)?;
     let s = app.schema().await?;
+    let seen = visibility(app, &s, caller, spec.operation).await?;
     let mut q = ListQuery::new(CUSTOMER_COLUMNS);
     q.from(format!(
         "SELECT c.customer_id, c.number, c.name, c.kind, c.region, c.industry, c.level, c.credit,
@@ -264,6 +305,7 @@ async fn customers_of(
         .any_of("t.level", p.list("level"))
         .any_of("t.region", p.list("region"))
         .any_of("t.churn_status", p.list("churn_status"));
+    only_visible(&mut q, &seen, &s, Some("t.owner"));
     if let Some(text) = p.text("q") {
         let ph = q.bind(Bind::Text(like_pattern(text.trim())));
         q.filter(format!(
@@ -275,53 +317,70 @@ async fn customers_of(
     list(app, headers, &q, "customers").await
 }
 
-async fn customer(State(app): State<Arc<App>>, headers: HeaderMap, path: RawPath) -> Response {
+fn no_customer(id: Uuid) -> QueryError {
+    Problem::not_found(format!("no customer {id}"))
+        .field("customer_id")
+        .into()
+}
+
+async fn customer(
+    State(app): State<Arc<App>>,
+    Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    path: RawPath,
+) -> Response {
     reply(
         async {
+            permit(&caller, CUSTOMER.operation)?;
             let p = params(&CUSTOMER, Ok(Query(Vec::new())), Some(path))?;
             let id = p.uuid("customer_id")?.unwrap_or_default();
             let s = app.schema().await?;
+            let seen = visibility(&app, &s, &caller, CUSTOMER.operation).await?;
             let v = one(
                 &app,
                 &format!("SELECT to_jsonb(v) FROM {s}.customer_360 v WHERE v.customer_id = $1"),
                 &[Bind::Uuid(id)],
             )
             .await?
-            .ok_or_else(|| Problem::not_found(format!("no customer {id}")).field("customer_id"))?;
+            .filter(|v| sees(&seen, v.get("owner").and_then(Value::as_str)))
+            .ok_or_else(|| no_customer(id))?;
             single(&headers, &v)
         }
         .await,
     )
 }
 
-async fn customer_exists(app: &App, s: &str, id: Uuid) -> Result<()> {
-    let found = one(
+/// `Ok` when the customer exists and the caller sees it; the same 404 otherwise.
+async fn visible_customer(app: &App, s: &str, seen: &Visibility, id: Uuid) -> Result<()> {
+    let owner = one(
         app,
-        &format!("SELECT to_jsonb(true) FROM {s}.customers WHERE customer_id = $1"),
+        &format!("SELECT to_jsonb(owner) FROM {s}.customers WHERE customer_id = $1"),
         &[Bind::Uuid(id)],
     )
     .await?;
-    match found {
-        Some(_) => Ok(()),
-        None => Err(Problem::not_found(format!("no customer {id}"))
-            .field("customer_id")
-            .into()),
+    if sees(seen, owner.as_ref().and_then(Value::as_str)) {
+        Ok(())
+    } else {
+        Err(no_customer(id))
     }
 }
 
 async fn timeline(
     State(app): State<Arc<App>>,
+    Authenticated(caller): Authenticated,
     headers: HeaderMap,
     path: RawPath,
     query: RawQuery,
 ) -> Response {
     reply(
         async {
+            permit(&caller, TIMELINE.operation)?;
             let p = params(&TIMELINE, query, Some(path))?;
             let id = p.uuid("customer_id")?.unwrap_or_default();
             let (from, to) = period(&p, "from", "to")?;
             let s = app.schema().await?;
-            customer_exists(&app, &s, id).await?;
+            let seen = visibility(&app, &s, &caller, TIMELINE.operation).await?;
+            visible_customer(&app, &s, &seen, id).await?;
             let mut q = ListQuery::new(TIMELINE_COLUMNS);
             q.from(format!(
                 "SELECT customer_id, sequence, event_id, occurred_at, event_type, category, channel,
@@ -344,11 +403,13 @@ async fn timeline(
 
 async fn opportunities(
     State(app): State<Arc<App>>,
+    Authenticated(caller): Authenticated,
     headers: HeaderMap,
     query: RawQuery,
 ) -> Response {
     reply(
         async {
+            permit(&caller, OPPORTUNITIES.operation)?;
             let p = params(&OPPORTUNITIES, query, None)?;
             let from = p.date("expected_close_from")?;
             let to = p.date("expected_close_to")?;
@@ -362,7 +423,9 @@ async fn opportunities(
                 }
             }
             let s = app.schema().await?;
+            let seen = visibility(&app, &s, &caller, OPPORTUNITIES.operation).await?;
             let mut q = ListQuery::new(OPPORTUNITY_COLUMNS);
+            only_visible(&mut q, &seen, &s, None);
             q.from(format!(
                 "SELECT o.opportunity_id, o.customer_id, c.name AS customer_name, o.title, o.source,
                         o.amount, o.currency, o.probability, o.expected_close, o.owner, o.stage,
@@ -388,21 +451,29 @@ async fn opportunities(
     )
 }
 
-async fn pipeline(State(app): State<Arc<App>>, headers: HeaderMap, query: RawQuery) -> Response {
+async fn pipeline(
+    State(app): State<Arc<App>>,
+    Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    query: RawQuery,
+) -> Response {
     reply(
         async {
+            permit(&caller, PIPELINE.operation)?;
             let p = params(&PIPELINE, query, None)?;
             let as_of = p.time("as_of")?.unwrap_or_else(Utc::now);
             let s = app.schema().await?;
+            let seen = visibility(&app, &s, &caller, PIPELINE.operation).await?;
+            // $2: the owners whose customers' opportunities count (NULL: all)
             let v = one(
                 &app,
                 &format!(
                     "SELECT jsonb_build_object(
                         'as_of', $1::timestamptz,
-                        'summary', (SELECT to_jsonb(p) FROM {s}.pipeline_summary p),
-                        'funnel', coalesce((SELECT jsonb_agg(to_jsonb(f) ORDER BY f.ord) FROM {s}.funnel f), '[]'),
+                        'summary', (SELECT to_jsonb(p) FROM {s}.pipeline_summary_of($2) p),
+                        'funnel', coalesce((SELECT jsonb_agg(to_jsonb(f) ORDER BY f.ord) FROM {s}.funnel_of($2) f), '[]'),
                         'forecast', coalesce((SELECT jsonb_agg(to_jsonb(w) ORDER BY w.month, w.owner NULLS FIRST)
-                                                FROM {s}.weighted_forecast w), '[]'),
+                                                FROM {s}.weighted_forecast_of($2) w), '[]'),
                         'time_in_stage', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.ord) FROM (
                             SELECT fs.ord, fs.stage,
                                    count(st.opportunity_id) AS opportunities,
@@ -410,15 +481,20 @@ async fn pipeline(State(app): State<Arc<App>>, headers: HeaderMap, query: RawQue
                                    avg(st.cumulative_seconds) / 86400 AS avg_days,
                                    max(st.cumulative_seconds) / 86400 AS max_days,
                                    (SELECT avg(extract(epoch FROM $1::timestamptz - o.stage_since))::float8 / 86400
-                                      FROM {s}.opportunities o
+                                      FROM {s}.visible_opportunities($2) o
                                      WHERE o.status = 'open' AND o.stage = fs.stage) AS open_avg_days
                               FROM {s}.funnel_stages fs
-                              LEFT JOIN {s}.stage_times($1) st ON st.stage = fs.stage
+                              LEFT JOIN {s}.stage_times_of($1, $2) st ON st.stage = fs.stage
                              WHERE fs.stage <> 'won'
                              GROUP BY fs.ord, fs.stage) x), '[]'),
-                        'open_alerts', (SELECT count(*) FROM {s}.stage_alerts WHERE closed_at IS NULL))"
+                        'open_alerts', (SELECT count(*) FROM {s}.stage_alerts a
+                                         WHERE a.closed_at IS NULL
+                                           AND ($2::text[] IS NULL OR EXISTS (
+                                                SELECT 1 FROM {s}.customers c
+                                                 WHERE c.customer_id = a.customer_id
+                                                   AND c.owner = ANY($2::text[])))))"
                 ),
-                &[Bind::Time(as_of)],
+                &[Bind::Time(as_of), Bind::OptTexts(owners(&seen))],
             )
             .await?
             .unwrap_or(Value::Null);
@@ -428,12 +504,20 @@ async fn pipeline(State(app): State<Arc<App>>, headers: HeaderMap, query: RawQue
     )
 }
 
-async fn alerts(State(app): State<Arc<App>>, headers: HeaderMap, query: RawQuery) -> Response {
+async fn alerts(
+    State(app): State<Arc<App>>,
+    Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    query: RawQuery,
+) -> Response {
     reply(
         async {
+            permit(&caller, ALERTS.operation)?;
             let p = params(&ALERTS, query, None)?;
             let s = app.schema().await?;
+            let seen = visibility(&app, &s, &caller, ALERTS.operation).await?;
             let mut q = ListQuery::new(ALERT_COLUMNS);
+            only_visible(&mut q, &seen, &s, None);
             q.from(format!(
                 "SELECT a.alert_id,
                         CASE WHEN a.closed_at IS NULL THEN 'open' ELSE 'closed' END AS status,
@@ -457,19 +541,39 @@ async fn alerts(State(app): State<Arc<App>>, headers: HeaderMap, query: RawQuery
 
 // ------------------------------------------------------------------ RFM and churn
 
-async fn segments(State(app): State<Arc<App>>, headers: HeaderMap, query: RawQuery) -> Response {
+async fn segments(
+    State(app): State<Arc<App>>,
+    Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    query: RawQuery,
+) -> Response {
     reply(
         async {
+            permit(&caller, SEGMENTS_RFM.operation)?;
             params(&SEGMENTS_RFM, query, None)?;
             let s = app.schema().await?;
+            let seen = visibility(&app, &s, &caller, SEGMENTS_RFM.operation).await?;
             let mut q = ListQuery::new(&["segment", "customers"]);
+            let segments = q.bind(Bind::Texts(SEGMENTS.iter().map(|s| (*s).to_owned()).collect()));
+            let visible = q.bind(Bind::OptTexts(owners(&seen)));
+            // the sizes of `rfm_segment_sizes`, over the customers the caller sees
             q.from(format!(
-                "SELECT segment, customers FROM {s}.rfm_segment_sizes"
+                "SELECT s.segment, count(c.customer_id) AS customers
+                   FROM unnest({segments}::text[]) AS s(segment)
+                   LEFT JOIN (SELECT c.customer_id, coalesce(r.segment, 'no_purchases') AS segment
+                                FROM {s}.customers c LEFT JOIN {s}.rfm r USING (customer_id)
+                               WHERE {visible}::text[] IS NULL OR c.owner = ANY({visible}::text[])) c
+                          ON c.segment = s.segment
+                  GROUP BY s.segment"
             ))
             .order("t.segment");
+            // how many customers were scored is a company-wide figure
+            let hide = if matches!(seen, Visibility::All) { "" } else { " - 'scored'" };
             let run = one(
                 &app,
-                &format!("SELECT to_jsonb(r) - 'id' - 'orders_version' FROM {s}.rfm_runs r"),
+                &format!(
+                    "SELECT to_jsonb(r) - 'id' - 'orders_version'{hide} FROM {s}.rfm_runs r"
+                ),
                 &[],
             )
             .await?;
@@ -481,12 +585,20 @@ async fn segments(State(app): State<Arc<App>>, headers: HeaderMap, query: RawQue
     )
 }
 
-async fn churn(State(app): State<Arc<App>>, headers: HeaderMap, query: RawQuery) -> Response {
+async fn churn(
+    State(app): State<Arc<App>>,
+    Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    query: RawQuery,
+) -> Response {
     reply(
         async {
+            permit(&caller, CHURN.operation)?;
             let p = params(&CHURN, query, None)?;
             let s = app.schema().await?;
+            let seen = visibility(&app, &s, &caller, CHURN.operation).await?;
             let mut q = ListQuery::new(CHURN_COLUMNS);
+            only_visible(&mut q, &seen, &s, None);
             q.from(format!(
                 "SELECT k.churn_case_id, k.customer_id, c.name AS customer_name, c.owner, k.status,
                         k.warned_at, k.warning_reason, k.last_order_at,
@@ -510,12 +622,15 @@ async fn churn(State(app): State<Arc<App>>, headers: HeaderMap, query: RawQuery)
 
 async fn report(
     State(app): State<Arc<App>>,
+    Authenticated(caller): Authenticated,
     headers: HeaderMap,
     path: RawPath,
     query: RawQuery,
 ) -> Response {
     reply(
         async {
+            // company-wide figures: the permission alone decides
+            permit(&caller, REPORT.operation)?;
             let p = params(&REPORT, query, Some(path))?;
             let name = p.text("report").unwrap_or_default();
             let (from, to) = period(&p, "from", "to")?;
@@ -595,13 +710,21 @@ async fn report(
 
 // ------------------------------------------------------------------ audit
 
-async fn audit(State(app): State<Arc<App>>, headers: HeaderMap, query: RawQuery) -> Response {
+async fn audit(
+    State(app): State<Arc<App>>,
+    Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    query: RawQuery,
+) -> Response {
     reply(
         async {
+            permit(&caller, AUDIT.operation)?;
             let p = params(&AUDIT, query, None)?;
             let (from, to) = period(&p, "from", "to")?;
             let s = app.schema().await?;
+            let seen = visibility(&app, &s, &caller, AUDIT.operation).await?;
             let mut q = ListQuery::new(AUDIT_COLUMNS);
+            only_visible(&mut q, &seen, &s, None);
             q.from(format!(
                 r#"SELECT event_id, customer_id, sequence, event_type, source, actor, occurred_at,
                           recorded_at, command, command_id, correlation_id, causation_id, topic,
@@ -620,16 +743,35 @@ async fn audit(State(app): State<Arc<App>>, headers: HeaderMap, query: RawQuery)
     )
 }
 
-async fn audit_event(State(app): State<Arc<App>>, headers: HeaderMap, path: RawPath) -> Response {
+async fn audit_event(
+    State(app): State<Arc<App>>,
+    Authenticated(caller): Authenticated,
+    headers: HeaderMap,
+    path: RawPath,
+) -> Response {
     reply(
         async {
+            permit(&caller, AUDIT_EVENT.operation)?;
             let p = params(&AUDIT_EVENT, Ok(Query(Vec::new())), Some(path))?;
             let id = p.uuid("event_id")?.unwrap_or_default();
             let s = app.schema().await?;
+            let seen = visibility(&app, &s, &caller, AUDIT_EVENT.operation).await?;
+            let no_event = || Problem::not_found(format!("no event {id}")).field("event_id");
+            // $2: the owners whose customers' events the caller sees (NULL: every event).
+            // An event of a customer out of reach is "no event", as one that does not exist;
+            // its causes and consequences elsewhere are left out the same way.
+            let visible = |alias: &str| {
+                format!(
+                    "($2::text[] IS NULL OR EXISTS (SELECT 1 FROM {s}.customers vc
+                                                    WHERE vc.customer_id = {alias}.customer_id
+                                                      AND vc.owner = ANY($2::text[])))"
+                )
+            };
+            let seen_owners = owners(&seen);
             let v = one(
                 &app,
                 &format!(
-                    r#"WITH e AS (SELECT * FROM {s}.audit_trail WHERE event_id = $1)
+                    r#"WITH e AS (SELECT * FROM {s}.audit_trail x WHERE x.event_id = $1 AND {seen_x})
                        SELECT jsonb_build_object(
                          'event', (SELECT to_jsonb(e) FROM e),
                          'position', (SELECT jsonb_build_object('topic', e.topic, 'partition', e."partition",
@@ -653,13 +795,15 @@ async fn audit_event(State(app): State<Arc<App>>, headers: HeaderMap, path: RawP
                                                  'event_id', a.event_id, 'customer_id', a.customer_id,
                                                  'sequence', a.sequence, 'event_type', a.event_type)
                                                  ORDER BY a.recorded_at, a.event_id)
-                                               FROM {s}.audit_trail a WHERE a.causation_id = $1), '[]'))
-                         FROM e"#
+                                               FROM {s}.audit_trail a WHERE a.causation_id = $1 AND {seen_a}), '[]'))
+                         FROM e"#,
+                    seen_x = visible("x"),
+                    seen_a = visible("a"),
                 ),
-                &[Bind::Uuid(id)],
+                &[Bind::Uuid(id), Bind::OptTexts(seen_owners.clone())],
             )
             .await?
-            .ok_or_else(|| Problem::not_found(format!("no event {id}")).field("event_id"))?;
+            .ok_or_else(no_event)?;
             let chain: Vec<(i32, Uuid, Option<Value>)> = sqlx::query_as(&format!(
                 "WITH RECURSIVE chain(id, depth) AS (
                      SELECT a.causation_id, 1 FROM {s}.audit_trail a WHERE a.event_id = $1
@@ -667,11 +811,13 @@ async fn audit_event(State(app): State<Arc<App>>, headers: HeaderMap, path: RawP
                      SELECT p.causation_id, c.depth + 1
                        FROM chain c JOIN {s}.audit_trail p ON p.event_id = c.id
                       WHERE c.depth < 64)
-                 SELECT c.depth, c.id, to_jsonb(p) FROM chain c
+                 SELECT c.depth, c.id, CASE WHEN {seen_p} THEN to_jsonb(p) END FROM chain c
                    LEFT JOIN {s}.audit_trail p ON p.event_id = c.id
-                  WHERE c.id IS NOT NULL ORDER BY c.depth"
+                  WHERE c.id IS NOT NULL ORDER BY c.depth",
+                seen_p = visible("p"),
             ))
             .bind(id)
+            .bind(seen_owners)
             .fetch_all(&app.pool)
             .await?;
             let chain: Vec<Value> = chain
@@ -718,6 +864,32 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 }
 
 // ------------------------------------------------------------------ OpenAPI
+
+/// The roles the permission table grants an operation, for the OpenAPI document.
+fn roles_of(operation: &str) -> Vec<&'static str> {
+    domain::access::permission(operation)
+        .map(|p| p.roles.iter().map(|r| r.as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// What the caller sees of a route, by role, for the OpenAPI document.
+fn reach_of(operation: &str) -> String {
+    let Some(p) = domain::access::permission(operation) else {
+        return "No role may use it.".to_owned();
+    };
+    if p.scope == domain::access::Scope::Aggregate {
+        return "Company-wide figures: every role allowed sees the same.".to_owned();
+    }
+    let reach: Vec<String> = p
+        .roles
+        .iter()
+        .map(|r| format!("{}: {}", r.as_str(), r.reach().as_str()))
+        .collect();
+    format!(
+        "What each allowed role sees: {}. Customers out of reach are left out of lists; a single resource of one answers 404, as if it did not exist.",
+        reach.join("; ")
+    )
+}
 
 fn problem_response(description: &str) -> Value {
     json!({"description": description,
@@ -806,11 +978,33 @@ pub fn openapi() -> Value {
             "503".into(),
             problem_response("The read model has not reached CRM-Min-Position in time, or no live version / database; see Retry-After"),
         );
+        responses.insert(
+            "401".into(),
+            problem_response("No valid credentials: missing, expired, forged, wrong issuer or audience (WWW-Authenticate: Bearer)"),
+        );
+        responses.insert(
+            "403".into(),
+            problem_response(&format!(
+                "None of the caller's roles may use `{}` (allowed: {})",
+                r.operation,
+                roles_of(r.operation).join(", ")
+            )),
+        );
+        if matches!(r.answer, Answer::Single) && r.params.iter().any(|p| p.location == In::Path) {
+            responses.insert(
+                "404".into(),
+                problem_response("No such resource, or one of a customer outside the caller's reach (the same answer)"),
+            );
+        }
         paths.insert(
             r.path.to_owned(),
             json!({"get": {
                 "operationId": r.operation_id,
                 "summary": r.summary,
+                "description": format!("Operation `{}`, allowed to: {}. {}", r.operation, roles_of(r.operation).join(", "), reach_of(r.operation)),
+                "x-crm-operation": r.operation,
+                "x-crm-roles": roles_of(r.operation),
+                "security": [{"bearer": []}, {"apiKey": []}],
                 "parameters": parameters,
                 "responses": responses,
             }}),
@@ -830,18 +1024,24 @@ pub fn openapi() -> Value {
     ] {
         paths.insert(
             path.into(),
-            json!({"get": {"summary": summary, "responses": {"200": {"description": "OK"},
+            json!({"get": {"summary": summary, "security": [], "responses": {"200": {"description": "OK"},
                    "503": problem_response("Not ready")}}}),
         );
     }
     json!({
         "openapi": "3.1.0",
+        "security": [{"bearer": []}, {"apiKey": []}],
         "info": {"title": "CRM query-service", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Read models of the CRM over HTTP: customers, timelines, pipeline, alerts, RFM, churn, reports and the audit trail. Every error is RFC 9457 problem+json naming the parameter at fault."},
+                 "description": "Read models of the CRM over HTTP: customers, timelines, pipeline, alerts, RFM, churn, reports and the audit trail. Every error is RFC 9457 problem+json naming the parameter at fault. Every route but /healthz, /readyz, /metrics and /openapi.json needs credentials (401 otherwise); each is one query operation of the permission table (`x-crm-operation`, allowed roles in `x-crm-roles`; 403 for the others), and answers only about the customers within the caller's reach."},
         "paths": paths,
         "components": {"schemas": {"Problem": {"type": "object", "description": "RFC 9457 problem details", "properties": {
             "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
             "detail": {"type": "string"},
-            "field": {"type": "string", "description": "The parameter or header at fault"}}}}}
+            "field": {"type": "string", "description": "The parameter or header at fault"},
+            "operation": {"type": "string", "description": "With 403: the operation the caller's roles may not use"}}}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "HS256 or RS256; `iss`, `aud`, `exp` checked; `sub` is the caller; roles in the `roles` claim"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key", "description": "Configured keys (`--api-keys key=subject:role`), for programs"}
+            }}
     })
 }

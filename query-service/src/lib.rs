@@ -8,7 +8,17 @@
 //! so a replay's switch-over is picked up at once. `CRM-Min-Position` gives read-your-writes:
 //! the request waits, bounded, until the live version's checkpoint has reached the position a
 //! command answered with (see [`position`]).
+//!
+//! Closed by default: every route but `/healthz`, `/readyz`, `/metrics` and `/openapi.json`
+//! needs a bearer token or an API key ([`infra::auth`]). Each route is one query operation of
+//! the permission table (`domain::access::PERMISSIONS`): a caller whose roles may not use it
+//! gets 403. Then record visibility: an account manager sees the customers they own, a sales
+//! director those owned by the members of the teams they direct (the `teams` read model of
+//! the organisation stream) and their own, the other roles every customer. Lists leave the
+//! other customers out; a single resource of one answers 404, exactly as if it did not exist.
+//! Reports are company-wide figures: the permission alone decides.
 
+pub mod access;
 pub mod error;
 pub mod http;
 pub mod list;
@@ -23,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use infra::auth::{AuthArgs, AuthState, Authenticator};
 use infra::config::LogFormat;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
@@ -57,6 +68,8 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "CRM_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// The running service: what every handler can reach.
@@ -67,13 +80,23 @@ pub struct App {
     /// Bound of a read-your-writes wait.
     pub max_wait: Duration,
     pub metrics: Metrics,
+    /// Who is calling: bearer tokens and API keys.
+    pub auth: Arc<Authenticator>,
+}
+
+impl AuthState for App {
+    fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
 }
 
 impl App {
+    /// `auth` authenticates every request but the open paths; see [`Authenticator::from_args`].
     pub fn new(
         pool: PgPool,
         projection: impl Into<String>,
         max_wait: Duration,
+        auth: Authenticator,
     ) -> Result<Arc<App>> {
         let projection = projection.into();
         // the same rule as the projection-service's names: it is spliced into SQL as a schema
@@ -90,6 +113,7 @@ impl App {
             projection,
             max_wait,
             metrics,
+            auth: Arc::new(auth),
         }))
     }
 
@@ -117,11 +141,13 @@ pub fn pool(database_url: &str, connections: u32) -> anyhow::Result<PgPool> {
 
 /// Runs the query-service until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let auth = Authenticator::from_args(&config.auth).context("authentication settings")?;
     let pool = pool(&config.database_url, config.db_connections)?;
     let app = App::new(
         pool,
         config.projection.clone(),
         Duration::from_millis(config.max_wait_ms),
+        auth,
     )
     .context("starting the query-service")?;
     serve(app, config.listen).await

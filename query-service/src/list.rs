@@ -37,6 +37,8 @@ const CSV_CHUNK: usize = 32 * 1024;
 pub enum Bind {
     Text(String),
     Texts(Vec<String>),
+    /// A `text[]` or NULL (e.g. the owners a caller sees; NULL: every customer).
+    OptTexts(Option<Vec<String>>),
     Uuid(Uuid),
     Time(DateTime<Utc>),
     Date(NaiveDate),
@@ -54,6 +56,7 @@ where
         q = match b {
             Bind::Text(v) => q.bind(v.clone()),
             Bind::Texts(v) => q.bind(v.clone()),
+            Bind::OptTexts(v) => q.bind(v.clone()),
             Bind::Uuid(v) => q.bind(*v),
             Bind::Time(v) => q.bind(*v),
             Bind::Date(v) => q.bind(*v),

@@ -1,7 +1,7 @@
 //! The route table: every route with its parameters, answer shape and, for lists, the columns
 //! and the sorts. The router, the parameter checks and `/openapi.json` are all made from it.
 
-use domain::{Channel, EVENT_TYPES};
+use domain::{Channel, EVENT_TYPES, ORGANISATION_EVENT_TYPES};
 
 use crate::list::{Paging, MAX_LIMIT};
 use crate::params::{Kind, ParamSpec};
@@ -21,6 +21,9 @@ pub enum Answer {
 #[derive(Debug, Clone, Copy)]
 pub struct RouteSpec {
     pub path: &'static str,
+    /// The query operation of the permission table (`domain::access::PERMISSIONS`) the route
+    /// is: the caller needs a role that may use it (else 403), and sees what its reach allows.
+    pub operation: &'static str,
     pub operation_id: &'static str,
     pub summary: &'static str,
     pub params: &'static [ParamSpec],
@@ -132,6 +135,7 @@ const CUSTOMER_FILTERS: [ParamSpec; 5] = [
 ];
 pub static CUSTOMERS: RouteSpec = RouteSpec {
     path: "/v1/customers",
+    operation: "customers.list",
     operation_id: "list_customers",
     summary: "Customers, filtered, sorted and paginated",
     params: &[
@@ -152,6 +156,7 @@ pub static CUSTOMERS: RouteSpec = RouteSpec {
 };
 pub static SEGMENT_CUSTOMERS: RouteSpec = RouteSpec {
     path: "/v1/segments/rfm/{segment}/customers",
+    operation: "segments.read",
     operation_id: "list_segment_customers",
     summary: "The customers of one RFM segment",
     params: &[
@@ -172,6 +177,7 @@ pub static SEGMENT_CUSTOMERS: RouteSpec = RouteSpec {
 };
 pub static CUSTOMER: RouteSpec = RouteSpec {
     path: "/v1/customers/{customer_id}",
+    operation: "customers.read",
     operation_id: "get_customer",
     summary: "A customer's 360° view: profile, contacts, touchpoints per channel, open opportunities, service, orders, RFM, churn",
     params: &[ParamSpec::path("customer_id", Kind::Uuid, "Customer id")],
@@ -200,6 +206,7 @@ pub static TIMELINE_PAGING: Paging = Paging {
 };
 pub static TIMELINE: RouteSpec = RouteSpec {
     path: "/v1/customers/{customer_id}/timeline",
+    operation: "timeline.read",
     operation_id: "get_timeline",
     summary: "A customer's timeline in business time (occurred-at)",
     params: &[
@@ -260,6 +267,7 @@ pub static OPPORTUNITY_PAGING: Paging = Paging {
 };
 pub static OPPORTUNITIES: RouteSpec = RouteSpec {
     path: "/v1/opportunities",
+    operation: "opportunities.list",
     operation_id: "list_opportunities",
     summary: "Sales opportunities",
     params: &[
@@ -297,6 +305,7 @@ pub static OPPORTUNITIES: RouteSpec = RouteSpec {
 };
 pub static PIPELINE: RouteSpec = RouteSpec {
     path: "/v1/pipeline",
+    operation: "pipeline.read",
     operation_id: "get_pipeline",
     summary: "Funnel per stage with conversion, win rate, sales cycle, weighted forecast and time in stage",
     params: &[ParamSpec::query(
@@ -332,6 +341,7 @@ pub static ALERT_PAGING: Paging = Paging {
 };
 pub static ALERTS: RouteSpec = RouteSpec {
     path: "/v1/alerts",
+    operation: "alerts.list",
     operation_id: "list_alerts",
     summary: "Stage-duration alerts (an opportunity too long in a stage), open and closed",
     params: &[
@@ -362,6 +372,7 @@ pub static ALERTS: RouteSpec = RouteSpec {
 
 pub static SEGMENTS_RFM: RouteSpec = RouteSpec {
     path: "/v1/segments/rfm",
+    operation: "segments.read",
     operation_id: "list_rfm_segments",
     summary: "RFM segment sizes (customers without orders in the window: no_purchases)",
     params: &[],
@@ -393,6 +404,7 @@ pub static CHURN_PAGING: Paging = Paging {
 };
 pub static CHURN: RouteSpec = RouteSpec {
     path: "/v1/churn",
+    operation: "churn.read",
     operation_id: "list_churn_cases",
     summary: "Churn warnings and cases, with the delaying measures taken",
     params: &[
@@ -427,6 +439,7 @@ pub static CHURN: RouteSpec = RouteSpec {
 
 pub static REPORT: RouteSpec = RouteSpec {
     path: "/v1/reports/{report}",
+    operation: "reports.read",
     operation_id: "get_report",
     summary: "The four reports: contribution (orders per customer), composition (customers by level, credit, satisfaction), service (requests per type), churn (lost customers and reasons). Periods are [from, to) in business time; composition takes none",
     params: &[
@@ -473,6 +486,25 @@ pub const AUDIT_COLUMNS: &[&str] = &[
     "offset",
     "changes",
 ];
+const AUDIT_TYPE_COUNT: usize = EVENT_TYPES.len() + ORGANISATION_EVENT_TYPES.len();
+
+/// Every event type the audit trail holds: the customers' streams' and the organisation
+/// stream's (teams).
+pub const AUDIT_EVENT_TYPES: [&str; AUDIT_TYPE_COUNT] = {
+    let mut out = [""; AUDIT_TYPE_COUNT];
+    let mut i = 0;
+    while i < EVENT_TYPES.len() {
+        out[i] = EVENT_TYPES[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < ORGANISATION_EVENT_TYPES.len() {
+        out[i + j] = ORGANISATION_EVENT_TYPES[j];
+        j += 1;
+    }
+    out
+};
+
 pub static AUDIT_PAGING: Paging = Paging {
     sorts: &[("recorded_at", "t.recorded_at", "timestamptz")],
     default: "recorded_at",
@@ -480,12 +512,18 @@ pub static AUDIT_PAGING: Paging = Paging {
 };
 pub static AUDIT: RouteSpec = RouteSpec {
     path: "/v1/audit",
+    operation: "audit.read",
     operation_id: "list_audit_trail",
     summary: "The audit trail: every change, who made it, when (recorded), from which command",
     params: &[
         ParamSpec::query("customer", Kind::Uuid, "Customer id"),
         ParamSpec::query("actor", Kind::Text { max: 200 }, "Who made the change").multi(),
-        ParamSpec::query("type", Kind::Enum(EVENT_TYPES), "Event type").multi(),
+        ParamSpec::query(
+            "type",
+            Kind::Enum(&AUDIT_EVENT_TYPES),
+            "Event type (customers' and the organisation's)",
+        )
+        .multi(),
         ParamSpec::query("correlation", Kind::Uuid, "Correlation id"),
         ParamSpec::query("from", Kind::Time, "Recorded at or after"),
         ParamSpec::query("to", Kind::Time, "Recorded before"),
@@ -504,6 +542,7 @@ pub static AUDIT: RouteSpec = RouteSpec {
 };
 pub static AUDIT_EVENT: RouteSpec = RouteSpec {
     path: "/v1/audit/events/{event_id}",
+    operation: "audit.read",
     operation_id: "get_audit_event",
     summary: "One change: the event, its command and sibling events, its causation chain and its Kafka position",
     params: &[ParamSpec::path("event_id", Kind::Uuid, "Event id (CloudEvents id)")],
@@ -542,6 +581,26 @@ mod tests {
         assert_eq!(segments, SEGMENTS);
         let stages: Vec<&str> = Stage::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(stages, STAGES);
+    }
+
+    #[test]
+    fn every_route_is_a_query_of_the_permission_table_and_every_query_has_a_route() {
+        use domain::access::{permission, OperationKind, PERMISSIONS};
+        for r in routes() {
+            let p = permission(r.operation)
+                .unwrap_or_else(|| panic!("{}: `{}` is not in the table", r.path, r.operation));
+            assert_eq!(p.kind, OperationKind::Query, "{}", r.path);
+        }
+        for p in PERMISSIONS
+            .iter()
+            .filter(|p| p.kind == OperationKind::Query)
+        {
+            assert!(
+                routes().iter().any(|r| r.operation == p.operation),
+                "the query `{}` has no route",
+                p.operation
+            );
+        }
     }
 
     #[test]

@@ -226,14 +226,26 @@ async fn health_readiness_and_metrics() {
 
     // a database without read models: alive, not ready, and queries say why
     let empty = TestDb::new().await;
-    let app =
-        query_service::App::new(empty.pool.clone(), "rm", Duration::from_millis(100)).unwrap();
+    let app = query_service::App::new(
+        empty.pool.clone(),
+        "rm",
+        Duration::from_millis(100),
+        infra::auth::Authenticator::from_args(&auth_args()).unwrap(),
+    )
+    .unwrap();
     let router = query_service::router(app);
+    let admin = bearer("admin-ma", &[access::Role::Administrator]);
     let call = |uri: &'static str| {
         let router = router.clone();
+        let admin = admin.clone();
         async move {
             let r = router
-                .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+                .oneshot(
+                    Request::get(uri)
+                        .header("authorization", admin)
+                        .body(Body::empty())
+                        .unwrap(),
+                )
                 .await
                 .unwrap();
             let status = r.status();
@@ -293,6 +305,10 @@ async fn csv_is_streamed_in_chunks() {
         .oneshot(
             Request::get("/v1/customers")
                 .header("accept", "text/csv;q=0.9, application/json;q=0.5")
+                .header(
+                    "authorization",
+                    bearer("admin-ma", &[access::Role::Administrator]),
+                )
                 .body(Body::empty())
                 .unwrap(),
         )

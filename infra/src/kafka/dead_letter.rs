@@ -35,6 +35,33 @@ impl DeadLetter {
         }
     }
 
+    /// The original headers (without earlier `dlq_*` headers, and without value-less ones)
+    /// followed by the `dlq_*` headers, for logs other than Kafka.
+    pub fn headers(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<(String, Vec<u8>)> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with("dlq_"))
+            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+            .collect();
+        out.push((DLQ_REASON.to_owned(), self.reason.clone().into_bytes()));
+        if let Some(source) = &self.source {
+            out.push((
+                DLQ_SOURCE_TOPIC.to_owned(),
+                source.topic.clone().into_bytes(),
+            ));
+            out.push((
+                DLQ_SOURCE_PARTITION.to_owned(),
+                source.partition.to_string().into_bytes(),
+            ));
+            out.push((
+                DLQ_SOURCE_OFFSET.to_owned(),
+                source.offset.to_string().into_bytes(),
+            ));
+        }
+        out
+    }
+
     /// The original headers (without earlier `dlq_*` headers) and the `dlq_*` headers.
     pub(crate) fn kafka_headers(&self) -> OwnedHeaders {
         let mut extra: Vec<(&str, Vec<u8>)> = vec![(DLQ_REASON, self.reason.clone().into_bytes())];

@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use domain::envelope::EnvelopeError;
-use domain::RecordedEvent;
+use domain::{RecordedEvent, StreamEvent};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
@@ -61,6 +61,16 @@ impl StoredRecord {
     /// The event in the CloudEvents envelope. Never panics.
     pub fn decode(&self) -> Result<RecordedEvent, EnvelopeError> {
         RecordedEvent::from_kafka(
+            self.key.as_deref(),
+            self.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
+            self.value.as_deref(),
+        )
+    }
+
+    /// The event in the CloudEvents envelope, of either stream of the customer-events topic:
+    /// a customer's, or the organisation stream's (key = the nil UUID). Never panics.
+    pub fn decode_stream(&self) -> Result<StreamEvent, EnvelopeError> {
+        StreamEvent::from_kafka(
             self.key.as_deref(),
             self.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
             self.value.as_deref(),

@@ -351,6 +351,8 @@ pub async fn snapshot(pool: &PgPool, schema: &str) -> BTreeMap<String, String> {
         "churn_cases",
         "churn_measures",
         "stage_alerts",
+        "teams",
+        "team_members",
     ];
     let mut out = BTreeMap::new();
     for table in tables {
@@ -369,4 +371,61 @@ pub async fn snapshot(pool: &PgPool, schema: &str) -> BTreeMap<String, String> {
 pub fn assert_same(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>, what: &str) {
     let differ: Vec<&String> = a.keys().filter(|k| a.get(*k) != b.get(*k)).collect();
     assert!(differ.is_empty(), "{what}: tables differ: {differ:?}");
+}
+
+// ------------------------------------------------------------------ the organisation stream
+
+/// The partition the organisation stream lives on in these tests (any one the customers'
+/// streams do not use).
+pub const ORG_PARTITION: i32 = 7;
+
+/// The organisation stream decided by the domain, and its records.
+pub struct Org {
+    pub state: OrganisationState,
+    pub offset: i64,
+    pub log: Vec<(Position, RecordedOrganisationEvent)>,
+}
+
+impl Org {
+    pub fn new() -> Org {
+        Org {
+            state: OrganisationState::new(),
+            offset: 0,
+            log: Vec::new(),
+        }
+    }
+
+    pub fn exec(&mut self, at: DateTime<Utc>, actor: &str, command: OrganisationCommand) {
+        let events = decide_organisation(&self.state, &command)
+            .unwrap_or_else(|e| panic!("{} refused: {e}", command.name()));
+        let correlation_id = Uuid::now_v7();
+        for event in events {
+            let metadata = EventMetadata {
+                id: Uuid::now_v7(),
+                source: "/test".into(),
+                customer_id: organisation_stream(),
+                sequence: self.state.next_sequence(),
+                actor: actor.into(),
+                command: Some(command.name().into()),
+                command_id: None,
+                correlation_id,
+                causation_id: None,
+                occurred_at: at,
+                recorded_at: at + TimeDelta::seconds(1),
+            };
+            self.state = evolve_organisation(self.state.clone(), &event);
+            let position = Position {
+                topic: TOPIC.into(),
+                partition: ORG_PARTITION,
+                offset: self.offset,
+            };
+            self.offset += 1;
+            self.log
+                .push((position, RecordedOrganisationEvent { metadata, event }));
+        }
+    }
+}
+
+pub fn team(n: u128) -> TeamId {
+    TeamId(Uuid::from_u128(0x7EA0_0000 + n))
 }

@@ -1,7 +1,8 @@
 //! Test support: a fresh database per test; a world that makes valid event streams with
 //! `domain::decide` and lays them out on partitions as a Kafka topic would (as in the
-//! projection-service's tests); read models filled by the real `Projector`; and a client that
-//! calls the query-service router in process.
+//! projection-service's tests), and the organisation stream (teams) decided the same way; read
+//! models filled by the real `Projector`; and a client that calls the query-service router in
+//! process, authenticated: as an administrator unless a request says otherwise.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -346,6 +347,163 @@ pub fn order(number: &str, amount: i64) -> Command {
     })
 }
 
+// ------------------------------------------------------------------ the organisation stream
+
+/// The partition the organisation stream's records are on in these tests (one the customers'
+/// streams of a `World` of at most 4 partitions do not use).
+pub const ORG_PARTITION: i32 = 9;
+
+/// The organisation stream (sales teams) decided by the domain, and its records.
+pub struct Org {
+    pub state: OrganisationState,
+    pub log: Vec<(Position, RecordedOrganisationEvent)>,
+    offset: i64,
+}
+
+impl Default for Org {
+    fn default() -> Self {
+        Org::new()
+    }
+}
+
+impl Org {
+    pub fn new() -> Org {
+        Org {
+            state: OrganisationState::new(),
+            log: Vec::new(),
+            offset: 0,
+        }
+    }
+
+    /// Decides `command` at business time `at` and appends what it causes.
+    pub fn exec(&mut self, at: DateTime<Utc>, actor: &str, command: OrganisationCommand) {
+        let events = decide_organisation(&self.state, &command)
+            .unwrap_or_else(|e| panic!("{} refused: {e}", command.name()));
+        let correlation_id = Uuid::now_v7();
+        for event in events {
+            let metadata = EventMetadata {
+                id: Uuid::now_v7(),
+                source: "/test".into(),
+                customer_id: organisation_stream(),
+                sequence: self.state.next_sequence(),
+                actor: actor.into(),
+                command: Some(command.name().into()),
+                command_id: None,
+                correlation_id,
+                causation_id: None,
+                occurred_at: at,
+                recorded_at: at + TimeDelta::seconds(1),
+            };
+            self.state = evolve_organisation(self.state.clone(), &event);
+            let position = Position {
+                topic: TOPIC.into(),
+                partition: ORG_PARTITION,
+                offset: self.offset,
+            };
+            self.offset += 1;
+            self.log
+                .push((position, RecordedOrganisationEvent { metadata, event }));
+        }
+    }
+
+    /// A team named `name` directed by `director`, with `members` (by an administrator).
+    pub fn team(&mut self, n: u128, name: &str, director: &str, members: &[&str]) -> TeamId {
+        let team_id = team(n);
+        self.exec(
+            t0(),
+            "admin-ma",
+            CreateTeam {
+                team_id,
+                name: name.into(),
+            }
+            .into(),
+        );
+        self.exec(
+            t0(),
+            "admin-ma",
+            AssignTeamDirector {
+                team_id,
+                director: UserId::new(director),
+            }
+            .into(),
+        );
+        for m in members {
+            self.exec(
+                t0(),
+                director,
+                AddTeamMember {
+                    team_id,
+                    member: UserId::new(*m),
+                }
+                .into(),
+            );
+        }
+        team_id
+    }
+
+    /// The records as a consumer decodes them.
+    pub fn stream(&self) -> Vec<(Position, StreamEvent)> {
+        self.log
+            .iter()
+            .map(|(p, e)| (p.clone(), StreamEvent::Organisation(e.clone())))
+            .collect()
+    }
+}
+
+pub fn team(n: u128) -> TeamId {
+    TeamId(Uuid::from_u128(0x7EA0_0000 + n))
+}
+
+// ------------------------------------------------------------------ credentials
+
+pub const SECRET: &str = "a-query-service-test-secret-of-32-bytes+";
+pub const ISSUER: &str = "https://id.example.com";
+pub const AUDIENCE: &str = "crm";
+/// API keys: a channel adapter's and an auditing program's.
+pub const ADAPTER_KEY: &str = "adapter-key-0123456789abcdef";
+pub const AUDITOR_KEY: &str = "auditor-key-0123456789abcdef";
+
+/// The settings of the harness's authenticator: HS256 and RS256 tokens, two API keys.
+pub fn auth_args() -> infra::auth::AuthArgs {
+    infra::auth::AuthArgs {
+        jwt_hs256_secret: Some(SECRET.into()),
+        jwt_rs256_public_key: Some(fixture("rs256-test-public.pem")),
+        jwt_issuer: Some(ISSUER.into()),
+        jwt_audience: Some(AUDIENCE.into()),
+        api_keys: Some(format!(
+            "{ADAPTER_KEY}=channel-wechat:channel_adapter,{AUDITOR_KEY}=audit-bot:auditor"
+        )),
+        channel_sources: None,
+        auth_disabled: false,
+    }
+}
+
+/// infra's RSA test keys.
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../infra/tests/fixtures")
+        .join(name)
+}
+
+/// A valid HS256 bearer token for `subject` with `roles`.
+pub fn token(subject: &str, roles: &[access::Role]) -> String {
+    let roles: Vec<String> = roles.iter().map(|r| r.as_str().to_owned()).collect();
+    infra::auth::mint_hs256(
+        SECRET.as_bytes(),
+        ISSUER,
+        AUDIENCE,
+        subject,
+        &roles,
+        Duration::from_secs(600),
+    )
+    .unwrap()
+}
+
+/// The `Authorization` header value of `token(subject, roles)`.
+pub fn bearer(subject: &str, roles: &[access::Role]) -> String {
+    format!("Bearer {}", token(subject, roles))
+}
+
 // ------------------------------------------------------------------ the service under test
 
 use std::time::Duration;
@@ -353,7 +511,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
-use projection_service::{ProjectionVersion, Projector, ReadModels};
+use projection_service::{Projectable, ProjectionVersion, Projector, ReadModels};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -410,7 +568,8 @@ impl Harness {
             .await
             .unwrap();
         let reads = ReadModels::new(db.pool.clone(), &version);
-        let app = query_service::App::new(db.pool.clone(), "rm", max_wait).unwrap();
+        let auth = infra::auth::Authenticator::from_args(&auth_args()).unwrap();
+        let app = query_service::App::new(db.pool.clone(), "rm", max_wait, auth).unwrap();
         let router = query_service::router(app);
         Harness {
             db,
@@ -420,14 +579,36 @@ impl Harness {
         }
     }
 
-    /// Applies events through the real projector, in batches of 7.
-    pub async fn apply(&self, log: &[(Position, RecordedEvent)]) {
+    /// Applies events (customers' or the organisation's) through the real projector, in
+    /// batches of 7.
+    pub async fn apply<E: Projectable + Sync>(&self, log: &[(Position, E)]) {
         for batch in log.chunks(7) {
             self.projector.apply(batch).await.unwrap();
         }
     }
 
+    /// A GET as an administrator, unless `headers` carry credentials (`authorization` or
+    /// `x-api-key`) of their own.
     pub async fn get_with(&self, uri: &str, headers: &[(&str, &str)]) -> Answer {
+        let own = headers.iter().any(|(k, _)| {
+            k.eq_ignore_ascii_case("authorization") || k.eq_ignore_ascii_case("x-api-key")
+        });
+        let admin = bearer("admin-ma", &[access::Role::Administrator]);
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if !own {
+            all.push(("authorization", &admin));
+        }
+        self.get_raw(uri, &all).await
+    }
+
+    /// A GET as `subject` with `roles` (a bearer token).
+    pub async fn get_as(&self, uri: &str, subject: &str, roles: &[access::Role]) -> Answer {
+        self.get_raw(uri, &[("authorization", &bearer(subject, roles))])
+            .await
+    }
+
+    /// A GET with exactly these headers (no credentials added).
+    pub async fn get_raw(&self, uri: &str, headers: &[(&str, &str)]) -> Answer {
         let mut request = Request::get(uri);
         for (k, v) in headers {
             request = request.header(*k, *v);
