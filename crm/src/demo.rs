@@ -89,8 +89,14 @@ const PRODUCTS: &[(&str, i64)] = &[
 
 pub struct Demo {
     pub command_url: String,
+    /// The query API the demo waits for (read-your-writes on the last positions).
+    pub query_url: String,
     pub customers: usize,
     pub seed: u64,
+    /// Longest wait for the read models to catch up.
+    pub catch_up_timeout: Duration,
+    /// For the `crm token` example printed at the end.
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Signs a token for (subject, role).
@@ -113,9 +119,27 @@ struct Loader<'a> {
     sent: u64,
     mint: Mint<'a>,
     tokens: std::collections::HashMap<String, String>,
+    /// The last position appended per (topic, partition): what the query API must reach.
+    positions: std::collections::BTreeMap<(String, i32), i64>,
 }
 
 impl Loader<'_> {
+    fn saw_position(&mut self, text: &str) {
+        let mut parts = text.rsplitn(3, ':');
+        let (Some(offset), Some(partition), Some(topic)) = (
+            parts.next().and_then(|o| o.parse::<i64>().ok()),
+            parts.next().and_then(|p| p.parse::<i32>().ok()),
+            parts.next(),
+        ) else {
+            return;
+        };
+        let at = self
+            .positions
+            .entry((topic.to_owned(), partition))
+            .or_insert(offset);
+        *at = (*at).max(offset);
+    }
+
     fn token(&mut self, actor: &str) -> anyhow::Result<String> {
         if let Some(t) = self.tokens.get(actor) {
             return Ok(t.clone());
@@ -149,8 +173,16 @@ impl Loader<'_> {
                 .await
                 .with_context(|| format!("{method} {url}"))?;
             let status = r.status();
+            let position = r
+                .headers()
+                .get("crm-position")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
             let answer: Value = r.json().await.unwrap_or(Value::Null);
             if status.is_success() {
+                if let Some(p) = position {
+                    self.saw_position(&p);
+                }
                 self.sent += 1;
                 return Ok(answer);
             }
@@ -173,6 +205,7 @@ impl Demo {
             sent: 0,
             mint,
             tokens: std::collections::HashMap::new(),
+            positions: std::collections::BTreeMap::new(),
         };
         let now = Utc::now();
         // the sales team: a director and the account managers
@@ -461,11 +494,103 @@ impl Demo {
             "\nLoaded {} customers ({} commands and touchpoints) through {}.",
             self.customers, loader.sent, loader.base
         );
-        println!("Look at:");
-        println!("  {}/openapi.json        the command API", loader.base);
-        println!("  the query API (/v1/customers, /v1/pipeline, /v1/alerts, /v1/segments/rfm, /v1/audit) once the projections caught up");
+        let query = self.query_url.trim_end_matches('/').to_owned();
+        let admin = loader.token("admin")?;
+        wait_for_read_models(
+            &loader.client,
+            &query,
+            &admin,
+            &loader.positions,
+            self.catch_up_timeout,
+        )
+        .await?;
+        let data_dir = self.data_dir.display();
+        println!("\nWhere to look (every request needs a bearer token):");
+        println!("  TOKEN=$(crm token --data-dir {data_dir} --subject director-sun --role sales_director)");
+        println!("  curl -s -H \"authorization: Bearer $TOKEN\" '{query}/v1/customers?limit=5'");
+        println!("  {query}/v1/customers/<id>          the 360° view");
+        println!("  {query}/v1/customers/<id>/timeline the timeline in business time");
+        println!("  {query}/v1/pipeline                the funnel, win rate, forecast");
+        println!(
+            "  {query}/v1/alerts?status=open      opportunities stuck past their stage's threshold"
+        );
+        println!("  {query}/v1/segments/rfm            RFM segments (then /v1/segments/rfm/<segment>/customers)");
+        println!("  {query}/v1/churn                   churn cases");
+        println!("  {query}/v1/reports/composition     customers by level, credit, satisfaction");
+        println!(
+            "  {query}/v1/audit?limit=20          who changed what (TOKEN with --role auditor)"
+        );
+        println!(
+            "  {query}/openapi.json               every query;  {}/openapi.json every command",
+            loader.base
+        );
         Ok(())
     }
+}
+
+/// Waits until the query API's read models have applied every position the load produced
+/// (`CRM-Min-Position`), with a spinner.
+async fn wait_for_read_models(
+    client: &reqwest::Client,
+    query: &str,
+    token: &str,
+    positions: &std::collections::BTreeMap<(String, i32), i64>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    if positions.is_empty() {
+        return Ok(());
+    }
+    let wanted: Vec<String> = positions
+        .iter()
+        .map(|((topic, partition), offset)| format!("{topic}:{partition}:{offset}"))
+        .collect();
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_message(format!(
+        "waiting for the read models at {query} to catch up ({} partitions)",
+        wanted.len()
+    ));
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let deadline = std::time::Instant::now() + timeout;
+    // the header takes at most 64 positions: wait for them a chunk at a time
+    for chunk in wanted.chunks(64) {
+        let header = chunk.join(",");
+        loop {
+            let answer = client
+                .get(format!("{query}/v1/customers?limit=1"))
+                .bearer_auth(token)
+                .header("crm-min-position", &header)
+                .send()
+                .await;
+            match answer {
+                Ok(r) if r.status().is_success() => break,
+                Ok(r) if r.status().as_u16() == 503 || r.status().as_u16() == 404 => {}
+                Ok(r) => {
+                    let status = r.status();
+                    let body = r.text().await.unwrap_or_default();
+                    spinner.finish_and_clear();
+                    bail!("the query API at {query} answered {status}: {body}");
+                }
+                Err(e) if std::time::Instant::now() < deadline => {
+                    spinner.set_message(format!("waiting for the query API at {query}: {e}"));
+                }
+                Err(e) => {
+                    spinner.finish_and_clear();
+                    return Err(e).context(format!("reaching the query API at {query}"));
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                spinner.finish_and_clear();
+                bail!(
+                    "the read models at {query} did not catch up within {} s (is the projection running?)",
+                    timeout.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    spinner.finish_and_clear();
+    println!("The read models have caught up.");
+    Ok(())
 }
 
 async fn send_batch(loader: &mut Loader<'_>, touchpoints: &mut Vec<Value>) -> anyhow::Result<()> {
@@ -484,6 +609,21 @@ async fn send_batch(loader: &mut Loader<'_>, touchpoints: &mut Vec<Value>) -> an
         .await
         .context("sending a touchpoint batch")?;
     let answer: Value = r.json().await.context("reading the batch answer")?;
+    for result in answer["results"].as_array().into_iter().flatten() {
+        if let Some(p) = result["outcome"]["events"]
+            .as_array()
+            .and_then(|events| events.last())
+            .map(|e| &e["position"])
+        {
+            if let (Some(topic), Some(partition), Some(offset)) = (
+                p["topic"].as_str(),
+                p["partition"].as_i64(),
+                p["offset"].as_i64(),
+            ) {
+                loader.saw_position(&format!("{topic}:{partition}:{offset}"));
+            }
+        }
+    }
     let rejected = answer["rejected"].as_u64().unwrap_or(count);
     if rejected > 0 {
         bail!(

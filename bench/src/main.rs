@@ -1,0 +1,77 @@
+//! `crm-bench`: the platform's figures, each beside its physical limit measured in the same
+//! run (see docs/benchmarks.md).
+//!
+//! ```sh
+//! cargo run --release -p crm-bench -- run --preset small --out bench/results/small.json
+//! ```
+//!
+//! `run` starts a private broker (nisshi with its memory engine, unless `--brokers`), a fresh
+//! PostgreSQL database, and the services as separate processes (this binary in its `serve-*`
+//! and `replay` roles), then measures: ingest through the HTTP batch endpoint vs. a bare
+//! producer, command latency at a fixed rate, a full replay vs. a bare `COPY` of the same rows,
+//! the embedded default, freshness (append to visible in the 360 view), query latency and
+//! throughput, and the peak memory of each process.
+
+mod bulk;
+mod gen;
+mod procs;
+mod run;
+mod serve;
+mod stats;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "crm-bench", version, about = "Measures the CRM platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run a preset and print (and optionally write) its figures as JSON.
+    Run(run::RunArgs),
+    /// (role) command-service on the given broker, every partition owned.
+    ServeCommand(serve::CommandArgs),
+    /// (role) projection-service following the live version.
+    ServeProjection(serve::ProjectionArgs),
+    /// (role) query-service.
+    ServeQuery(serve::QueryArgs),
+    /// (role) a full replay into a new version; prints one JSON line.
+    Replay(serve::ReplayArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Cmd::Run(a) => run::run(a).await,
+            Cmd::ServeCommand(a) => {
+                init_logs();
+                serve::command(a).await
+            }
+            Cmd::ServeProjection(a) => {
+                init_logs();
+                serve::projection(a).await
+            }
+            Cmd::ServeQuery(a) => {
+                init_logs();
+                serve::query(a).await
+            }
+            Cmd::Replay(a) => {
+                init_logs();
+                serve::replay(a).await
+            }
+        }
+    })
+}
+
+/// The services' logs go to files under the run's work directory; the harness starts them
+/// with `RUST_LOG=warn` unless told otherwise.
+fn init_logs() {
+    infra::config::init_tracing(infra::config::LogFormat::Text);
+}

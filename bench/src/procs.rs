@@ -1,0 +1,138 @@
+//! Child processes: the broker and the services (this binary in its serve roles).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::stats::vm_hwm_kib;
+
+/// A child process, killed when dropped.
+pub struct Proc {
+    pub name: String,
+    child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory so far, in KiB.
+    pub fn peak_kib(&self) -> Option<u64> {
+        vm_hwm_kib(self.pid())
+    }
+
+    /// Fails when the process has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited ({status}); its log: {}\n{}",
+                self.name,
+                self.log.display(),
+                tail(&self.log)
+            );
+        }
+        Ok(())
+    }
+
+    pub fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last lines of a log file.
+pub fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts `program args...` with stdout and stderr to `log`.
+pub fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Proc> {
+    let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    let child = Command::new(program)
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    Ok(Proc {
+        name: name.to_owned(),
+        child,
+        log,
+    })
+}
+
+/// Starts this binary in one of its roles.
+pub fn spawn_role(name: &str, args: &[String], log: PathBuf) -> anyhow::Result<Proc> {
+    let me = std::env::current_exe().context("locating crm-bench")?;
+    spawn(name, &me, args, log)
+}
+
+/// Waits until something accepts connections on the port.
+pub fn wait_for_port(p: &mut Proc, port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        p.check_alive()?;
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "{} did not listen on {addr} within {timeout:?}; log:\n{}",
+        p.name,
+        tail(&p.log)
+    )
+}
+
+/// A private nisshi/tansu broker with its memory engine on a free port.
+pub fn start_broker(binary: &Path, dir: &Path) -> anyhow::Result<(Proc, String)> {
+    std::fs::create_dir_all(dir)?;
+    let port = free_port()?;
+    let url = format!("tcp://127.0.0.1:{port}");
+    let out = std::fs::File::create(dir.join("broker.log"))?;
+    let err = out.try_clone()?;
+    let child = Command::new(binary)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "memory://tansu/"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let mut p = Proc {
+        name: "broker".into(),
+        child,
+        log: dir.join("broker.log"),
+    };
+    wait_for_port(&mut p, port, Duration::from_secs(30))?;
+    Ok((p, format!("127.0.0.1:{port}")))
+}

@@ -1,0 +1,1193 @@
+//! The orchestrator: starts the broker and the services, loads the data set, and measures
+//! each figure beside its physical limit in the same run.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use chrono::Utc;
+use futures::StreamExt;
+use infra::embedded::EmbeddedLog;
+use infra::kafka::{provision_topics, scan_partition, KafkaSettings, StoredRecord};
+use infra::log::CustomerLog;
+use infra::Position;
+use projection_service::{drop_version, ProjectionVersion, Projector};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::gen::{self, Rng, Script};
+use crate::procs::{self, Proc};
+use crate::serve::connect;
+use crate::stats::{rate, ratio, round, Latency, Machine};
+
+/// Sizes and rates of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Preset {
+    pub name: String,
+    pub customers: usize,
+    /// Touchpoints per customer, from..to (exclusive).
+    pub touchpoints: (u64, u64),
+    /// Customers loaded at once (each customer's commands in order).
+    pub load_concurrency: usize,
+    pub ingest_batch: usize,
+    pub ingest_concurrency: usize,
+    pub latency_rate: u64,
+    pub latency_seconds: u64,
+    pub freshness_rate: u64,
+    pub freshness_seconds: u64,
+    pub query_seconds: u64,
+    pub query_concurrency: usize,
+    /// Grow the read models in bulk to this many times the loaded data before the freshness
+    /// and query phases (1: as loaded).
+    pub scale: usize,
+}
+
+impl Preset {
+    pub fn named(name: &str) -> anyhow::Result<Preset> {
+        let base = Preset {
+            name: name.to_owned(),
+            customers: 2000,
+            touchpoints: (15, 45),
+            load_concurrency: 48,
+            ingest_batch: 1000,
+            ingest_concurrency: 4,
+            latency_rate: 200,
+            latency_seconds: 15,
+            freshness_rate: 20,
+            freshness_seconds: 15,
+            query_seconds: 10,
+            query_concurrency: 4,
+            scale: 1,
+        };
+        Ok(match name {
+            "tiny" => Preset {
+                customers: 30,
+                touchpoints: (5, 10),
+                ingest_batch: 100,
+                latency_rate: 20,
+                latency_seconds: 2,
+                freshness_rate: 5,
+                freshness_seconds: 2,
+                query_seconds: 1,
+                ..base
+            },
+            "small" => base,
+            // 100k customers, ~10M events: 2,000 customers with ~100 touchpoints each loaded for
+            // real, then the read models replicated 50 times in SQL with new ids.
+            "large" => Preset {
+                touchpoints: (60, 140),
+                scale: 50,
+                ..base
+            },
+            other => bail!("unknown preset `{other}` (tiny, small, large)"),
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// tiny (smoke test), small (under 5 minutes), large (100k customers / ~10M events).
+    #[arg(long, default_value = "small")]
+    pub preset: String,
+    /// Where to write the figures as JSON.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// An existing Kafka-protocol broker; otherwise a private nisshi with its memory engine.
+    #[arg(long, env = "CRM_BENCH_BROKERS")]
+    pub brokers: Option<String>,
+    /// The nisshi (or tansu) binary for the private broker.
+    #[arg(long, env = "CRM_BENCH_BROKER_BIN")]
+    pub broker_bin: Option<PathBuf>,
+    /// PostgreSQL server (a database `crm_bench_<preset>` is created afresh on it).
+    #[arg(
+        long,
+        env = "CRM_BENCH_POSTGRES",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    pub postgres: String,
+    #[arg(long, default_value_t = 12)]
+    pub partitions: i32,
+    #[arg(long, default_value_t = 2026)]
+    pub seed: u64,
+    /// Override the preset's customer count.
+    #[arg(long)]
+    pub customers: Option<usize>,
+    /// Override the preset's bulk scale factor.
+    #[arg(long)]
+    pub scale: Option<usize>,
+}
+
+/// Everything measured, as written to the JSON file.
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    preset: Value,
+    machine: Value,
+    started_at: String,
+    data: Value,
+    load: Value,
+    ingest: Value,
+    command_latency: Value,
+    replay: Value,
+    embedded: Value,
+    bulk: Value,
+    freshness: Value,
+    queries: Value,
+    memory: Value,
+    targets: Value,
+    wall_seconds: f64,
+}
+
+struct Ctx {
+    http: reqwest::Client,
+    command_url: String,
+    admin: String,
+    adapter: String,
+}
+
+fn default_broker_bin() -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    home.join(".cache/crm-tools/nisshi-0.7.0/bin/nisshi")
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let wall = Instant::now();
+    let mut preset = Preset::named(&args.preset)?;
+    if let Some(c) = args.customers {
+        preset.customers = c;
+    }
+    if let Some(s) = args.scale {
+        preset.scale = s.max(1);
+    }
+    let work = std::env::temp_dir().join(format!(
+        "crm-bench-{}-{}",
+        preset.name,
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&work)?;
+    eprintln!("crm-bench: preset {} (logs in {})", preset.name, work.display());
+
+    // ---------------------------------------------------------------- the test bed
+    let database = format!("crm_bench_{}", preset.name);
+    let admin_pool = connect(&format!("{}/postgres", args.postgres), 1).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .execute(&admin_pool)
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE {database}"))
+        .execute(&admin_pool)
+        .await?;
+    let (pg_version,): (String,) = sqlx::query_as("SELECT version()")
+        .fetch_one(&admin_pool)
+        .await?;
+    admin_pool.close().await;
+    let database_url = format!("{}/{database}", args.postgres);
+    let pool = connect(&database_url, 4).await?;
+    let machine = Machine::probe(pg_version);
+
+    let (broker, brokers) = match &args.brokers {
+        Some(b) => (None, b.clone()),
+        None => {
+            let bin = args.broker_bin.clone().unwrap_or_else(default_broker_bin);
+            if !bin.is_file() {
+                bail!(
+                    "no broker: {} is missing (scripts/kafka-testbed.sh ensure builds it), and no --brokers",
+                    bin.display()
+                );
+            }
+            let (p, b) = procs::start_broker(&bin, &work.join("broker"))?;
+            (Some(p), b)
+        }
+    };
+    let prefix = format!("bench-{}-{}.", preset.name, Utc::now().timestamp_millis());
+    let mut settings = KafkaSettings::new(brokers.clone(), prefix.clone());
+    settings.partitions = args.partitions;
+    settings.client_id = "crm-bench".into();
+    provision_topics(&settings)
+        .await
+        .context("provisioning topics")?;
+    let topic = settings.topics().customer_events();
+    let log_args = vec![
+        "--brokers".to_owned(),
+        brokers.clone(),
+        "--prefix".to_owned(),
+        prefix.clone(),
+        "--partitions".to_owned(),
+        args.partitions.to_string(),
+    ];
+
+    // ---------------------------------------------------------------- command-service
+    let secret = format!("{}{}", Uuid::now_v7().simple(), Uuid::now_v7().simple());
+    let (issuer, audience) = ("crm-bench", "crm");
+    let mint = |subject: &str, role: &str| {
+        infra::auth::mint_hs256(
+            secret.as_bytes(),
+            issuer,
+            audience,
+            subject,
+            &[role.to_owned()],
+            Duration::from_secs(24 * 3600),
+        )
+    };
+    let command_port = procs::free_port()?;
+    let mut role = vec!["serve-command".to_owned()];
+    role.extend(log_args.clone());
+    role.extend([
+        "--listen".to_owned(),
+        format!("127.0.0.1:{command_port}"),
+        "--secret".to_owned(),
+        secret.clone(),
+        "--issuer".to_owned(),
+        issuer.to_owned(),
+        "--audience".to_owned(),
+        audience.to_owned(),
+    ]);
+    let mut command = procs::spawn_role("command-service", &role, work.join("command.log"))?;
+    procs::wait_for_port(&mut command, command_port, Duration::from_secs(120))?;
+    let ctx = Ctx {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .timeout(Duration::from_secs(60))
+            .build()?,
+        command_url: format!("http://127.0.0.1:{command_port}"),
+        admin: mint("bench-admin", "administrator")?,
+        adapter: mint("adapter:bench", "channel_adapter")?,
+    };
+
+    let mut preset_value = serde_json::to_value(&preset)?;
+    preset_value["services_kafka_extra"] =
+        json!(std::env::var("CRM_BENCH_KAFKA_EXTRA").unwrap_or_default());
+    let mut report = Report {
+        preset: preset_value,
+        machine: serde_json::to_value(&machine)?,
+        started_at: Utc::now().to_rfc3339(),
+        ..Report::default()
+    };
+
+    // ---------------------------------------------------------------- load (single commands)
+    let scripts = gen::scripts(
+        args.seed,
+        preset.customers,
+        preset.touchpoints,
+        Utc::now(),
+    );
+    report.load = load(&ctx, &scripts, preset.load_concurrency).await?;
+    eprintln!("load: {}", report.load);
+
+    // ---------------------------------------------------------------- 1. ingest vs bare producer
+    report.ingest = ingest(&ctx, &settings, &topic, &scripts, &preset).await?;
+    eprintln!("ingest: {}", report.ingest);
+
+    // ---------------------------------------------------------------- 2. command latency
+    report.command_latency = command_latency(&ctx, &scripts, &preset).await?;
+    eprintln!("command latency: {}", report.command_latency);
+    command.check_alive()?;
+
+    // ---------------------------------------------------------------- 3. replay vs COPY
+    let ends = end_offsets(&settings, &topic).await?;
+    let log_records: i64 = ends.iter().sum();
+    let mut role = vec!["replay".to_owned()];
+    role.extend(log_args.clone());
+    role.extend(["--database-url".to_owned(), database_url.clone()]);
+    let replay_proc = procs::spawn_role("replay", &role, work.join("replay.log"))?;
+    let replay_out = watch_replay(replay_proc, &[&command]).await?;
+    let events_applied = replay_out["events_applied"].as_u64().unwrap_or(0);
+    let replay_seconds = replay_out["total_seconds"].as_f64().unwrap_or(0.0);
+    let consumer_seconds = replay_out["consumer_seconds"]
+        .as_f64()
+        .unwrap_or(replay_seconds);
+    let replay_eps = events_applied as f64 / consumer_seconds.max(1e-9);
+    let copy = copy_baseline(&pool, events_applied).await?;
+    let copy_eps = copy["events_per_second_equivalent"].as_f64().unwrap_or(0.0);
+    report.replay = json!({
+        "what": "projection_service::replay (Kafka consumer, manual assignment, batches of 1000, one transaction per batch) from offset 0 into rm_v1, then RFM recompute, alert sweep and activation; a separate process",
+        "log_records": log_records,
+        "events_applied": events_applied,
+        "consumer_seconds": round(consumer_seconds),
+        "total_seconds_with_rfm_sweep_activation": round(replay_seconds),
+        "events_per_second": round(replay_eps),
+        "copy_baseline": copy,
+        "ratio_to_copy": ratio(replay_eps, copy_eps),
+        "peak_rss_kib": replay_out["vm_hwm_kib"],
+        "peak_rss_during_replay_kib": replay_out["others_peak_kib"],
+    });
+    eprintln!("replay: {}", report.replay);
+
+    // ---------------------------------------------------------------- embedded default
+    report.embedded = embedded(&pool, &settings, &topic, &work).await?;
+    eprintln!("embedded: {}", report.embedded);
+
+    // ---------------------------------------------------------------- bulk growth (large)
+    if preset.scale > 1 {
+        report.bulk = crate::bulk::grow(&pool, preset.scale).await?;
+        eprintln!("bulk: {}", report.bulk);
+    }
+    let sizes = data_size(&pool, "rm_v1").await?;
+    report.data = sizes.clone();
+
+    // ---------------------------------------------------------------- live projection + query
+    let mut role = vec!["serve-projection".to_owned()];
+    role.extend(log_args.clone());
+    role.extend(["--database-url".to_owned(), database_url.clone()]);
+    let mut projection =
+        procs::spawn_role("projection-service", &role, work.join("projection.log"))?;
+    let query_port = procs::free_port()?;
+    let role = vec![
+        "serve-query".to_owned(),
+        "--database-url".to_owned(),
+        database_url.clone(),
+        "--listen".to_owned(),
+        format!("127.0.0.1:{query_port}"),
+        "--secret".to_owned(),
+        secret.clone(),
+        "--issuer".to_owned(),
+        issuer.to_owned(),
+        "--audience".to_owned(),
+        audience.to_owned(),
+    ];
+    let mut query = procs::spawn_role("query-service", &role, work.join("query.log"))?;
+    procs::wait_for_port(&mut query, query_port, Duration::from_secs(60))?;
+    let query_url = format!("http://127.0.0.1:{query_port}");
+    projection.check_alive()?;
+
+    // ---------------------------------------------------------------- 4. freshness
+    report.freshness = freshness(&ctx, &query_url, &scripts, &preset).await?;
+    eprintln!("freshness: {}", report.freshness);
+    projection.check_alive()?;
+
+    // ---------------------------------------------------------------- 5. queries
+    report.queries = queries(&ctx, &query_url, &pool, &preset).await?;
+    eprintln!("queries: {}", report.queries);
+
+    // ---------------------------------------------------------------- 6. memory
+    report.memory = json!({
+        "what": "VmHWM (peak resident set) of each process over the whole run; the replay process's own figure is the replay",
+        "command_service_kib": command.peak_kib(),
+        "projection_replay_kib": report.replay["peak_rss_kib"],
+        "projection_service_live_kib": projection.peak_kib(),
+        "query_service_kib": query.peak_kib(),
+        "broker_kib": broker.as_ref().and_then(Proc::peak_kib),
+        "harness_kib": crate::stats::vm_hwm_kib(std::process::id()),
+    });
+    report.targets = targets(&report);
+    report.wall_seconds = round(wall.elapsed().as_secs_f64());
+
+    query.stop();
+    projection.stop();
+    command.stop();
+    if let Some(b) = broker {
+        b.stop();
+    }
+    pool.close().await;
+
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
+    if let Some(out) = &args.out {
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(out, format!("{text}\n"))
+            .with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("crm-bench: wrote {}", out.display());
+    }
+    let _ = std::fs::remove_dir_all(work.join("embedded"));
+    Ok(())
+}
+
+fn targets(r: &Report) -> Value {
+    let replay = r.replay["events_per_second"].as_f64().unwrap_or(0.0);
+    let ingest = r.ingest["http_batch"]["touchpoints_per_second"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let view = r.queries["customer_360"]["latency"]["p99_ms"]
+        .as_f64()
+        .unwrap_or(f64::MAX);
+    let fresh = r.freshness["latency"]["p99_ms"].as_f64().unwrap_or(f64::MAX);
+    json!({
+        "replay_events_per_second": {"target": 50000, "measured": replay, "met": replay >= 50000.0},
+        "ingest_touchpoints_per_second": {"target": 20000, "measured": ingest, "met": ingest >= 20000.0},
+        "customer_360_p99_ms": {"target": 20, "measured": view, "met": view <= 20.0},
+        "freshness_p99_ms": {"target": 500, "measured": fresh, "met": fresh <= 500.0},
+    })
+}
+
+// -------------------------------------------------------------------- load
+
+/// Every customer's single commands through the HTTP API, `concurrency` customers at a time.
+async fn load(ctx: &Ctx, scripts: &[Script], concurrency: usize) -> anyhow::Result<Value> {
+    let started = Instant::now();
+    let results: Vec<(usize, usize, Vec<Duration>, Option<String>)> =
+        futures::stream::iter(scripts.iter().map(|s| async move {
+            let (mut ok, mut failed, mut lat, mut first_error) = (0, 0, Vec::new(), None);
+            for r in &s.commands {
+                let t = Instant::now();
+                let sent = ctx
+                    .http
+                    .request(r.method.clone(), format!("{}{}", ctx.command_url, r.path))
+                    .bearer_auth(&ctx.admin)
+                    .json(&r.body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(a) if a.status().is_success() => {
+                        let _ = a.bytes().await;
+                        ok += 1;
+                        lat.push(t.elapsed());
+                    }
+                    Ok(a) => {
+                        failed += 1;
+                        let status = a.status();
+                        let body = a.text().await.unwrap_or_default();
+                        first_error.get_or_insert(format!("{} {}: {status} {body}", r.method, r.path));
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        first_error.get_or_insert(e.to_string());
+                    }
+                }
+            }
+            (ok, failed, lat, first_error)
+        }))
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    let ok: usize = results.iter().map(|r| r.0).sum();
+    let failed: usize = results.iter().map(|r| r.1).sum();
+    let lat: Vec<Duration> = results.iter().flat_map(|r| r.2.iter().copied()).collect();
+    let first_error = results.iter().find_map(|r| r.3.clone());
+    if ok == 0 {
+        bail!("no command was accepted: {}", first_error.unwrap_or_default());
+    }
+    Ok(json!({
+        "what": "the data set's single commands over HTTP (register, contacts, orders, opportunities, service requests, complaints, churn), each customer's in order, customers concurrently",
+        "customers": scripts.len(),
+        "commands_accepted": ok,
+        "commands_failed": failed,
+        "first_error": first_error,
+        "concurrency": concurrency,
+        "seconds": round(elapsed.as_secs_f64()),
+        "commands_per_second": rate(ok as u64, elapsed),
+        "latency": Latency::of(&lat),
+    }))
+}
+
+// -------------------------------------------------------------------- ingest
+
+async fn end_offsets(settings: &KafkaSettings, topic: &str) -> anyhow::Result<Vec<i64>> {
+    let settings = settings.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<i64>> {
+        let consumer: BaseConsumer = settings.reader_config().create()?;
+        (0..settings.partitions)
+            .map(|p| {
+                Ok(consumer
+                    .fetch_watermarks(&topic, p, settings.operation_timeout())?
+                    .1)
+            })
+            .collect()
+    })
+    .await?
+}
+
+/// Committed records of every partition from `from[p]` on.
+async fn read_all(
+    settings: &KafkaSettings,
+    topic: &str,
+    from: &[i64],
+) -> anyhow::Result<Vec<StoredRecord>> {
+    let settings = settings.clone();
+    let topic = topic.to_owned();
+    let from = from.to_vec();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<StoredRecord>> {
+        let mut out = Vec::new();
+        for p in 0..settings.partitions {
+            let start = from.get(p as usize).copied().unwrap_or(0);
+            scan_partition(&settings, &topic, p, start, |r| {
+                out.push(r);
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    })
+    .await?
+}
+
+async fn ingest(
+    ctx: &Ctx,
+    settings: &KafkaSettings,
+    topic: &str,
+    scripts: &[Script],
+    preset: &Preset,
+) -> anyhow::Result<Value> {
+    // the batch endpoint, as channel adapters use it
+    let items: Vec<&Value> = scripts.iter().flat_map(|s| s.touchpoints.iter()).collect();
+    let bodies: Vec<Vec<u8>> = items
+        .chunks(preset.ingest_batch.max(1))
+        .map(|chunk| {
+            let mut body = Vec::new();
+            for item in chunk {
+                if serde_json::to_writer(&mut body, item).is_ok() {
+                    body.push(b'\n');
+                }
+            }
+            body
+        })
+        .collect();
+    let body_bytes: usize = bodies.iter().map(Vec::len).sum();
+    let before = end_offsets(settings, topic).await?;
+    let started = Instant::now();
+    let answers: Vec<anyhow::Result<(u64, u64, Duration)>> =
+        futures::stream::iter(bodies.into_iter().map(|body| async move {
+            let t = Instant::now();
+            let r = ctx
+                .http
+                .post(format!("{}/v1/touchpoints:batch", ctx.command_url))
+                .bearer_auth(&ctx.adapter)
+                .header("content-type", "application/x-ndjson")
+                .body(body)
+                .send()
+                .await?;
+            let status = r.status();
+            let v: Value = r.json().await?;
+            if !status.is_success() {
+                bail!("batch answered {status}: {v}");
+            }
+            Ok((
+                v["accepted"].as_u64().unwrap_or(0),
+                v["rejected"].as_u64().unwrap_or(0),
+                t.elapsed(),
+            ))
+        }))
+        .buffer_unordered(preset.ingest_concurrency.max(1))
+        .collect()
+        .await;
+    let http_elapsed = started.elapsed();
+    let (mut accepted, mut rejected, mut lat) = (0u64, 0u64, Vec::new());
+    for a in answers {
+        let (ok, no, d) = a?;
+        accepted += ok;
+        rejected += no;
+        lat.push(d);
+    }
+    let after = end_offsets(settings, topic).await?;
+
+    // the same records, read back, written by a bare producer to a topic of their own
+    let records = read_all(settings, topic, &before).await?;
+    let records: Vec<StoredRecord> = records
+        .into_iter()
+        .filter(|r| {
+            after
+                .get(r.position.partition as usize)
+                .is_some_and(|end| r.position.offset < *end)
+        })
+        .collect();
+    let record_bytes: usize = records
+        .iter()
+        .map(|r| {
+            r.key.as_ref().map_or(0, Vec::len)
+                + r.value.as_ref().map_or(0, Vec::len)
+                + r.headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                    .sum::<usize>()
+        })
+        .sum();
+    let bare_topic = format!("{}bare-producer", settings.topic_prefix);
+    create_topic(settings, &bare_topic).await?;
+    let producer: FutureProducer = settings.producer_config().create()?;
+    // one warm-up record so that metadata and the producer id are there before timing
+    let _ = producer
+        .send(
+            FutureRecord::<[u8], [u8]>::to(&bare_topic)
+                .partition(0)
+                .payload(b"warm-up".as_slice()),
+            Duration::from_secs(30),
+        )
+        .await;
+    let started = Instant::now();
+    let delivered: Vec<bool> = futures::stream::iter(records.iter().map(|r| {
+        let producer = &producer;
+        let bare_topic = &bare_topic;
+        async move {
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+            for (k, v) in &r.headers {
+                headers = headers.insert(Header {
+                    key: k.as_str(),
+                    value: v.as_deref(),
+                });
+            }
+            let mut record = FutureRecord::<[u8], [u8]>::to(bare_topic)
+                .partition(r.position.partition)
+                .headers(headers);
+            if let Some(k) = &r.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(v) = &r.value {
+                record = record.payload(v.as_slice());
+            }
+            producer
+                .send(record, Duration::from_secs(60))
+                .await
+                .is_ok()
+        }
+    }))
+    .buffer_unordered(50_000)
+    .collect()
+    .await;
+    let bare_elapsed = started.elapsed();
+    let bare_ok = delivered.iter().filter(|d| **d).count() as u64;
+    let http_rate = rate(accepted, http_elapsed);
+    let bare_rate = rate(bare_ok, bare_elapsed);
+    Ok(json!({
+        "http_batch": {
+            "what": "POST /v1/touchpoints:batch (NDJSON, minted channel_adapter token) to command-service in its own process: parse, authorize, decide against the customer's state, one Kafka transaction per partition per batch",
+            "touchpoints": items.len(),
+            "accepted": accepted,
+            "rejected": rejected,
+            "batch_size": preset.ingest_batch,
+            "concurrent_batches": preset.ingest_concurrency,
+            "request_bytes": body_bytes,
+            "seconds": round(http_elapsed.as_secs_f64()),
+            "touchpoints_per_second": http_rate,
+            "batch_latency": Latency::of(&lat),
+        },
+        "bare_producer": {
+            "what": "the very records the batch endpoint appended (key, CloudEvents headers, JSON body), read back and produced by one idempotent rdkafka producer (acks=all, librdkafka defaults) to a topic with the same partitions on the same broker",
+            "records": records.len(),
+            "delivered": bare_ok,
+            "record_bytes": record_bytes,
+            "seconds": round(bare_elapsed.as_secs_f64()),
+            "records_per_second": bare_rate,
+        },
+        "ratio_http_to_bare": ratio(http_rate, bare_rate),
+    }))
+}
+
+async fn create_topic(settings: &KafkaSettings, name: &str) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = settings.admin_config().create()?;
+    let topic = NewTopic::new(name, settings.partitions, TopicReplication::Fixed(1));
+    for r in admin
+        .create_topics(&[topic], &AdminOptions::new())
+        .await?
+    {
+        if let Err((t, e)) = r {
+            bail!("creating {t}: {e}");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(())
+}
+
+// -------------------------------------------------------------------- command latency
+
+fn touchpoint_command(rng: &mut Rng) -> Value {
+    let mut body = json!({"touchpoint": gen::touchpoint(rng, "上海", None)});
+    if let Value::Object(m) = &mut body {
+        m.insert("occurred_at".into(), json!(Utc::now().to_rfc3339()));
+    }
+    body
+}
+
+/// Open loop: one command every 1/rate s whatever the answers do; latency from the moment the
+/// command was due (so a stall counts for every command it delays).
+async fn command_latency(ctx: &Ctx, scripts: &[Script], preset: &Preset) -> anyhow::Result<Value> {
+    let mut rng = Rng(7);
+    let total = preset.latency_rate * preset.latency_seconds;
+    let period = Duration::from_secs_f64(1.0 / preset.latency_rate.max(1) as f64);
+    let mut tasks = JoinSet::new();
+    let started = tokio::time::Instant::now();
+    for i in 0..total {
+        let due = started + period.mul_f64(i as f64);
+        tokio::time::sleep_until(due).await;
+        let Some(s) = scripts.get(rng.below(scripts.len() as u64) as usize) else {
+            continue;
+        };
+        let url = format!("{}/v1/customers/{}/touchpoints", ctx.command_url, s.customer_id);
+        let body = touchpoint_command(&mut rng);
+        let request = ctx.http.post(url).bearer_auth(&ctx.admin).json(&body);
+        tasks.spawn(async move {
+            match request.send().await {
+                Ok(r) if r.status().is_success() => {
+                    let _ = r.bytes().await;
+                    Ok(due.elapsed())
+                }
+                Ok(r) => Err(r.status().to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+    }
+    let (mut lat, mut errors) = (Vec::new(), Vec::new());
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(d)) => lat.push(d),
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let elapsed = started.elapsed();
+    Ok(json!({
+        "what": "POST /v1/customers/{id}/touchpoints (one command, one event, one Kafka transaction) on random loaded customers, open loop",
+        "rate_per_second": preset.latency_rate,
+        "seconds": preset.latency_seconds,
+        "sent": total,
+        "ok": lat.len(),
+        "errors": errors.len(),
+        "first_error": errors.first(),
+        "achieved_per_second": rate(lat.len() as u64, elapsed),
+        "latency": Latency::of(&lat),
+    }))
+}
+
+// -------------------------------------------------------------------- replay
+
+/// Waits for the replay process, sampling the other processes' peak memory meanwhile.
+async fn watch_replay(mut replay: Proc, others: &[&Proc]) -> anyhow::Result<Value> {
+    let log = replay.log.clone();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match replay.check_alive() {
+            Ok(()) => continue,
+            Err(_) => break,
+        }
+    }
+    let text = std::fs::read_to_string(&log)?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("the replay printed no result; its log:\n{}", procs::tail(&log)))?;
+    let mut v: Value = serde_json::from_str(line)?;
+    let peaks: HashMap<String, Option<u64>> = others
+        .iter()
+        .map(|p| (p.name.clone(), p.peak_kib()))
+        .collect();
+    v["others_peak_kib"] = serde_json::to_value(peaks)?;
+    drop(replay);
+    Ok(v)
+}
+
+/// The read-model tables a replay writes.
+const TABLES: &[&str] = &[
+    "customers",
+    "contacts",
+    "touchpoint_stats",
+    "service_requests",
+    "complaints",
+    "orders",
+    "timeline",
+    "opportunities",
+    "stage_history",
+    "stage_alerts",
+    "alert_outbox",
+    "audit_trail",
+    "rfm",
+    "churn_cases",
+    "churn_measures",
+];
+
+/// The rows the replay wrote into rm_v1, copied with a bare `COPY ... FROM STDIN (binary)`
+/// into the same tables of a fresh version (same schema, same indexes), in one transaction.
+async fn copy_baseline(pool: &PgPool, events: u64) -> anyhow::Result<Value> {
+    let mut conn = pool.acquire().await?;
+    let mut data: Vec<(&str, Vec<bytes::Bytes>)> = Vec::new();
+    let mut rows_total = 0i64;
+    let mut per_table = serde_json::Map::new();
+    for t in TABLES {
+        let (rows,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM rm_v1.{t}"))
+            .fetch_one(&mut *conn)
+            .await?;
+        rows_total += rows;
+        per_table.insert((*t).to_owned(), json!(rows));
+        let mut chunks = Vec::new();
+        let mut stream = conn
+            .copy_out_raw(&format!("COPY rm_v1.{t} TO STDOUT (FORMAT binary)"))
+            .await?;
+        while let Some(chunk) = stream.next().await {
+            chunks.push(chunk?);
+        }
+        drop(stream);
+        data.push((t, chunks));
+    }
+    drop(conn);
+    let pv = ProjectionVersion::new("rm", 2)?;
+    Projector::open(pool.clone(), pv.clone()).await?;
+    let bytes: usize = data
+        .iter()
+        .flat_map(|(_, c)| c.iter().map(|b| b.len()))
+        .sum();
+    let started = Instant::now();
+    let mut tx = pool.begin().await?;
+    for (t, chunks) in &data {
+        // the migration's own seed rows (funnel stages, rfm_state) are not in these tables
+        let mut copy = tx
+            .copy_in_raw(&format!("COPY rm_v2.{t} FROM STDIN (FORMAT binary)"))
+            .await?;
+        for c in chunks {
+            copy.send(c.as_ref()).await?;
+        }
+        copy.finish().await?;
+    }
+    tx.commit().await?;
+    let elapsed = started.elapsed();
+    drop_version(pool, &pv).await?;
+    Ok(json!({
+        "what": "the rows the replay wrote (every read-model table of rm_v1), COPY ... FROM STDIN (FORMAT binary) into the same tables of a fresh version (same DDL and indexes), one transaction; the same PostgreSQL",
+        "rows": rows_total,
+        "rows_per_table": per_table,
+        "bytes": bytes,
+        "seconds": round(elapsed.as_secs_f64()),
+        "rows_per_second": rate(rows_total as u64, elapsed),
+        "events_per_second_equivalent": rate(events, elapsed),
+    }))
+}
+
+// -------------------------------------------------------------------- embedded default
+
+/// The same events in the embedded log (files, fsync per transaction), then the same
+/// Projector fed from it in-process (what `crm up` without Kafka runs), into a fresh version.
+async fn embedded(
+    pool: &PgPool,
+    settings: &KafkaSettings,
+    topic: &str,
+    work: &std::path::Path,
+) -> anyhow::Result<Value> {
+    let records = read_all(settings, topic, &[]).await?;
+    let mut by_partition: HashMap<i32, Vec<domain::KafkaRecord>> = HashMap::new();
+    for r in &records {
+        if let Ok(e) = r.decode() {
+            by_partition
+                .entry(r.position.partition)
+                .or_default()
+                .push(e.to_kafka()?);
+        }
+    }
+    let dir = work.join("embedded");
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = EmbeddedLog::open(&dir, topic.to_owned(), settings.partitions)?;
+    let started = Instant::now();
+    let mut appended = 0u64;
+    for (p, recs) in &by_partition {
+        let writer = log.open_writer(*p).await?;
+        for chunk in recs.chunks(1000) {
+            writer.append(chunk).await?;
+            appended += chunk.len() as u64;
+        }
+    }
+    let append_elapsed = started.elapsed();
+
+    let pv = ProjectionVersion::new("rm", 3)?;
+    let (projector, _) = Projector::open(pool.clone(), pv.clone()).await?;
+    let started = Instant::now();
+    let mut applied = 0u64;
+    for p in 0..settings.partitions {
+        let stored = log.read(p, 0)?;
+        let events: Vec<(Position, domain::RecordedEvent)> = stored
+            .iter()
+            .filter_map(|r| r.decode().ok().map(|e| (r.position.clone(), e)))
+            .collect();
+        for chunk in events.chunks(1000) {
+            applied += projector.apply(chunk).await?.applied as u64;
+        }
+    }
+    let apply_elapsed = started.elapsed();
+    drop_version(pool, &pv).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(json!({
+        "what": "the same events appended to the embedded log (one file per partition, fsync per append of 1000), then read back and applied by the same Projector in batches of 1000 in-process (no Kafka), into a fresh version",
+        "events": applied,
+        "append_seconds": round(append_elapsed.as_secs_f64()),
+        "append_events_per_second": rate(appended, append_elapsed),
+        "projection_seconds": round(apply_elapsed.as_secs_f64()),
+        "projection_events_per_second": rate(applied, apply_elapsed),
+    }))
+}
+
+async fn data_size(pool: &PgPool, schema: &str) -> anyhow::Result<Value> {
+    let (customers,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {schema}.customers"))
+        .fetch_one(pool)
+        .await?;
+    let (events,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {schema}.audit_trail"))
+        .fetch_one(pool)
+        .await?;
+    let (opportunities,): (i64,) =
+        sqlx::query_as(&format!("SELECT count(*) FROM {schema}.opportunities"))
+            .fetch_one(pool)
+            .await?;
+    let (bytes,): (i64,) = sqlx::query_as("SELECT pg_database_size(current_database())")
+        .fetch_one(pool)
+        .await?;
+    Ok(json!({
+        "customers": customers,
+        "events": events,
+        "opportunities": opportunities,
+        "database_bytes": bytes,
+    }))
+}
+
+// -------------------------------------------------------------------- freshness
+
+/// Open loop: a command, then the 360 view with `CRM-Min-Position` set to the command's
+/// position; freshness is from the command's answer to the view's answer (the query-service
+/// polls the checkpoint every 20 ms while it waits).
+async fn freshness(
+    ctx: &Ctx,
+    query_url: &str,
+    scripts: &[Script],
+    preset: &Preset,
+) -> anyhow::Result<Value> {
+    let mut rng = Rng(11);
+    // warm-up: the live projection-service joins its group and catches up
+    let warm = Instant::now();
+    let mut warmed = false;
+    while warm.elapsed() < Duration::from_secs(120) {
+        let Some(s) = scripts.first() else { break };
+        if let Ok(Some(d)) = fresh_once(ctx, query_url, s.customer_id, &mut rng).await {
+            if d < Duration::from_secs(1) {
+                warmed = true;
+                break;
+            }
+        }
+    }
+    if !warmed {
+        bail!("the live projection did not catch up within 120 s");
+    }
+    let total = preset.freshness_rate * preset.freshness_seconds;
+    let period = Duration::from_secs_f64(1.0 / preset.freshness_rate.max(1) as f64);
+    let mut tasks = JoinSet::new();
+    let started = tokio::time::Instant::now();
+    let shared = Arc::new((
+        ctx.http.clone(),
+        ctx.command_url.clone(),
+        ctx.admin.clone(),
+        query_url.to_owned(),
+    ));
+    for i in 0..total {
+        tokio::time::sleep_until(started + period.mul_f64(i as f64)).await;
+        let Some(s) = scripts.get(rng.below(scripts.len() as u64) as usize) else {
+            continue;
+        };
+        let body = touchpoint_command(&mut rng);
+        let customer = s.customer_id;
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            let (http, command_url, admin, query_url) = &*shared;
+            fresh(http, command_url, admin, query_url, customer, body).await
+        });
+    }
+    let (mut lat, mut command_lat, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok((c, Some(d)))) => {
+                command_lat.push(c);
+                lat.push(d);
+            }
+            Ok(Ok((_, None))) => errors.push("not visible within 10 s".to_owned()),
+            Ok(Err(e)) => errors.push(e.to_string()),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    Ok(json!({
+        "what": "POST a touchpoint, then GET /v1/customers/{id} (360 view) with CRM-Min-Position = the answer's crm-position; from the command's answer to the view's 200 (projection-service following the live version in its own process, default batches: 1000 records or 200 ms)",
+        "rate_per_second": preset.freshness_rate,
+        "seconds": preset.freshness_seconds,
+        "measured": lat.len(),
+        "errors": errors.len(),
+        "first_error": errors.first(),
+        "latency": Latency::of(&lat),
+        "command_latency": Latency::of(&command_lat),
+    }))
+}
+
+async fn fresh_once(
+    ctx: &Ctx,
+    query_url: &str,
+    customer: Uuid,
+    rng: &mut Rng,
+) -> anyhow::Result<Option<Duration>> {
+    let body = touchpoint_command(rng);
+    let (_, d) = fresh(
+        &ctx.http,
+        &ctx.command_url,
+        &ctx.admin,
+        query_url,
+        customer,
+        body,
+    )
+    .await?;
+    Ok(d)
+}
+
+async fn fresh(
+    http: &reqwest::Client,
+    command_url: &str,
+    token: &str,
+    query_url: &str,
+    customer: Uuid,
+    body: Value,
+) -> anyhow::Result<(Duration, Option<Duration>)> {
+    let t0 = Instant::now();
+    let r = http
+        .post(format!("{command_url}/v1/customers/{customer}/touchpoints"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("command answered {}", r.status());
+    }
+    let position = r
+        .headers()
+        .get("crm-position")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .context("no crm-position in the command's answer")?;
+    let _ = r.bytes().await;
+    let answered = Instant::now();
+    let command = answered - t0;
+    while answered.elapsed() < Duration::from_secs(10) {
+        let q = http
+            .get(format!("{query_url}/v1/customers/{customer}"))
+            .bearer_auth(token)
+            .header("crm-min-position", &position)
+            .send()
+            .await?;
+        let status = q.status();
+        let _ = q.bytes().await;
+        if status.is_success() {
+            return Ok((command, Some(answered.elapsed())));
+        }
+        if status.as_u16() != 503 {
+            bail!("the 360 view answered {status}");
+        }
+    }
+    Ok((command, None))
+}
+
+// -------------------------------------------------------------------- queries
+
+async fn queries(
+    ctx: &Ctx,
+    query_url: &str,
+    pool: &PgPool,
+    preset: &Preset,
+) -> anyhow::Result<Value> {
+    // ids from the read model: after a bulk growth most customers are not in the scripts
+    let ids: Vec<(Uuid,)> =
+        sqlx::query_as("SELECT customer_id FROM rm_v1.customers ORDER BY random() LIMIT 20000")
+            .fetch_all(pool)
+            .await?;
+    let ids: Arc<Vec<Uuid>> = Arc::new(ids.into_iter().map(|(id,)| id).collect());
+    let segments: Value = ctx
+        .http
+        .get(format!("{query_url}/v1/segments/rfm"))
+        .bearer_auth(&ctx.admin)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let segment = segments["items"]
+        .as_array()
+        .or_else(|| segments.as_array())
+        .and_then(|items| {
+            items
+                .iter()
+                .filter(|i| i["segment"] != "no_purchases")
+                .max_by_key(|i| i["customers"].as_i64().unwrap_or(0))
+        })
+        .and_then(|i| i["segment"].as_str())
+        .unwrap_or("champions")
+        .to_owned();
+    let mut out = serde_json::Map::new();
+    let endpoints: Vec<(&str, Box<dyn Fn(u64) -> String + Send + Sync>)> = vec![
+        ("customer_360", {
+            let ids = ids.clone();
+            let base = query_url.to_owned();
+            Box::new(move |i| {
+                let id = ids.get(i as usize % ids.len().max(1)).copied().unwrap_or_default();
+                format!("{base}/v1/customers/{id}")
+            })
+        }),
+        ("timeline_page", {
+            let ids = ids.clone();
+            let base = query_url.to_owned();
+            Box::new(move |i| {
+                let id = ids.get(i as usize % ids.len().max(1)).copied().unwrap_or_default();
+                format!("{base}/v1/customers/{id}/timeline?limit=50")
+            })
+        }),
+        ("pipeline", {
+            let base = query_url.to_owned();
+            Box::new(move |_| format!("{base}/v1/pipeline"))
+        }),
+        ("segment_customers", {
+            let base = query_url.to_owned();
+            let segment = segment.clone();
+            Box::new(move |_| format!("{base}/v1/segments/rfm/{segment}/customers?limit=50"))
+        }),
+    ];
+    for (name, url) in endpoints {
+        let url = Arc::new(url);
+        let sample = ctx.http.get(url(0)).bearer_auth(&ctx.admin).send().await?;
+        let sample_status = sample.status();
+        let sample_bytes = sample.bytes().await?.len();
+        let deadline = Instant::now() + Duration::from_secs(preset.query_seconds);
+        let counter = Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let started = Instant::now();
+        let mut workers = JoinSet::new();
+        for _ in 0..preset.query_concurrency.max(1) {
+            let http = ctx.http.clone();
+            let token = ctx.admin.clone();
+            let url = url.clone();
+            let counter = counter.clone();
+            workers.spawn(async move {
+                let (mut lat, mut errors) = (Vec::new(), 0u64);
+                while Instant::now() < deadline {
+                    let i = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let t = Instant::now();
+                    match http.get(url(i)).bearer_auth(&token).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            let _ = r.bytes().await;
+                            lat.push(t.elapsed());
+                        }
+                        _ => errors += 1,
+                    }
+                }
+                (lat, errors)
+            });
+        }
+        let (mut lat, mut errors) = (Vec::new(), 0u64);
+        while let Some(r) = workers.join_next().await {
+            let (l, e) = r?;
+            lat.extend(l);
+            errors += e;
+        }
+        let elapsed = started.elapsed();
+        out.insert(
+            name.to_owned(),
+            json!({
+                "example": url(0).replace(query_url, ""),
+                "sample_status": sample_status.as_u16(),
+                "sample_bytes": sample_bytes,
+                "concurrency": preset.query_concurrency,
+                "requests": lat.len(),
+                "errors": errors,
+                "per_second": rate(lat.len() as u64, elapsed),
+                "latency": Latency::of(&lat),
+            }),
+        );
+    }
+    out.insert(
+        "what".into(),
+        json!("closed loop, `concurrency` clients for `query_seconds` each, keep-alive HTTP/1.1 to query-service in its own process (16 PostgreSQL connections); random customers for the 360 view and the timeline page (first 50 by business time), the biggest RFM segment for the segment list"),
+    );
+    Ok(Value::Object(out))
+}

@@ -1,0 +1,329 @@
+//! `crm up`: command-service, projection-service and query-service in one process, on Kafka
+//! and PostgreSQL or on the embedded default, until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use domain::policy::rfm::RfmWindow;
+use infra::config::KafkaArgs;
+use infra::kafka::{provision_topics, PartitionOwnership};
+use infra::log::KafkaCustomerLog;
+use projection_service::cli::{parse_duration, BatchArgs, PolicyArgs};
+use projection_service::{EventSource, JobOptions, ProjectionService, RunOptions};
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{DatabaseArgs, Store};
+use crate::datadir::{self, DataDirLock};
+use crate::local_auth;
+
+#[derive(Debug, clap::Args)]
+pub struct Up {
+    /// Where the embedded default keeps its data: the event log (`log/`), the private
+    /// PostgreSQL (`pg/`), the local signing secret (`auth/`).
+    #[arg(long, env = "CRM_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Address of the command API.
+    #[arg(long, env = "CRM_COMMAND_LISTEN", default_value = "127.0.0.1:8081")]
+    command_listen: SocketAddr,
+    /// Address of the query API.
+    #[arg(long, env = "CRM_QUERY_LISTEN", default_value = "127.0.0.1:8082")]
+    query_listen: SocketAddr,
+    /// Address of the projection's /healthz, /readyz and /metrics (not served when absent).
+    #[arg(long, env = "CRM_PROJECTION_LISTEN")]
+    projection_listen: Option<SocketAddr>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "CRM_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// CloudEvents `source` of the events appended.
+    #[arg(long = "source", env = "CRM_EVENT_SOURCE", default_value = "/crm")]
+    event_source: String,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Name of the projection (its schemas are `<name>_v<version>`); the live version is
+    /// followed and served.
+    #[arg(long, env = "CRM_PROJECTION", default_value = "rm")]
+    projection: String,
+    #[command(flatten)]
+    batch: BatchArgs,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Interval of the stage-duration alert sweep, e.g. `60s`.
+    #[arg(long, env = "CRM_SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    sweep_interval: Duration,
+    /// Interval of the full RFM recompute, e.g. `1h`.
+    #[arg(long, env = "CRM_RFM_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    rfm_interval: Duration,
+    /// How often to recompute RFM if orders arrived since the last time.
+    #[arg(long, env = "CRM_RFM_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    rfm_check_interval: Duration,
+    /// Longest a query with `CRM-Min-Position` waits for the read models, in milliseconds.
+    #[arg(long, env = "CRM_QUERY_MAX_WAIT_MS", default_value_t = 2000)]
+    query_max_wait_ms: u64,
+    #[command(flatten)]
+    auth: infra::auth::AuthArgs,
+}
+
+/// What runs on the log: the command API and, on Kafka, its group membership.
+struct CommandSide {
+    app: Arc<command_service::App>,
+    source: EventSource,
+    ownership: Option<PartitionOwnership>,
+}
+
+impl Up {
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let embedded_log = self.kafka.brokers.is_none();
+        let embedded_db = self.database.database_url.is_none();
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("creating {}", self.data_dir.display()))?;
+        if local_auth::use_local_secret_if_unconfigured(&mut self.auth, &self.data_dir)? {
+            println!(
+                "Authentication: bearer tokens signed with the secret in {}/auth; mint one with\n  crm token --data-dir {} --subject am-li --role account_manager",
+                self.data_dir.display(),
+                self.data_dir.display()
+            );
+        }
+        // the ports first: a port in use fails before anything starts
+        let command_listener = bind(self.command_listen, "the command API").await?;
+        let query_listener = bind(self.query_listen, "the query API").await?;
+        let projection_listener = match self.projection_listen {
+            Some(a) => Some(bind(a, "the projection's health endpoints").await?),
+            None => None,
+        };
+        let _lock = if embedded_log || embedded_db {
+            Some(DataDirLock::acquire(&self.data_dir)?)
+        } else {
+            None
+        };
+        let store = Store::open(&self.database, &self.data_dir, false).await?;
+        let result = self
+            .serve(
+                &store,
+                command_listener,
+                query_listener,
+                projection_listener,
+            )
+            .await;
+        store.close().await;
+        result
+    }
+
+    async fn serve(
+        &self,
+        store: &Store,
+        command_listener: TcpListener,
+        query_listener: TcpListener,
+        projection_listener: Option<TcpListener>,
+    ) -> anyhow::Result<()> {
+        let pool = PgPoolOptions::new()
+            .max_connections(self.database.database_max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&store.url)
+            .await
+            .context("connecting to the read-model database")?;
+        let query_pool = query_service::pool(&store.url, self.database.database_max_connections)?;
+        let side = self.command_side().await?;
+        let projection = ProjectionService::start_on(
+            pool.clone(),
+            side.source.clone(),
+            self.run_options(),
+            self.policy.clock(),
+        )
+        .context("starting the projection")?;
+        let query = query_service::App::new(
+            query_pool.clone(),
+            self.projection.clone(),
+            Duration::from_millis(self.query_max_wait_ms),
+            infra::auth::Authenticator::from_args(&self.auth).context("authentication settings")?,
+        )
+        .context("starting the query API")?;
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut servers = Vec::new();
+        servers.push(spawn_server(
+            "command API",
+            command_listener,
+            command_service::http::router(side.app.clone(), self.max_body_bytes),
+            stop_rx.clone(),
+        ));
+        servers.push(spawn_server(
+            "query API",
+            query_listener,
+            query_service::router(query),
+            stop_rx.clone(),
+        ));
+        if let Some(listener) = projection_listener {
+            servers.push(spawn_server(
+                "projection health",
+                listener,
+                projection.router(),
+                stop_rx.clone(),
+            ));
+        }
+        let on = match (&self.kafka.brokers, &self.database.database_url) {
+            (Some(b), Some(_)) => format!("Kafka ({b}) and PostgreSQL"),
+            (Some(b), None) => format!(
+                "Kafka ({b}) and the embedded PostgreSQL in {}",
+                datadir::pg_dir(&self.data_dir).display()
+            ),
+            (None, Some(_)) => format!(
+                "the embedded log in {} and PostgreSQL",
+                datadir::log_dir(&self.data_dir).display()
+            ),
+            (None, None) => format!("the embedded default in {}", self.data_dir.display()),
+        };
+        tracing::info!(%on, "running");
+        println!("CRM running on {on}");
+        println!(
+            "  command API  http://{}  (OpenAPI: /openapi.json)",
+            self.command_listen
+        );
+        println!(
+            "  query API    http://{}  (OpenAPI: /openapi.json)",
+            self.query_listen
+        );
+        if let Some(a) = self.projection_listen {
+            println!("  projection   http://{a}/readyz");
+        }
+
+        // until a signal, or until a server fails
+        let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<String>(4);
+        let mut waits = Vec::new();
+        for (name, server) in servers {
+            let failed = failed_tx.clone();
+            waits.push(tokio::spawn(async move {
+                let outcome = match server.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(format!("{name}: {e}")),
+                    Err(e) => Err(format!("{name}: {e}")),
+                };
+                if let Err(e) = &outcome {
+                    let _ = failed.send(e.clone()).await;
+                }
+                outcome
+            }));
+        }
+        drop(failed_tx);
+        let failure = tokio::select! {
+            _ = command_service::shutdown_signal() => {
+                tracing::info!("shutting down");
+                None
+            }
+            Some(e) = failed_rx.recv() => {
+                tracing::error!(error = %e, "a server failed; shutting down");
+                Some(e)
+            }
+        };
+        let _ = stop_tx.send(true);
+        for wait in waits {
+            let _ = tokio::time::timeout(Duration::from_secs(15), wait).await;
+        }
+        projection.shutdown().await;
+        if let Some(ownership) = side.ownership {
+            ownership.shutdown().await;
+        }
+        pool.close().await;
+        query_pool.close().await;
+        match failure {
+            Some(e) => Err(anyhow::anyhow!(e)),
+            None => Ok(()),
+        }
+    }
+
+    async fn command_side(&self) -> anyhow::Result<CommandSide> {
+        let auth =
+            infra::auth::Authenticator::from_args(&self.auth).context("authentication settings")?;
+        if let Some(settings) = self.kafka.settings("crm") {
+            let topics = provision_topics(&settings)
+                .await
+                .context("provisioning topics")?;
+            tracing::info!(?topics, "topics ready");
+            let app = command_service::App::new(
+                Arc::new(KafkaCustomerLog {
+                    settings: settings.clone(),
+                }),
+                self.event_source.clone(),
+                auth,
+            )?;
+            tokio::spawn(command_service::organisation::follow_organisation(
+                app.streams.clone(),
+                settings.clone(),
+            ));
+            let (ownership, changes) = PartitionOwnership::start(&settings)
+                .context("joining the command-service group")?;
+            let inbound =
+                command_service::inbound::InboundReaders::new(app.clone(), settings.clone());
+            tokio::spawn(command_service::follow_ownership(
+                app.clone(),
+                inbound,
+                changes,
+            ));
+            return Ok(CommandSide {
+                app,
+                source: EventSource::Kafka(settings),
+                ownership: Some(ownership),
+            });
+        }
+        let topics = datadir::open_topics(&self.data_dir, self.kafka.partitions)?;
+        let log = topics.customer_events.clone();
+        let app = command_service::App::new(log.clone(), self.event_source.clone(), auth)?;
+        // one process owns every partition of the embedded log
+        let all: Vec<i32> = (0..infra::log::CustomerLog::partitions(log.as_ref())).collect();
+        app.streams
+            .assign(&all)
+            .await
+            .context("reading the embedded log")?;
+        Ok(CommandSide {
+            app,
+            source: EventSource::Embedded(topics),
+            ownership: None,
+        })
+    }
+
+    fn run_options(&self) -> RunOptions {
+        let mut options = RunOptions::new(self.projection.clone());
+        options.batch = self.batch.options();
+        options.jobs = JobOptions {
+            sweep_interval: self.sweep_interval.max(Duration::from_millis(10)),
+            rfm_interval: self.rfm_interval.max(Duration::from_millis(10)),
+            rfm_check_interval: self.rfm_check_interval.max(Duration::from_millis(10)),
+            thresholds: self.policy.thresholds(),
+            rfm_window: RfmWindow {
+                days: self.policy.rfm_window_days,
+            },
+        };
+        options.alert_source = self.event_source.clone();
+        options
+    }
+}
+
+async fn bind(address: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding {address} for {what}"))
+}
+
+type Server = tokio::task::JoinHandle<std::io::Result<()>>;
+
+fn spawn_server(
+    name: &'static str,
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> (&'static str, Server) {
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    (name, task)
+}
