@@ -4,6 +4,10 @@
 //! `scripts/kafka-testbed.sh ensure`) on a free port and kills it on drop; with
 //! `CRM_TEST_KAFKA_BROKERS=host:port` set, tests use that broker instead. [`unique_prefix`]
 //! gives every test its own topics, so tests can share a broker and run in parallel.
+//!
+//! The end-to-end suite that drives the `crm` binary on both backends is `crm/tests/e2e.rs`:
+//! Cargo hands the path of a binary (`CARGO_BIN_EXE_crm`) only to its own crate's tests. It
+//! uses this crate's broker.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
