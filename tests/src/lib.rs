@@ -177,9 +177,8 @@ impl KafkaBroker {
         // A free port may be taken between finding and binding it: try a few.
         for _ in 0..3 {
             let port = free_port()?;
-            // The memory engine lists no aborted transactions in Fetch, so read_committed
-            // readers would see aborted records; only the SQLite engine lists them. Tests get
-            // a throw-away SQLite file on tmpfs instead.
+            // Tests get a throw-away SQLite file on tmpfs: the same engine as the persistent
+            // crash tests, so every test runs on one storage path.
             let storage = match &storage {
                 Storage::Memory => Storage::Scratch(scratch_dir(port)),
                 other => other.clone(),
