@@ -106,9 +106,11 @@ pub struct Script {
 pub fn touchpoint(rng: &mut Rng, city: &str, contact: Option<Uuid>) -> Value {
     let dir = |rng: &mut Rng| rng.pick(&["inbound", "outbound"]).unwrap_or("inbound");
     let channel = match rng.below(6) {
-        0 => json!({"kind": "phone_call", "direction": dir(rng), "duration_seconds": 30 + rng.below(900),
+        0 => {
+            json!({"kind": "phone_call", "direction": dir(rng), "duration_seconds": 30 + rng.below(900),
                     "wait_seconds": rng.below(120),
-                    "outcome": rng.pick(&["answered", "answered", "answered", "no_answer", "voicemail"]).unwrap_or("answered")}),
+                    "outcome": rng.pick(&["answered", "answered", "answered", "no_answer", "voicemail"]).unwrap_or("answered")})
+        }
         1 => json!({"kind": "email", "direction": dir(rng),
                     "subject": rng.pick(&["报价", "合同", "发票", "售后"]).unwrap_or("报价")}),
         2 => json!({"kind": "visit", "place": format!("{city}客户办公室")}),
@@ -199,8 +201,10 @@ pub fn scripts(
                 + TimeDelta::minutes(rng.below(600) as i64 + 480);
             let contact = rng.pick(&contacts);
             let tp = touchpoint(&mut rng, city, contact);
-            tps.push(json!({"customer_id": customer, "occurred_at": at.to_rfc3339(),
-                            "idempotency_key": format!("bench-{}", rng.uuid()), "touchpoint": tp}));
+            tps.push(
+                json!({"customer_id": customer, "occurred_at": at.to_rfc3339(),
+                            "idempotency_key": format!("bench-{}", rng.uuid()), "touchpoint": tp}),
+            );
         }
         let last_order_day = if churning {
             active_days.saturating_sub(210 + rng.below(150))
@@ -211,9 +215,14 @@ pub fn scripts(
             let at = since + TimeDelta::days(rng.below(last_order_day.max(1)) as i64);
             let (product, price) = rng.pick(PRODUCTS).unwrap_or(("硒鼓", 42_000));
             let quantity = 1 + rng.below(10);
-            b.push(M::POST, "/orders", json!({"order_number": format!("SO-{n:06}-{k:02}"),
+            b.push(
+                M::POST,
+                "/orders",
+                json!({"order_number": format!("SO-{n:06}-{k:02}"),
                 "lines": [{"product": product, "quantity": quantity, "unit_price": price}],
-                "total": {"amount": price * quantity as i64, "currency": "CNY"}}), at);
+                "total": {"amount": price * quantity as i64, "currency": "CNY"}}),
+                at,
+            );
         }
         for _ in 0..rng.below(3) {
             let o = rng.uuid();
@@ -309,8 +318,13 @@ pub fn scripts(
                     ("service", "fees"),
                 ])
                 .unwrap_or(("product", "quality"));
-            b.push(M::POST, "/complaints", json!({"complaint_id": k, "category": category, "sub_category": sub,
-                "urgency": "high", "importance": "normal", "description": "客户投诉"}), at);
+            b.push(
+                M::POST,
+                "/complaints",
+                json!({"complaint_id": k, "category": category, "sub_category": sub,
+                "urgency": "high", "importance": "normal", "description": "客户投诉"}),
+                at,
+            );
             b.push(
                 M::POST,
                 &format!("/complaints/{k}/handling"),

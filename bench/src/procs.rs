@@ -120,7 +120,13 @@ pub fn start_broker(binary: &Path, dir: &Path) -> anyhow::Result<(Proc, String)>
     let out = std::fs::File::create(dir.join("broker.log"))?;
     let err = out.try_clone()?;
     let child = Command::new(binary)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
         .args(["--storage-engine", "memory://tansu/"])
         .current_dir(dir)
         .stdin(Stdio::null())

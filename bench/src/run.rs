@@ -83,7 +83,7 @@ impl Preset {
             // 100k customers, ~10M events: 2,000 customers with ~100 touchpoints each loaded for
             // real, then the read models replicated 50 times in SQL with new ids.
             "large" => Preset {
-                touchpoints: (60, 140),
+                touchpoints: (50, 110),
                 scale: 50,
                 ..base
             },
@@ -113,6 +113,10 @@ pub struct RunArgs {
         default_value = "postgres://postgres@127.0.0.1:5432"
     )]
     pub postgres: String,
+    /// The database to create afresh (default `crm_bench_<preset>`); left in place afterwards
+    /// for inspection.
+    #[arg(long)]
+    pub database: Option<String>,
     #[arg(long, default_value_t = 12)]
     pub partitions: i32,
     #[arg(long, default_value_t = 2026)]
@@ -140,6 +144,7 @@ struct Report {
     bulk: Value,
     freshness: Value,
     queries: Value,
+    queries_jit_off: Value,
     memory: Value,
     targets: Value,
     wall_seconds: f64,
@@ -153,7 +158,9 @@ struct Ctx {
 }
 
 fn default_broker_bin() -> PathBuf {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     home.join(".cache/crm-tools/nisshi-0.7.0/bin/nisshi")
 }
 
@@ -166,16 +173,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(s) = args.scale {
         preset.scale = s.max(1);
     }
-    let work = std::env::temp_dir().join(format!(
-        "crm-bench-{}-{}",
-        preset.name,
-        std::process::id()
-    ));
+    let work =
+        std::env::temp_dir().join(format!("crm-bench-{}-{}", preset.name, std::process::id()));
     std::fs::create_dir_all(&work)?;
-    eprintln!("crm-bench: preset {} (logs in {})", preset.name, work.display());
+    eprintln!(
+        "crm-bench: preset {} (logs in {})",
+        preset.name,
+        work.display()
+    );
 
     // ---------------------------------------------------------------- the test bed
-    let database = format!("crm_bench_{}", preset.name);
+    let database = args
+        .database
+        .clone()
+        .unwrap_or_else(|| format!("crm_bench_{}", preset.name));
+    if !database
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        bail!("--database: lower-case letters, digits and _ only");
+    }
     let admin_pool = connect(&format!("{}/postgres", args.postgres), 1).await?;
     sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
         .execute(&admin_pool)
@@ -271,12 +288,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     // ---------------------------------------------------------------- load (single commands)
-    let scripts = gen::scripts(
-        args.seed,
-        preset.customers,
-        preset.touchpoints,
-        Utc::now(),
-    );
+    let scripts = gen::scripts(args.seed, preset.customers, preset.touchpoints, Utc::now());
     report.load = load(&ctx, &scripts, preset.load_concurrency).await?;
     eprintln!("load: {}", report.load);
 
@@ -365,6 +377,36 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     report.queries = queries(&ctx, &query_url, &pool, &preset).await?;
     eprintln!("queries: {}", report.queries);
 
+    // the same queries with PostgreSQL's JIT compilation off (a database setting, no code)
+    sqlx::query(&format!("ALTER DATABASE {database} SET jit = off"))
+        .execute(&pool)
+        .await?;
+    let jit_port = procs::free_port()?;
+    let mut role = role.clone();
+    if let Some(listen) = role.iter_mut().find(|a| a.starts_with("127.0.0.1:")) {
+        *listen = format!("127.0.0.1:{jit_port}");
+    }
+    let mut query_jit_off = procs::spawn_role(
+        "query-service (jit=off)",
+        &role,
+        work.join("query-jit-off.log"),
+    )?;
+    procs::wait_for_port(&mut query_jit_off, jit_port, Duration::from_secs(60))?;
+    let mut q = queries(
+        &ctx,
+        &format!("http://127.0.0.1:{jit_port}"),
+        &pool,
+        &preset,
+    )
+    .await?;
+    q["what"] = json!("the same, against a second query-service after ALTER DATABASE ... SET jit = off (PostgreSQL compiles expensive plans with LLVM by default: hundreds of ms per call for the pipeline's functions)");
+    report.queries_jit_off = q;
+    eprintln!("queries (jit off): {}", report.queries_jit_off);
+    query_jit_off.stop();
+    sqlx::query(&format!("ALTER DATABASE {database} RESET jit"))
+        .execute(&pool)
+        .await?;
+
     // ---------------------------------------------------------------- 6. memory
     report.memory = json!({
         "what": "VmHWM (peak resident set) of each process over the whole run; the replay process's own figure is the replay",
@@ -408,7 +450,9 @@ fn targets(r: &Report) -> Value {
     let view = r.queries["customer_360"]["latency"]["p99_ms"]
         .as_f64()
         .unwrap_or(f64::MAX);
-    let fresh = r.freshness["latency"]["p99_ms"].as_f64().unwrap_or(f64::MAX);
+    let fresh = r.freshness["latency"]["p99_ms"]
+        .as_f64()
+        .unwrap_or(f64::MAX);
     json!({
         "replay_events_per_second": {"target": 50000, "measured": replay, "met": replay >= 50000.0},
         "ingest_touchpoints_per_second": {"target": 20000, "measured": ingest, "met": ingest >= 20000.0},
@@ -444,7 +488,8 @@ async fn load(ctx: &Ctx, scripts: &[Script], concurrency: usize) -> anyhow::Resu
                         failed += 1;
                         let status = a.status();
                         let body = a.text().await.unwrap_or_default();
-                        first_error.get_or_insert(format!("{} {}: {status} {body}", r.method, r.path));
+                        first_error
+                            .get_or_insert(format!("{} {}: {status} {body}", r.method, r.path));
                     }
                     Err(e) => {
                         failed += 1;
@@ -463,7 +508,10 @@ async fn load(ctx: &Ctx, scripts: &[Script], concurrency: usize) -> anyhow::Resu
     let lat: Vec<Duration> = results.iter().flat_map(|r| r.2.iter().copied()).collect();
     let first_error = results.iter().find_map(|r| r.3.clone());
     if ok == 0 {
-        bail!("no command was accepted: {}", first_error.unwrap_or_default());
+        bail!(
+            "no command was accepted: {}",
+            first_error.unwrap_or_default()
+        );
     }
     Ok(json!({
         "what": "the data set's single commands over HTTP (register, contacts, orders, opportunities, service requests, complaints, churn), each customer's in order, customers concurrently",
@@ -632,10 +680,7 @@ async fn ingest(
             if let Some(v) = &r.value {
                 record = record.payload(v.as_slice());
             }
-            producer
-                .send(record, Duration::from_secs(60))
-                .await
-                .is_ok()
+            producer.send(record, Duration::from_secs(60)).await.is_ok()
         }
     }))
     .buffer_unordered(50_000)
@@ -675,10 +720,7 @@ async fn create_topic(settings: &KafkaSettings, name: &str) -> anyhow::Result<()
     use rdkafka::client::DefaultClientContext;
     let admin: AdminClient<DefaultClientContext> = settings.admin_config().create()?;
     let topic = NewTopic::new(name, settings.partitions, TopicReplication::Fixed(1));
-    for r in admin
-        .create_topics(&[topic], &AdminOptions::new())
-        .await?
-    {
+    for r in admin.create_topics(&[topic], &AdminOptions::new()).await? {
         if let Err((t, e)) = r {
             bail!("creating {t}: {e}");
         }
@@ -711,7 +753,10 @@ async fn command_latency(ctx: &Ctx, scripts: &[Script], preset: &Preset) -> anyh
         let Some(s) = scripts.get(rng.below(scripts.len() as u64) as usize) else {
             continue;
         };
-        let url = format!("{}/v1/customers/{}/touchpoints", ctx.command_url, s.customer_id);
+        let url = format!(
+            "{}/v1/customers/{}/touchpoints",
+            ctx.command_url, s.customer_id
+        );
         let body = touchpoint_command(&mut rng);
         let request = ctx.http.post(url).bearer_auth(&ctx.admin).json(&body);
         tasks.spawn(async move {
@@ -764,7 +809,12 @@ async fn watch_replay(mut replay: Proc, others: &[&Proc]) -> anyhow::Result<Valu
         .lines()
         .rev()
         .find(|l| l.starts_with('{'))
-        .with_context(|| format!("the replay printed no result; its log:\n{}", procs::tail(&log)))?;
+        .with_context(|| {
+            format!(
+                "the replay printed no result; its log:\n{}",
+                procs::tail(&log)
+            )
+        })?;
     let mut v: Value = serde_json::from_str(line)?;
     let peaks: HashMap<String, Option<u64>> = others
         .iter()
@@ -1074,6 +1124,9 @@ async fn fresh(
 
 // -------------------------------------------------------------------- queries
 
+/// The URL of the i-th request to an endpoint.
+type UrlFor = Box<dyn Fn(u64) -> String + Send + Sync>;
+
 async fn queries(
     ctx: &Ctx,
     query_url: &str,
@@ -1107,12 +1160,15 @@ async fn queries(
         .unwrap_or("champions")
         .to_owned();
     let mut out = serde_json::Map::new();
-    let endpoints: Vec<(&str, Box<dyn Fn(u64) -> String + Send + Sync>)> = vec![
+    let endpoints: Vec<(&str, UrlFor)> = vec![
         ("customer_360", {
             let ids = ids.clone();
             let base = query_url.to_owned();
             Box::new(move |i| {
-                let id = ids.get(i as usize % ids.len().max(1)).copied().unwrap_or_default();
+                let id = ids
+                    .get(i as usize % ids.len().max(1))
+                    .copied()
+                    .unwrap_or_default();
                 format!("{base}/v1/customers/{id}")
             })
         }),
@@ -1120,7 +1176,10 @@ async fn queries(
             let ids = ids.clone();
             let base = query_url.to_owned();
             Box::new(move |i| {
-                let id = ids.get(i as usize % ids.len().max(1)).copied().unwrap_or_default();
+                let id = ids
+                    .get(i as usize % ids.len().max(1))
+                    .copied()
+                    .unwrap_or_default();
                 format!("{base}/v1/customers/{id}/timeline?limit=50")
             })
         }),

@@ -156,7 +156,7 @@ pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
         Duration::from_millis(2000),
         args.auth.authenticator()?,
     )
-        .map_err(|e| anyhow::anyhow!("starting the query-service: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("starting the query-service: {e}"))?;
     query_service::serve(app, args.listen).await
 }
 

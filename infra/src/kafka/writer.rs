@@ -227,6 +227,12 @@ impl PartitionWriter {
                 Err(e) => return Err(self.abort(undelivered(e)).await),
             }
         }
+        // ... and their delivery reports disposed of by the polling thread (they count as in
+        // flight until then, and one left over costs the flush its 100 ms again).
+        let settled = Instant::now() + Duration::from_millis(100);
+        while self.producer.in_flight_count() > 0 && Instant::now() < settled {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
 
         self.commit().await?;
         Ok(appended)

@@ -1,0 +1,51 @@
+//! Smoke test of the harness at a tiny size: it runs end to end against the test bed's
+//! broker and PostgreSQL and writes every section of its report. No timing is asserted.
+
+use std::process::Command;
+
+#[test]
+fn the_tiny_preset_runs_end_to_end_and_reports_every_figure() {
+    let broker = crm_tests::KafkaBroker::start();
+    broker.require_transactions();
+    let database = format!("crm_bench_smoke_{}", std::process::id());
+    let out = std::env::temp_dir().join(format!("{database}.json"));
+    let status = Command::new(env!("CARGO_BIN_EXE_crm-bench"))
+        .args(["run", "--preset", "tiny", "--customers", "8"])
+        .args(["--brokers", broker.brokers()])
+        .args(["--database", &database])
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run crm-bench: {e}"));
+    assert!(status.success(), "crm-bench failed: {status}");
+    let text = std::fs::read_to_string(&out).unwrap_or_else(|e| panic!("no report: {e}"));
+    let report: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("report is not JSON: {e}"));
+    assert_eq!(report["load"]["commands_failed"], 0, "{}", report["load"]);
+    assert!(report["ingest"]["http_batch"]["accepted"].as_u64() > Some(0));
+    assert_eq!(
+        report["ingest"]["http_batch"]["accepted"],
+        report["ingest"]["bare_producer"]["delivered"]
+    );
+    assert_eq!(report["command_latency"]["errors"], 0);
+    let events = report["replay"]["events_applied"].as_u64().unwrap_or(0);
+    assert!(events > 0);
+    assert_eq!(report["embedded"]["events"].as_u64(), Some(events));
+    assert!(report["replay"]["copy_baseline"]["rows"].as_u64() > Some(events));
+    assert_eq!(report["freshness"]["errors"], 0);
+    for q in [
+        "customer_360",
+        "timeline_page",
+        "pipeline",
+        "segment_customers",
+    ] {
+        assert_eq!(report["queries"][q]["sample_status"], 200, "{q}");
+        assert_eq!(report["queries"][q]["errors"], 0, "{q}");
+    }
+    assert!(report["memory"]["projection_replay_kib"].as_u64() > Some(0));
+    let _ = std::fs::remove_file(&out);
+    let _ = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"])
+        .arg(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .status();
+}
