@@ -295,6 +295,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // ---------------------------------------------------------------- 1. ingest vs bare producer
     report.ingest = ingest(&ctx, &settings, &topic, &scripts, &preset).await?;
     eprintln!("ingest: {}", report.ingest);
+    let bare = report.ingest["bare_producer"]["records_per_second"]
+        .as_f64()
+        .unwrap_or(0.0);
+    report.ingest["inbound_topic"] = inbound(&ctx, &settings, &scripts, bare).await?;
+    eprintln!("inbound: {}", report.ingest["inbound_topic"]);
 
     // ---------------------------------------------------------------- 2. command latency
     report.command_latency = command_latency(&ctx, &scripts, &preset).await?;
@@ -715,6 +720,133 @@ async fn ingest(
     }))
 }
 
+/// `crm_inbound_records_total{outcome="appended"}` of command-service.
+async fn inbound_appended(ctx: &Ctx) -> anyhow::Result<u64> {
+    let text = ctx
+        .http
+        .get(format!("{}/metrics", ctx.command_url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("crm_inbound_records_total") && l.contains("\"appended\""))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .map(|v| v as u64)
+        .sum())
+}
+
+/// An inbound record: key (the customer id), body, CloudEvents headers.
+type InboundRecord = (String, Vec<u8>, Vec<(&'static str, String)>);
+
+/// A third of the data set's touchpoints again (new ids), published by one bare producer on
+/// the inbound topic as channel adapters do (CloudEvents binary mode), while command-service's
+/// inbound readers validate, decide and append them; timed from the first record produced to
+/// the last one appended (command-service's own counter).
+async fn inbound(
+    ctx: &Ctx,
+    settings: &KafkaSettings,
+    scripts: &[Script],
+    bare_rate: f64,
+) -> anyhow::Result<Value> {
+    use domain::envelope::header;
+    let items: Vec<&Value> = scripts.iter().flat_map(|s| s.touchpoints.iter()).collect();
+    let mut records: Vec<InboundRecord> = Vec::new();
+    for item in items.iter().step_by(3) {
+        let customer = item["customer_id"].as_str().unwrap_or_default().to_owned();
+        let body = serde_json::to_vec(&json!({
+            "customer_id": customer,
+            "touchpoint_id": Uuid::now_v7(),
+            "touchpoint": item["touchpoint"],
+        }))?;
+        let time = item["occurred_at"].as_str().unwrap_or_default().to_owned();
+        let headers = vec![
+            (
+                header::SPEC_VERSION,
+                domain::envelope::SPEC_VERSION.to_owned(),
+            ),
+            (header::ID, Uuid::now_v7().to_string()),
+            (header::SOURCE, crate::serve::INBOUND_SOURCE.to_owned()),
+            (
+                header::TYPE,
+                command_service::inbound::INBOUND_TYPE.to_owned(),
+            ),
+            (header::TIME, time),
+            (header::SUBJECT, customer.clone()),
+            (
+                header::CONTENT_TYPE,
+                domain::envelope::CONTENT_TYPE.to_owned(),
+            ),
+        ];
+        records.push((customer, body, headers));
+    }
+    let topic = settings.topics().inbound();
+    let producer: FutureProducer = settings.producer_config().create()?;
+    // metadata before timing (no warm-up record: the readers would take it)
+    {
+        use rdkafka::producer::Producer;
+        let (p, t, timeout) = (
+            producer.clone(),
+            topic.clone(),
+            settings.operation_timeout(),
+        );
+        tokio::task::spawn_blocking(move || {
+            p.client().fetch_metadata(Some(&t), timeout).map(|_| ())
+        })
+        .await??;
+    }
+    let before = inbound_appended(ctx).await?;
+    let started = Instant::now();
+    let delivered: Vec<bool> = futures::stream::iter(records.iter().map(|(key, body, hs)| {
+        let producer = &producer;
+        let topic = &topic;
+        async move {
+            let headers = hs.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+                h.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                })
+            });
+            producer
+                .send(
+                    FutureRecord::to(topic)
+                        .key(key.as_bytes())
+                        .payload(body.as_slice())
+                        .headers(headers),
+                    Duration::from_secs(60),
+                )
+                .await
+                .is_ok()
+        }
+    }))
+    .buffer_unordered(50_000)
+    .collect()
+    .await;
+    let produced = started.elapsed();
+    let sent = delivered.iter().filter(|d| **d).count() as u64;
+    let mut appended = 0;
+    while started.elapsed() < Duration::from_secs(300) {
+        appended = inbound_appended(ctx).await?.saturating_sub(before);
+        if appended >= sent {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    let inbound_rate = rate(appended, elapsed);
+    Ok(json!({
+        "what": "a third of the touchpoints again (new ids), produced by one bare producer on the inbound topic as CloudEvents (binary mode); command-service's inbound readers (one per partition, batches of up to 500) validate, decide and append them; from the first record produced to the last one appended; compared with the bare producer figure above",
+        "records": records.len(),
+        "produced": sent,
+        "produce_seconds": round(produced.as_secs_f64()),
+        "appended": appended,
+        "seconds": round(elapsed.as_secs_f64()),
+        "touchpoints_per_second": inbound_rate,
+        "ratio_to_bare": ratio(inbound_rate, bare_rate),
+    }))
+}
+
 async fn create_topic(settings: &KafkaSettings, name: &str) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
@@ -797,11 +929,14 @@ async fn command_latency(ctx: &Ctx, scripts: &[Script], preset: &Preset) -> anyh
 /// Waits for the replay process, sampling the other processes' peak memory meanwhile.
 async fn watch_replay(mut replay: Proc, others: &[&Proc]) -> anyhow::Result<Value> {
     let log = replay.log.clone();
+    let deadline = Instant::now() + Duration::from_secs(4 * 3600);
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        match replay.check_alive() {
-            Ok(()) => continue,
-            Err(_) => break,
+        if replay.check_alive().is_err() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the replay did not finish within 4 hours");
         }
     }
     let text = std::fs::read_to_string(&log)?;

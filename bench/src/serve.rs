@@ -57,6 +57,9 @@ pub struct CommandArgs {
     pub auth: TokenArgs,
 }
 
+/// The `ce_source` of the harness's records on the inbound topic.
+pub const INBOUND_SOURCE: &str = "/channels/bench";
+
 /// HS256 secret, issuer and audience of the harness's minted tokens.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TokenArgs {
@@ -74,6 +77,7 @@ impl TokenArgs {
             jwt_hs256_secret: Some(self.secret.clone()),
             jwt_issuer: Some(self.issuer.clone()),
             jwt_audience: Some(self.audience.clone()),
+            channel_sources: Some(format!("{INBOUND_SOURCE}=adapter:bench-inbound")),
             ..AuthArgs::default()
         })
         .context("authentication settings")
@@ -97,6 +101,9 @@ pub async fn command(args: CommandArgs) -> anyhow::Result<()> {
         .assign(&all)
         .await
         .context("taking every partition over")?;
+    // and the inbound topic's partitions of the same numbers, as `follow_ownership` does
+    let inbound = command_service::inbound::InboundReaders::new(app.clone(), settings.clone());
+    inbound.start(&all);
     command_service::serve(app, args.listen, 16 * 1024 * 1024).await
 }
 

@@ -1,7 +1,7 @@
 //! Smoke test of the harness at a tiny size: it runs end to end against the test bed's
 //! broker and PostgreSQL and writes every section of its report. No timing is asserted.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 #[test]
 fn the_tiny_preset_runs_end_to_end_and_reports_every_figure() {
@@ -15,6 +15,7 @@ fn the_tiny_preset_runs_end_to_end_and_reports_every_figure() {
         .args(["--database", &database])
         .arg("--out")
         .arg(&out)
+        .stdout(Stdio::null())
         .status()
         .unwrap_or_else(|e| panic!("cannot run crm-bench: {e}"));
     assert!(status.success(), "crm-bench failed: {status}");
