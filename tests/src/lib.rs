@@ -9,6 +9,7 @@
 //! Cargo hands the path of a binary (`CARGO_BIN_EXE_crm`) only to its own crate's tests. It
 //! uses this crate's broker.
 
+pub mod db;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

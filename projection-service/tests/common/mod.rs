@@ -7,77 +7,24 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, TimeDelta, TimeZone, Utc};
 use domain::*;
 use infra::Position;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 pub const TOPIC: &str = "crm.customer-events";
 
-fn admin_options() -> PgConnectOptions {
-    let url = std::env::var("CRM_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    url.parse::<PgConnectOptions>()
-        .expect("database url")
-        .disable_statement_logging()
-}
-
-/// A database of its own, dropped when the test ends (also when it fails).
-pub struct TestDb {
-    pub pool: PgPool,
-    name: String,
-}
+/// A database of its own per test: the test bed's.
+pub struct TestDb(crm_tests::db::TestDb);
 
 impl TestDb {
-    /// The URL of this database, for a child process.
-    pub fn url(&self) -> String {
-        let base = std::env::var("CRM_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        let base = base.split('?').next().unwrap_or_default();
-        let prefix = base.rsplit_once('/').map(|(p, _)| p).unwrap_or(base);
-        format!("{prefix}/{}", self.name)
-    }
-
     pub async fn new() -> TestDb {
-        let name = format!("proj_{}", Uuid::now_v7().simple());
-        let mut admin = admin_options()
-            .connect()
-            .await
-            .expect("connect to the test database");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .expect("create database");
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(admin_options().database(&name))
-            .await
-            .expect("connect to the new database");
-        TestDb { pool, name }
+        TestDb(crm_tests::db::TestDb::new("proj").await)
     }
 }
 
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let pool = self.pool.clone();
-        // a runtime of its own: Drop cannot await, and the test's runtime may be gone
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                drop(pool);
-                if let Ok(mut admin) = admin_options().connect().await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut admin)
-                        .await;
-                }
-            });
-        })
-        .join();
+impl std::ops::Deref for TestDb {
+    type Target = crm_tests::db::TestDb;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
