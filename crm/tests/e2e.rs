@@ -35,6 +35,20 @@ use uuid::Uuid;
 
 const CRM: &str = env!("CARGO_BIN_EXE_crm");
 
+/// A probe's answer, for the message of a test that gives up: the status and the start of the
+/// body, or the connection error.
+async fn describe(answer: reqwest::Result<reqwest::Response>) -> String {
+    match answer {
+        Ok(r) => {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            let body: String = body.chars().take(500).collect();
+            format!("{status} {body}")
+        }
+        Err(e) => format!("error: {e}"),
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -96,7 +110,10 @@ impl Platform {
             log: data_dir.join("crm-up.log"),
             command: format!("http://127.0.0.1:{command_port}"),
             query: format!("http://127.0.0.1:{query_port}"),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
         };
         p.launch().await;
         p
@@ -128,10 +145,12 @@ impl Platform {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    /// Both APIs answer and the projection has a live version.
+    /// Both APIs answer and the projection has a live version. When it gives up, the panic
+    /// says what each probe was last answered, beside the log's tail.
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(120);
-        let token = self.token("admin", "administrator");
+        let mut last_query = String::from("(not asked yet)");
+        let mut token: Option<String> = None;
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("crm up exited ({status}):\n{}", self.log_tail());
@@ -141,20 +160,37 @@ impl Platform {
                 .get(format!("{}/healthz", self.command))
                 .send()
                 .await;
-            let query = self
-                .http
-                .get(format!("{}/v1/customers?limit=1", self.query))
-                .bearer_auth(&token)
-                .send()
-                .await;
-            if let (Ok(c), Ok(q)) = (command, query) {
-                if c.status().is_success() && q.status().is_success() {
+            let command_ok = matches!(&command, Ok(c) if c.status().is_success());
+            let last_command = describe(command).await;
+            // The token is minted once the command API answers (the signing secret exists by
+            // then), and again after a refusal.
+            if command_ok && token.is_none() {
+                token = Some(self.token("admin", "administrator"));
+            }
+            if let Some(t) = &token {
+                let query = self
+                    .http
+                    .get(format!("{}/v1/customers?limit=1", self.query))
+                    .bearer_auth(t)
+                    .send()
+                    .await;
+                let status = query.as_ref().map(|q| q.status()).ok();
+                last_query = describe(query).await;
+                if command_ok && status.is_some_and(|s| s.is_success()) {
                     return;
+                }
+                if status == Some(reqwest::StatusCode::UNAUTHORIZED) {
+                    token = None;
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "crm up did not become ready within 120 s:\n{}",
+                "crm up did not become ready within 120 s\n\
+                 last answer of {}/healthz: {last_command}\n\
+                 last answer of {}/v1/customers?limit=1: {last_query}\n\
+                 log tail:\n{}",
+                self.command,
+                self.query,
                 self.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -52,6 +52,11 @@ pub enum ConsumerError {
     NoPartitions(String),
     #[error("consumer thread: {0}")]
     Thread(String),
+    /// An event the command side accepted that a read model cannot store. It is never
+    /// dead-lettered (the dead-letter topic is for records the command side never wrote): the
+    /// projection stops before it, so nothing after it is applied around a hole.
+    #[error("the event at {position} cannot be applied; the projection stops before it: {reason}")]
+    Unapplicable { position: String, reason: String },
     /// Asked to stop while work was pending: nothing of it was checkpointed.
     #[error("stopped")]
     Stopped,
@@ -84,16 +89,28 @@ pub struct PartitionProgress {
     pub end: Option<i64>,
     /// The consumer reached the end of the partition and nothing was read since.
     pub at_end: bool,
+    /// The last offset read from the log (handed to a batch, applied or not).
+    pub last_read: i64,
+    /// Since the assignment, every record read was applied at a moment the consumer was at
+    /// the end of the partition: the read models had caught up with the log once.
+    pub caught_up_once: bool,
 }
 
 impl PartitionProgress {
-    /// Records not applied yet; 0 at the end of the partition (transaction markers, which
-    /// take offsets but are not records, do not count); unknown before the client reported.
+    /// Records not applied yet: at the end of the partition, those read but not applied yet
+    /// (transaction markers, which take offsets but are not records, do not count); else to
+    /// the end the client reported; unknown before it reported.
     pub fn lag(&self) -> Option<i64> {
         if self.at_end {
-            return Some(0);
+            return Some((self.last_read - self.checkpoint).max(0));
         }
         self.end.map(|end| (end - (self.checkpoint + 1)).max(0))
+    }
+
+    fn note_caught_up(&mut self) {
+        if self.at_end && self.checkpoint >= self.last_read {
+            self.caught_up_once = true;
+        }
     }
 }
 
@@ -105,6 +122,8 @@ struct StateInner {
     records_done: u64,
     events_applied: u64,
     dead_letters: u64,
+    /// Dead letters the version had counted before this consumer started (from PostgreSQL).
+    dead_letters_before: u64,
     reached_end: bool,
 }
 
@@ -123,22 +142,26 @@ pub struct ConsumerSnapshot {
     /// Records handled since the consumer started: applied, skipped or dead-lettered.
     pub records_done: u64,
     pub events_applied: u64,
+    /// Records of this version sent to the dead-letter topic, over its whole life (counted
+    /// in PostgreSQL with the checkpoints, so a restart does not reset it).
     pub dead_letters: u64,
     /// A replay's consumer caught up with the end of the log and stopped.
     pub reached_end: bool,
 }
 
 impl ConsumerSnapshot {
-    /// Assigned (an empty assignment counts) and every partition's lag at most `max_lag`.
+    /// Assigned (an empty assignment counts), every partition caught up with the log once
+    /// since (a restart is not ready while it re-reads what it missed) and its lag at most
+    /// `max_lag`.
     pub fn ready(&self, max_lag: i64) -> bool {
         self.assigned
             && self
                 .partitions
                 .values()
-                .all(|p| p.lag().is_some_and(|lag| lag <= max_lag))
+                .all(|p| p.caught_up_once && p.lag().is_some_and(|lag| lag <= max_lag))
     }
 
-    /// Every partition is at its end.
+    /// Every partition has been read to its end (what was read may still be pending).
     pub fn caught_up(&self) -> bool {
         self.assigned && self.partitions.values().all(|p| p.at_end)
     }
@@ -163,9 +186,15 @@ impl ConsumerState {
             partitions: inner.partitions.clone(),
             records_done: inner.records_done,
             events_applied: inner.events_applied,
-            dead_letters: inner.dead_letters,
+            dead_letters: inner.dead_letters_before + inner.dead_letters,
             reached_end: inner.reached_end,
         }
+    }
+
+    pub(crate) fn set_dead_letters_before(&self, count: u64) {
+        let mut inner = self.lock();
+        inner.dead_letters_before = count;
+        inner.dead_letters = 0;
     }
 
     pub(crate) fn set_reached_end(&self) {
@@ -185,6 +214,8 @@ impl ConsumerState {
                     checkpoint: *checkpoint,
                     end: None,
                     at_end: false,
+                    last_read: *checkpoint,
+                    caught_up_once: false,
                 },
             );
         }
@@ -214,6 +245,14 @@ impl ConsumerState {
     pub(crate) fn set_at_end(&self, partition: i32, at_end: bool) {
         if let Some(p) = self.lock().partitions.get_mut(&partition) {
             p.at_end = at_end;
+            p.note_caught_up();
+        }
+    }
+
+    /// A record of `partition` at `offset` was read (it is pending until applied).
+    pub(crate) fn set_read(&self, partition: i32, offset: i64) {
+        if let Some(p) = self.lock().partitions.get_mut(&partition) {
+            p.last_read = p.last_read.max(offset);
         }
     }
 
@@ -228,6 +267,8 @@ impl ConsumerState {
         for pos in positions {
             if let Some(p) = inner.partitions.get_mut(&pos.partition) {
                 p.checkpoint = p.checkpoint.max(pos.offset);
+                p.last_read = p.last_read.max(p.checkpoint);
+                p.note_caught_up();
             }
         }
         inner.records_done += done;
@@ -255,25 +296,34 @@ pub fn group_id(settings: &KafkaSettings, projector: &Projector) -> String {
     )
 }
 
-/// Reads a version's checkpoints, blocking, retrying until it succeeds or `stop` is set.
+/// Reads a version's checkpoints, blocking, retrying until it succeeds or `stop` is set; the
+/// dead letters the version counted with them seed `state`'s count (it survives restarts).
 pub(crate) fn load_checkpoints(
     handle: &Handle,
     projector: &Projector,
     topic: &str,
     stop: &AtomicBool,
     metrics: &Metrics,
+    state: &ConsumerState,
 ) -> Option<BTreeMap<i32, i64>> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match handle.block_on(projector.positions()) {
-            Ok(positions) => {
+        let read = handle.block_on(async {
+            let positions = projector.positions().await?;
+            let dead_letters = projector.dead_letters().await?;
+            Ok::<_, crate::ProjectionError>((positions, dead_letters))
+        });
+        match read {
+            Ok((positions, dead_letters)) => {
+                state.set_dead_letters_before(dead_letters);
+                metrics.dead_letters_recorded.set(dead_letters as i64);
                 return Some(
                     positions
                         .into_iter()
                         .filter(|p| p.topic == topic)
                         .map(|p| (p.partition, p.offset))
                         .collect(),
-                )
+                );
             }
             Err(e) => {
                 metrics.errors.with_label_values(&["checkpoints"]).inc();
@@ -352,6 +402,7 @@ impl ProjectionContext {
             &self.topic,
             &self.stop,
             &self.metrics,
+            &self.state,
         )
         // stopping without the database: start anywhere, nothing will be applied
         .unwrap_or_default();
@@ -600,9 +651,15 @@ fn run(
             if partitions.is_empty() {
                 return Err(ConsumerError::NoPartitions(topic));
             }
-            let checkpoints =
-                load_checkpoints(&handle, &config.projector, &topic, &stop, &config.metrics)
-                    .ok_or(ConsumerError::Stopped)?;
+            let checkpoints = load_checkpoints(
+                &handle,
+                &config.projector,
+                &topic,
+                &stop,
+                &config.metrics,
+                &state,
+            )
+            .ok_or(ConsumerError::Stopped)?;
             // explicit offsets (the low watermark rather than the logical `beginning`):
             // nothing to resolve before the first fetch
             let mut list = TopicPartitionList::new();
@@ -661,6 +718,7 @@ fn run(
                 let record = StoredRecord::from_message(&message);
                 drop(message);
                 state.set_at_end(record.position.partition, false);
+                state.set_read(record.position.partition, record.position.offset);
                 pending.push(record);
                 deadline.get_or_insert_with(|| Instant::now() + batch.max_wait);
             }
@@ -775,6 +833,9 @@ pub(crate) fn update_gauges(
     metrics: &Metrics,
     rate: &mut Rate,
 ) {
+    metrics
+        .dead_letters_recorded
+        .set(snapshot.dead_letters as i64);
     let elapsed = rate.at.elapsed().as_secs_f64();
     if elapsed > 0.0 {
         let delta = snapshot.events_applied.saturating_sub(rate.applied);
@@ -916,21 +977,60 @@ impl Processor {
                 }
                 Item::Event(record, event) => {
                     let pos = record.position.clone();
+                    let metadata = event.metadata().clone();
                     match self.apply(&[(pos.clone(), *event)], &[])? {
                         Ok(outcome) => self.done(&outcome, records, 0),
-                        Err(e) => {
-                            let reason = format!("event cannot be applied: {e}");
-                            self.dead_letter(&record, &reason, "apply")?;
+                        Err(e) if self.already_recorded(&metadata)? => {
+                            // the same event appended twice (a producer's retry): its first
+                            // copy is in the read models, this one goes to the dead letters
+                            let reason = format!("duplicate of an applied event: {e}");
+                            self.dead_letter(&record, &reason, "duplicate")?;
                             match self.apply(&[], std::slice::from_ref(&pos))? {
                                 Ok(outcome) => self.done(&outcome, records, 1),
                                 Err(e) => return Err(e.into()),
                             }
+                        }
+                        Err(e) => {
+                            // Accepted by the command side, refused by a read model: stop
+                            // before it, with its position, rather than apply around a hole.
+                            let position =
+                                format!("{}:{}:{}", pos.topic, pos.partition, pos.offset);
+                            tracing::error!(%position, error = %e, "an accepted event cannot be applied; the projection stops before it");
+                            self.metrics
+                                .errors
+                                .with_label_values(&["unapplicable"])
+                                .inc();
+                            return Err(ConsumerError::Unapplicable {
+                                position,
+                                reason: e.to_string(),
+                            });
                         }
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Whether an event with this id, or this stream's sequence, is in the read models already.
+    fn already_recorded(&self, metadata: &domain::EventMetadata) -> Result<bool, ConsumerError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self
+                .handle
+                .block_on(self.projector.already_recorded(metadata))
+            {
+                Ok(found) => return Ok(found),
+                Err(e) => {
+                    tracing::warn!(error = %e, "looking for a duplicate failed; retrying");
+                    if self.stop.load(Ordering::Acquire) {
+                        return Err(ConsumerError::Stopped);
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     /// Applies, retrying transient failures until it succeeds or the consumer stops. The

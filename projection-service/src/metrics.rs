@@ -1,7 +1,8 @@
 //! Prometheus metrics of the projection-service (one registry per service instance).
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// The service's metrics. Cheap to clone (every field is a shared handle).
@@ -24,6 +25,9 @@ pub struct Metrics {
     pub batch_size: Histogram,
     /// Records sent to the dead-letter topic, by kind (`decode`, `apply`).
     pub dead_letters: IntCounterVec,
+    /// Records the live version has dead-lettered over its whole life (kept in PostgreSQL,
+    /// so unlike the counter above it survives restarts).
+    pub dead_letters_recorded: IntGauge,
     /// Alert changes published on the alerts topic, by change (`opened`, `closed`).
     pub alerts_published: IntCounterVec,
     /// Sweeps and RFM recomputes run, by job.
@@ -82,6 +86,10 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let dead_letters_recorded = IntGauge::new(
+            "projection_dead_letters",
+            "Records this projection version has dead-lettered since it was built",
+        )?;
         let alerts_published = IntCounterVec::new(
             Opts::new(
                 "projection_alerts_published_total",
@@ -105,6 +113,7 @@ impl Metrics {
         registry.register(Box::new(batch_seconds.clone()))?;
         registry.register(Box::new(batch_size.clone()))?;
         registry.register(Box::new(dead_letters.clone()))?;
+        registry.register(Box::new(dead_letters_recorded.clone()))?;
         registry.register(Box::new(alerts_published.clone()))?;
         registry.register(Box::new(jobs.clone()))?;
         registry.register(Box::new(errors.clone()))?;
@@ -118,6 +127,7 @@ impl Metrics {
             batch_seconds,
             batch_size,
             dead_letters,
+            dead_letters_recorded,
             alerts_published,
             jobs,
             errors,

@@ -8,7 +8,7 @@
 //! read model (which query-service's visibility of a sales director reads). Both go into the
 //! audit trail.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use domain::{RecordedEvent, RecordedOrganisationEvent, StreamEvent};
 use infra::Position;
@@ -87,6 +87,35 @@ impl Projector {
 
     pub fn version(&self) -> &ProjectionVersion {
         &self.version
+    }
+
+    /// Whether the audit trail holds this event already: its id, or its stream's sequence.
+    pub async fn already_recorded(&self, metadata: &domain::EventMetadata) -> Result<bool> {
+        let mut tx = begin_in(&self.pool, &self.version).await?;
+        let found: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM audit_trail
+                             WHERE event_id = $1 OR (customer_id = $2 AND sequence = $3))",
+        )
+        .bind(metadata.id)
+        .bind(metadata.customer_id.as_uuid())
+        .bind(metadata.sequence as i64)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        Ok(found)
+    }
+
+    /// The records this version dead-lettered, over its whole life.
+    pub async fn dead_letters(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            r#"SELECT coalesce(sum(dead_letters), 0)::bigint FROM projection.checkpoints
+                WHERE projection = $1 AND version = $2"#,
+        )
+        .bind(self.version.name())
+        .bind(self.version.version())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.max(0) as u64)
     }
 
     /// The last applied offset of every (topic, partition) this version has seen. A consumer
@@ -181,6 +210,8 @@ impl Projector {
             current.insert((topic, partition), (offset, false));
         }
 
+        // the checkpoints as stored: a record past them is new to this version
+        let stored = current.clone();
         let mut effects = Effects::default();
         for (pos, event) in batch {
             let key = (pos.topic.clone(), pos.partition);
@@ -198,8 +229,17 @@ impl Projector {
             *entry = (pos.offset, true);
             outcome.applied += 1;
         }
+        // dead-lettered records count once: when they move their partition's checkpoint
+        let mut dead: HashMap<(String, i32), i64> = HashMap::new();
         for pos in skipped {
-            if let Some(entry) = current.get_mut(&(pos.topic.clone(), pos.partition)) {
+            let key = (pos.topic.clone(), pos.partition);
+            if stored
+                .get(&key)
+                .is_some_and(|(offset, _)| pos.offset > *offset)
+            {
+                *dead.entry(key.clone()).or_default() += 1;
+            }
+            if let Some(entry) = current.get_mut(&key) {
                 if pos.offset > entry.0 {
                     *entry = (pos.offset, true);
                 }
@@ -208,8 +248,10 @@ impl Projector {
 
         for ((topic, partition), (offset, moved)) in &current {
             if *moved {
+                let dead_letters = dead.get(&(topic.clone(), *partition)).copied().unwrap_or(0);
                 sqlx::query(
-                    r#"UPDATE projection.checkpoints SET "offset" = $5, updated_at = now()
+                    r#"UPDATE projection.checkpoints
+                          SET "offset" = $5, dead_letters = dead_letters + $6, updated_at = now()
                         WHERE projection = $1 AND version = $2 AND topic = $3 AND "partition" = $4"#,
                 )
                 .bind(self.version.name())
@@ -217,6 +259,7 @@ impl Projector {
                 .bind(topic)
                 .bind(partition)
                 .bind(offset)
+                .bind(dead_letters)
                 .execute(&mut *tx)
                 .await?;
             }

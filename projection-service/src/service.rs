@@ -85,11 +85,18 @@ struct Shared {
     current: Mutex<Option<Current>>,
     metrics: Metrics,
     ready_max_lag: i64,
+    /// Why the consumer last stopped with an error (e.g. the position of an event a read
+    /// model refuses), until the projection is ready again.
+    failure: Mutex<Option<String>>,
 }
 
 impl Shared {
     fn set(&self, current: Option<Current>) {
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = current;
+    }
+
+    fn set_failure(&self, failure: Option<String>) {
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = failure;
     }
 
     fn status(&self) -> ServiceStatus {
@@ -98,7 +105,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        match current {
+        let mut status = match current {
             Some(c) => {
                 let consumer = c.state.snapshot();
                 ServiceStatus {
@@ -106,6 +113,7 @@ impl Shared {
                     projection: Some(c.version.name().to_owned()),
                     version: Some(c.version.version()),
                     consumer,
+                    failure: None,
                 }
             }
             None => ServiceStatus {
@@ -113,8 +121,19 @@ impl Shared {
                 projection: None,
                 version: None,
                 consumer: ConsumerSnapshot::default(),
+                failure: None,
             },
+        };
+        if status.ready {
+            self.set_failure(None);
+        } else {
+            status.failure = self
+                .failure
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
         }
+        status
     }
 }
 
@@ -125,6 +144,9 @@ pub struct ServiceStatus {
     pub projection: Option<String>,
     pub version: Option<i32>,
     pub consumer: ConsumerSnapshot,
+    /// Why the projection is stuck, when it is: the consumer's last error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// The running service. Dropping it stops the supervisor at its next step; prefer
@@ -160,6 +182,7 @@ impl ProjectionService {
             current: Mutex::new(None),
             metrics,
             ready_max_lag: options.ready_max_lag,
+            failure: Mutex::new(None),
         });
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(supervise(
@@ -296,6 +319,7 @@ async fn supervise(
             Err(e) => {
                 metrics.errors.with_label_values(&["consumer"]).inc();
                 tracing::error!(error = %e, "the consumer failed");
+                shared.set_failure(Some(e.to_string()));
             }
         }
         match next {

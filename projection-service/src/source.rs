@@ -297,9 +297,15 @@ fn tail_embedded(
     let partitions: Vec<i32> = (0..log.partitions()).collect();
     // subscribed before the first read: no append between reading and waiting is missed
     let mut appended = log.subscribe();
-    let checkpoints =
-        load_checkpoints(&handle, &options.projector, &topic, &stop, &options.metrics)
-            .ok_or(ConsumerError::Stopped)?;
+    let checkpoints = load_checkpoints(
+        &handle,
+        &options.projector,
+        &topic,
+        &stop,
+        &options.metrics,
+        &state,
+    )
+    .ok_or(ConsumerError::Stopped)?;
     let known: BTreeMap<i32, i64> = partitions
         .iter()
         .map(|p| (*p, checkpoints.get(p).copied().unwrap_or(-1)))
@@ -343,6 +349,7 @@ fn tail_embedded(
                 let records = log.read_at_most(p, from, room)?;
                 if let Some(last) = records.last() {
                     next.insert(p, last.position.offset + 1);
+                    state.set_read(p, last.position.offset);
                     deadline.get_or_insert_with(|| Instant::now() + batch.max_wait);
                 }
                 pending.extend(records);
