@@ -95,6 +95,7 @@ pub async fn command(args: CommandArgs) -> anyhow::Result<()> {
         }),
         "/command-service".into(),
         auth,
+        domain::limits::BusinessTimeWindow::default(),
     )?;
     let all: Vec<i32> = (0..settings.partitions).collect();
     app.streams

@@ -27,7 +27,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::streams::{Caller, CommandError, CommandRequest, OrganisationRequest, Outcome, Via};
+use crate::streams::{
+    fingerprint, Caller, CommandError, CommandRequest, OrganisationRequest, Outcome, Via,
+};
 use crate::App;
 
 /// The header that carries a command's log position, for read-your-writes queries.
@@ -292,6 +294,16 @@ fn body_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>
     }
 }
 
+/// The digest of a command request as the client sent it, kept with its idempotency key.
+fn request_fingerprint(
+    command: &str,
+    path: &HashMap<String, String>,
+    body: &Map<String, Value>,
+) -> String {
+    let path: Vec<(&str, &str)> = path.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    fingerprint(command, &path, &Value::Object(body.clone()))
+}
+
 fn uuid_param(name: &str, value: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(value).map_err(|e| Problem::bad_parameter(name, format!("not a UUID: {e}")))
 }
@@ -379,6 +391,7 @@ fn command_request(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<CommandRequest, Problem> {
     let mut body = body_object(body)?;
+    let fingerprint = request_fingerprint(route.name, &path, &body);
     let occurred_at = occurred_at(&mut body, "occurred_at")?;
     let customer_id =
         match path.get("customer_id") {
@@ -428,6 +441,7 @@ fn command_request(
         command,
         expected_sequence: h.expected_sequence,
         command_id: h.command_id,
+        fingerprint: Some(fingerprint),
         caller,
         occurred_at,
         correlation_id: h.correlation_id,
@@ -448,6 +462,16 @@ pub fn command_problem(error: &CommandError) -> Problem {
                 None => p,
             }
         }
+        CommandError::KeyReused { key } => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency key reused with a different request",
+        )
+        .detail(format!(
+            "{error}; a retry must repeat the first request exactly, a new request needs a new key"
+        ))
+        .field("Idempotency-Key")
+        .with("idempotency_key", key.clone()),
         CommandError::SequenceMismatch { expected, actual } => Problem::new(
             StatusCode::CONFLICT,
             "sequence-mismatch",
@@ -513,6 +537,7 @@ fn outcome_label(result: &Result<Outcome, CommandError>) -> &'static str {
             ErrorKind::Conflict => "refused",
         },
         Err(CommandError::SequenceMismatch { .. }) => "conflict",
+        Err(CommandError::KeyReused { .. }) => "key_reused",
         Err(CommandError::Forbidden { .. }) => "forbidden",
         Err(CommandError::NotOwner { .. }) => "not_owner",
         Err(_) => "error",
@@ -602,6 +627,7 @@ fn organisation_request(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<OrganisationRequest, Problem> {
     let mut body = body_object(body)?;
+    let fingerprint = request_fingerprint(route.name, &path, &body);
     for (name, value) in &path {
         if name == "team_id" {
             uuid_param(name, value)?;
@@ -629,6 +655,7 @@ fn organisation_request(
         command,
         expected_sequence: h.expected_sequence,
         command_id: h.command_id,
+        fingerprint: Some(fingerprint),
         principal,
         correlation_id: h.correlation_id,
         causation_id: h.causation_id,
@@ -726,28 +753,36 @@ pub struct BatchTouchpoint {
     pub touchpoint: domain::Touchpoint,
 }
 
-fn batch_items(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<Result<Value, Problem>>, Problem> {
+/// One item of a batch: its NDJSON line (1-based; none in a JSON array) and its JSON.
+type BatchItem = (Option<usize>, Result<Value, Problem>);
+
+/// The items of a batch body. Blank NDJSON lines are no items: `index` counts items, and
+/// each NDJSON item's answer names its `line` too, so that both agree with the error texts.
+fn batch_items(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<BatchItem>, Problem> {
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
             v.starts_with("application/x-ndjson") || v.starts_with("application/ndjson")
         });
-    let items: Vec<Result<Value, Problem>> = if ndjson {
+    let items: Vec<BatchItem> = if ndjson {
         bytes
             .split(|b| *b == b'\n')
             .enumerate()
             .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
-            .map(|(n, line)| {
-                serde_json::from_slice(line).map_err(|e| {
+            .enumerate()
+            .map(|(index, (n, line))| {
+                let item = serde_json::from_slice(line).map_err(|e| {
                     Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
-                        .detail(format!("line {}: {e}", n + 1))
-                })
+                        .detail(format!("item {index} (line {}): {e}", n + 1))
+                        .with("line", n + 1)
+                });
+                (Some(n + 1), item)
             })
             .collect()
     } else {
         match serde_json::from_slice::<Value>(bytes) {
-            Ok(Value::Array(items)) => items.into_iter().map(Ok).collect(),
+            Ok(Value::Array(items)) => items.into_iter().map(|v| (None, Ok(v))).collect(),
             Ok(_) => {
                 return Err(Problem::invalid_field(
                     "",
@@ -787,6 +822,7 @@ fn batch_request(
     caller: &Caller,
     correlation_id: Option<Uuid>,
 ) -> Result<CommandRequest, Problem> {
+    let item_fingerprint = fingerprint("record_touchpoint", &[], &item);
     let t: BatchTouchpoint = serde_path_to_error::deserialize(item).map_err(|e| {
         let message = e.inner().to_string();
         Problem::invalid_field(serde_field(&e.path().to_string(), &message), message)
@@ -809,6 +845,7 @@ fn batch_request(
         }),
         expected_sequence: None,
         command_id: t.idempotency_key,
+        fingerprint: Some(item_fingerprint),
         caller: caller.clone(),
         occurred_at: t.occurred_at,
         correlation_id,
@@ -847,7 +884,15 @@ async fn batch_touchpoints(
     let mut results: Vec<Option<Value>> = Vec::with_capacity(items.len());
     let mut requests = Vec::new();
     let mut slots = Vec::new();
-    for (i, item) in items.into_iter().enumerate() {
+    let lines: Vec<Option<usize>> = items.iter().map(|(line, _)| *line).collect();
+    // an item's answer: its index, and its NDJSON line when it has one
+    let answer = |i: usize, mut value: Value| {
+        if let (Some(Some(line)), Some(m)) = (lines.get(i), value.as_object_mut()) {
+            m.insert("line".into(), json!(line));
+        }
+        value
+    };
+    for (i, (_, item)) in items.into_iter().enumerate() {
         match item.and_then(|v| batch_request(v, &caller, correlation_id)) {
             Ok(r) => {
                 slots.push(i);
@@ -859,7 +904,10 @@ async fn batch_touchpoints(
                     .commands
                     .with_label_values(&["record_touchpoint", "malformed"])
                     .inc();
-                results.push(Some(json!({"index": i, "status": p.status, "problem": p})));
+                results.push(Some(answer(
+                    i,
+                    json!({"index": i, "status": p.status, "problem": p}),
+                )));
             }
         }
     }
@@ -881,7 +929,7 @@ async fn batch_touchpoints(
             }
         };
         if let Some(r) = results.get_mut(slot) {
-            *r = Some(value);
+            *r = Some(answer(slot, value));
         }
     }
     let results: Vec<Value> = results.into_iter().flatten().collect();

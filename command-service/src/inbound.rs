@@ -111,6 +111,12 @@ pub fn inbound_request(
         }),
         expected_sequence: None,
         command_id: Some(format!("inbound:{source}:{id}")),
+        // the record's body and type: the same ce_id with another touchpoint is refused
+        fingerprint: Some(crate::streams::fingerprint(
+            event_type,
+            &[],
+            &serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
+        )),
         caller: Caller::new(Arc::new(adapter), Via::Ingest),
         occurred_at,
         correlation_id,
@@ -274,6 +280,7 @@ impl InboundReaders {
                 Err(
                     e @ (CommandError::Refused(_)
                     | CommandError::Envelope(_)
+                    | CommandError::KeyReused { .. }
                     | CommandError::Forbidden { .. }),
                 ) => {
                     let problem = command_problem(&e);

@@ -16,8 +16,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use domain::limits::BusinessTimeWindow;
 use infra::auth::{AuthArgs, AuthState, Authenticator};
-use infra::config::{KafkaArgs, LogFormat};
+use infra::config::{BusinessTimeArgs, KafkaArgs, LogFormat};
 use infra::kafka::{provision_topics, OwnershipChange, PartitionOwnership};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -50,6 +51,8 @@ pub struct Config {
     pub log_format: LogFormat,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    pub business_time: BusinessTimeArgs,
 }
 
 /// The running service: what every HTTP handler can reach.
@@ -65,10 +68,17 @@ impl App {
         log: Arc<dyn CustomerLog>,
         source: String,
         auth: Authenticator,
+        business_time: BusinessTimeWindow,
     ) -> anyhow::Result<Arc<App>> {
         let metrics = Metrics::new().context("registering metrics")?;
         let topic = log.topic();
-        let streams = Arc::new(CustomerStreams::new(log, topic, source, metrics.clone()));
+        let streams = Arc::new(CustomerStreams::new(
+            log,
+            topic,
+            source,
+            metrics.clone(),
+            business_time,
+        ));
         Ok(Arc::new(App {
             streams,
             metrics,
@@ -121,6 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
         config.source.clone(),
         auth,
+        config.business_time.window(),
     )?;
     tokio::spawn(organisation::follow_organisation(
         app.streams.clone(),

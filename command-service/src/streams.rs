@@ -14,6 +14,7 @@ use domain::access::{
     authorize_command, authorize_ingest, authorize_organisation, Denial, Principal,
 };
 use domain::envelope::{envelope_time, is_organisation_key};
+use domain::limits::BusinessTimeWindow;
 use domain::{
     apply_recorded, apply_recorded_organisation, decide, decide_organisation, organisation_stream,
     Command, CustomerId, CustomerState, DomainError, EventMetadata, KafkaRecord,
@@ -65,6 +66,9 @@ pub struct CommandRequest {
     pub expected_sequence: Option<u64>,
     /// `Idempotency-Key`: a retry with the same key gets the first answer.
     pub command_id: Option<String>,
+    /// A digest of the request the key came with ([`fingerprint`]): the same key with a
+    /// different request is refused ([`CommandError::KeyReused`]).
+    pub fingerprint: Option<String>,
     /// Who asks: checked against the permission table and the customer's owner, recorded as
     /// the events' actor.
     pub caller: Caller,
@@ -110,6 +114,7 @@ pub struct OrganisationRequest {
     /// `If-Match`: the organisation stream's sequence the client expects.
     pub expected_sequence: Option<u64>,
     pub command_id: Option<String>,
+    pub fingerprint: Option<String>,
     pub principal: Arc<Principal>,
     pub correlation_id: Option<Uuid>,
     pub causation_id: Option<Uuid>,
@@ -126,6 +131,9 @@ pub enum CommandError {
         field: Option<&'static str>,
         reason: String,
     },
+    /// An idempotency key already used with a different request.
+    #[error("the idempotency key `{key}` was used before with a different request")]
+    KeyReused { key: String },
     #[error("expected sequence {expected}, but the customer is at {actual}")]
     SequenceMismatch { expected: u64, actual: u64 },
     #[error("partition {partition} of this customer is not owned by this instance")]
@@ -139,11 +147,91 @@ pub enum CommandError {
     Envelope(String),
 }
 
+/// The answer to a command that carried an idempotency key, with the digest of its request.
+#[derive(Debug, Clone, Default)]
+struct Answered {
+    fingerprint: Option<String>,
+    events: Vec<AppendedEvent>,
+}
+
+impl Answered {
+    /// The first answer, for a retry of the same request; refused for another request under
+    /// the same key. Answers recorded before fingerprints existed match any request.
+    fn replay(
+        &self,
+        key: &str,
+        fingerprint: Option<&String>,
+    ) -> Result<Vec<AppendedEvent>, CommandError> {
+        match (&self.fingerprint, fingerprint) {
+            (Some(first), Some(this)) if first != this => Err(CommandError::KeyReused {
+                key: key.to_owned(),
+            }),
+            _ => Ok(self.events.clone()),
+        }
+    }
+
+    fn push(&mut self, fingerprint: &Option<String>, event: AppendedEvent) {
+        if self.fingerprint.is_none() {
+            self.fingerprint = fingerprint.clone();
+        }
+        self.events.push(event);
+    }
+}
+
+/// A digest of a request: the command's name, the path's ids and the body as the client sent
+/// it (keys sorted, so that their order does not matter), hex SHA-256.
+pub fn fingerprint(command: &str, path: &[(&str, &str)], body: &serde_json::Value) -> String {
+    use sha2::{Digest, Sha256};
+    fn canonical(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                    out.push(':');
+                    if let Some(item) = m.get(k) {
+                        canonical(item, out);
+                    }
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    canonical(item, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut path: Vec<(&str, &str)> = path.to_vec();
+    path.sort();
+    let mut text = String::from(command);
+    for (k, v) in path {
+        text.push_str(&format!("\n{k}={v}"));
+    }
+    text.push('\n');
+    canonical(body, &mut text);
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A customer's state plus the answers to the commands that carried an id.
 #[derive(Debug, Clone)]
 struct CustomerEntry {
     state: CustomerState,
-    answered: HashMap<String, Vec<AppendedEvent>>,
+    answered: HashMap<String, Answered>,
     /// Set when the stored stream broke the sequence rule: refuse commands, do not guess.
     broken: Option<String>,
 }
@@ -168,7 +256,7 @@ struct OwnedPartition {
 #[derive(Debug, Default)]
 struct OrganisationView {
     state: OrganisationState,
-    answered: HashMap<String, Vec<AppendedEvent>>,
+    answered: HashMap<String, Answered>,
     broken: Option<String>,
 }
 
@@ -179,6 +267,8 @@ pub struct CustomerStreams {
     owned: RwLock<HashMap<i32, Arc<OwnedPartition>>>,
     organisation: StdRwLock<OrganisationView>,
     metrics: Metrics,
+    /// Where business time (`occurred_at`) may fall.
+    business_time: BusinessTimeWindow,
 }
 
 /// Maps a refusal of the access rules to the command's answer.
@@ -190,7 +280,13 @@ fn denied(denial: Denial, hidden: DomainError) -> CommandError {
 }
 
 impl CustomerStreams {
-    pub fn new(log: Arc<dyn CustomerLog>, topic: String, source: String, metrics: Metrics) -> Self {
+    pub fn new(
+        log: Arc<dyn CustomerLog>,
+        topic: String,
+        source: String,
+        metrics: Metrics,
+        business_time: BusinessTimeWindow,
+    ) -> Self {
         CustomerStreams {
             log,
             topic,
@@ -198,6 +294,7 @@ impl CustomerStreams {
             owned: RwLock::new(HashMap::new()),
             organisation: StdRwLock::new(OrganisationView::default()),
             metrics,
+            business_time,
         }
     }
 
@@ -239,15 +336,15 @@ impl CustomerStreams {
             }
         }
         if let (Some(key), Some(position)) = (&m.command_id, position) {
-            view.answered
-                .entry(key.clone())
-                .or_default()
-                .push(AppendedEvent {
+            view.answered.entry(key.clone()).or_default().push(
+                &m.command_fingerprint,
+                AppendedEvent {
                     id: m.id,
                     event_type: recorded.event.event_type().to_owned(),
                     sequence: m.sequence,
                     position,
-                });
+                },
+            );
         }
     }
 
@@ -311,16 +408,15 @@ impl CustomerStreams {
                     }
                 }
                 if let Some(key) = &m.command_id {
-                    entry
-                        .answered
-                        .entry(key.clone())
-                        .or_default()
-                        .push(AppendedEvent {
+                    entry.answered.entry(key.clone()).or_default().push(
+                        &m.command_fingerprint,
+                        AppendedEvent {
                             id: m.id,
                             event_type: recorded.event.event_type().to_owned(),
                             sequence: m.sequence,
                             position: record.position.clone(),
-                        });
+                        },
+                    );
                 }
             }
             tracing::info!(
@@ -418,7 +514,14 @@ impl CustomerStreams {
         // Decide every command against a working copy; only a committed append makes it real.
         let mut working: HashMap<CustomerId, CustomerEntry> = HashMap::new();
         let mut results: Vec<(usize, Result<Outcome, CommandError>)> = Vec::new();
-        let mut pending: Vec<(usize, CustomerId, Option<String>, Vec<RecordedEvent>)> = Vec::new();
+        #[allow(clippy::type_complexity)]
+        let mut pending: Vec<(
+            usize,
+            CustomerId,
+            Option<String>,
+            Vec<RecordedEvent>,
+            Option<String>,
+        )> = Vec::new();
         // A command id seen twice in one batch (a client's retry racing its first try): the
         // second gets the first one's answer, as if it came after the append.
         let mut pending_keys: HashMap<(CustomerId, String), usize> = HashMap::new();
@@ -457,28 +560,34 @@ impl CustomerStreams {
                 results.push((i, Err(denied(d, DomainError::CustomerNotRegistered))));
                 continue;
             }
-            if let Some(answer) = request
+            if let Some((key, answer)) = request
                 .command_id
                 .as_ref()
-                .and_then(|k| entry.answered.get(k))
+                .and_then(|k| entry.answered.get(k).map(|a| (k, a)))
             {
-                results.push((
-                    i,
-                    Ok(Outcome {
+                let result = answer
+                    .replay(key, request.fingerprint.as_ref())
+                    .map(|events| Outcome {
                         customer_id: request.customer_id,
-                        events: answer.clone(),
+                        events,
                         sequence: entry.state.version,
                         replayed: true,
-                    }),
-                ));
+                    });
+                results.push((i, result));
                 continue;
             }
-            if let Some(&first) = request
-                .command_id
-                .as_ref()
-                .and_then(|k| pending_keys.get(&(request.customer_id, k.clone())))
-            {
-                duplicates.push((i, first));
+            if let Some((key, &first)) = request.command_id.as_ref().and_then(|k| {
+                pending_keys
+                    .get(&(request.customer_id, k.clone()))
+                    .map(|f| (k, f))
+            }) {
+                let first_fingerprint = pending.get(first).and_then(|p| p.4.as_ref());
+                match (first_fingerprint, request.fingerprint.as_ref()) {
+                    (Some(a), Some(b)) if a != b => {
+                        results.push((i, Err(CommandError::KeyReused { key: key.clone() })))
+                    }
+                    _ => duplicates.push((i, first)),
+                }
                 continue;
             }
             if let Some(expected) = request.expected_sequence {
@@ -490,6 +599,12 @@ impl CustomerStreams {
                             actual: entry.state.version,
                         }),
                     ));
+                    continue;
+                }
+            }
+            if let Some(at) = request.occurred_at {
+                if let Err(e) = self.business_time.check(at, now, "occurred_at") {
+                    results.push((i, Err(e.into())));
                     continue;
                 }
             }
@@ -514,6 +629,10 @@ impl CustomerStreams {
                     actor: request.caller.actor(),
                     command: Some(request.command.name().to_owned()),
                     command_id: request.command_id.clone(),
+                    command_fingerprint: request
+                        .command_id
+                        .as_ref()
+                        .and(request.fingerprint.clone()),
                     correlation_id,
                     causation_id: request.causation_id,
                     occurred_at: request.occurred_at.map(envelope_time).unwrap_or(now),
@@ -539,7 +658,13 @@ impl CustomerStreams {
             if let Some(k) = &request.command_id {
                 pending_keys.insert((request.customer_id, k.clone()), pending.len());
             }
-            pending.push((i, request.customer_id, request.command_id, recorded));
+            pending.push((
+                i,
+                request.customer_id,
+                request.command_id,
+                recorded,
+                request.fingerprint,
+            ));
         }
 
         if !records.is_empty() {
@@ -548,7 +673,7 @@ impl CustomerStreams {
                 Ok(positions) => {
                     let mut positions = positions.into_iter();
                     let mut answers: Vec<Outcome> = Vec::with_capacity(pending.len());
-                    for (i, customer_id, command_id, recorded) in pending {
+                    for (i, customer_id, command_id, recorded, fingerprint) in pending {
                         let events: Vec<AppendedEvent> = recorded
                             .iter()
                             .map(|r| AppendedEvent {
@@ -566,7 +691,13 @@ impl CustomerStreams {
                             .entry(customer_id)
                             .or_insert_with(|| CustomerEntry::new(customer_id));
                         if let Some(key) = command_id {
-                            entry.answered.insert(key, events.clone());
+                            entry.answered.insert(
+                                key,
+                                Answered {
+                                    fingerprint,
+                                    events: events.clone(),
+                                },
+                            );
                         }
                         let sequence = events
                             .last()
@@ -684,14 +815,14 @@ impl CustomerStreams {
                     )
                 },
             )?;
-            if let Some(answer) = request
+            if let Some((key, answer)) = request
                 .command_id
                 .as_ref()
-                .and_then(|k| view.answered.get(k))
+                .and_then(|k| view.answered.get(k).map(|a| (k, a)))
             {
                 return Ok(Outcome {
                     customer_id: stream,
-                    events: answer.clone(),
+                    events: answer.replay(key, request.fingerprint.as_ref())?,
                     sequence: view.state.version,
                     replayed: true,
                 });
@@ -719,6 +850,10 @@ impl CustomerStreams {
                         actor: request.principal.subject.to_string(),
                         command: Some(request.command.name().to_owned()),
                         command_id: request.command_id.clone(),
+                        command_fingerprint: request
+                            .command_id
+                            .as_ref()
+                            .and(request.fingerprint.clone()),
                         correlation_id,
                         causation_id: request.causation_id,
                         occurred_at: now,

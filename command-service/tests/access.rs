@@ -42,6 +42,7 @@ async fn app(settings: &KafkaSettings) -> Arc<App> {
         }),
         "/test".into(),
         common::authenticator(),
+        domain::limits::BusinessTimeWindow::default(),
     )
     .unwrap()
 }

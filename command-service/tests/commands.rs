@@ -40,6 +40,7 @@ async fn service(name: &str) -> Service {
         }),
         "/test".into(),
         common::authenticator(),
+        domain::limits::BusinessTimeWindow::default(),
     )
     .unwrap();
     app.streams
@@ -493,6 +494,7 @@ async fn a_retry_with_the_same_idempotency_key_appends_nothing() {
         }),
         "/test".into(),
         common::authenticator(),
+        domain::limits::BusinessTimeWindow::default(),
     )
     .unwrap();
     again.streams.assign(&partitions).await.unwrap();
@@ -508,11 +510,67 @@ async fn a_retry_with_the_same_idempotency_key_appends_nothing() {
     assert_eq!(retry.body["replayed"], true, "{}", retry.body);
     assert_eq!(retry.body["events"], first.body["events"]);
     assert_eq!(stream_of(&s.settings, &c).await.len(), 2);
+    // the key is bound to its request (kept in the log, so also after the fail-over): with
+    // another body, or another command, it is refused naming the key, and nothing is appended
+    // (it used to answer 200 with the touchpoint's event and place no order)
+    let other_body = json!({"touchpoint": {"channel": {"kind": "wechat", "direction": "inbound"}, "summary": "另一条"}});
+    let order = json!({"order_number": "SO-K", "total": {"amount": 5, "currency": "CNY"}});
+    for (uri, body) in [
+        (uri.clone(), other_body),
+        (format!("/v1/customers/{c}/orders"), order.clone()),
+    ] {
+        let reused = send(
+            &router,
+            "POST",
+            &uri,
+            &[("idempotency-key", "wx-msg-1")],
+            Some(body),
+        )
+        .await;
+        assert_eq!(
+            reused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            reused.body
+        );
+        assert_eq!(reused.body["field"], "Idempotency-Key");
+        assert_eq!(reused.body["type"], "/problems/idempotency-key-reused");
+    }
+    assert_eq!(stream_of(&s.settings, &c).await.len(), 2);
+    // the same body with its keys in another order is the same request
+    let reordered: Value = serde_json::from_str(
+        r#"{"touchpoint": {"summary": "你好", "channel": {"direction": "inbound", "kind": "wechat"}}}"#,
+    )
+    .unwrap();
+    let retry = send(
+        &router,
+        "POST",
+        &format!("/v1/customers/{c}/touchpoints"),
+        &[("idempotency-key", "wx-msg-1")],
+        Some(reordered),
+    )
+    .await;
+    assert_eq!(retry.body["replayed"], true, "{}", retry.body);
+    // in one batch: the second use of a key with another touchpoint is refused
+    let batch = json!([
+        {"customer_id": c, "idempotency_key": "b-1", "touchpoint": {"channel": {"kind": "web_form"}, "summary": "one"}},
+        {"customer_id": c, "idempotency_key": "b-1", "touchpoint": {"channel": {"kind": "web_form"}, "summary": "two"}},
+        {"customer_id": c, "idempotency_key": "b-1", "touchpoint": {"channel": {"kind": "web_form"}, "summary": "one"}}
+    ]);
+    let answer = send(&router, "POST", "/v1/touchpoints:batch", &[], Some(batch)).await;
+    let statuses: Vec<i64> = answer.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_i64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![201, 422, 200], "{}", answer.body);
+    assert_eq!(stream_of(&s.settings, &c).await.len(), 3);
     // and the old owner, fenced, can no longer append
     let old = send(&s.router, "POST", &uri, &[], Some(json!({"touchpoint": {"channel": {"kind": "wechat", "direction": "outbound"}, "summary": "x"}}))).await;
     assert_eq!(old.status, StatusCode::SERVICE_UNAVAILABLE, "{}", old.body);
     assert_eq!(old.body["type"], "/problems/not-owner");
-    assert_eq!(stream_of(&s.settings, &c).await.len(), 2);
+    assert_eq!(stream_of(&s.settings, &c).await.len(), 3);
     let _ = &s.app;
 }
 
@@ -607,6 +665,76 @@ async fn bad_input_gets_problem_details_naming_the_field() {
             &[],
             409,
             "",
+        ),
+        // U+0000 anywhere: PostgreSQL cannot store it, so the command side refuses it
+        // (it used to be acknowledged, then dead-lettered by the projection)
+        (
+            "POST",
+            "/v1/customers".to_owned(),
+            Some(
+                json!({"profile": {"kind": "company", "name": "a\u{0}b", "region": "华东", "industry": "software", "level": "key", "credit": 4, "satisfaction": 4}, "owner": "am-li"}),
+            ),
+            &[],
+            422,
+            "profile.name",
+        ),
+        (
+            "POST",
+            format!("/v1/customers/{c}/touchpoints"),
+            Some(
+                json!({"touchpoint": {"channel": {"kind": "web_form"}, "summary": "hello\u{0}world"}}),
+            ),
+            &[],
+            422,
+            "touchpoint.summary",
+        ),
+        (
+            "PATCH",
+            format!("/v1/customers/{c}"),
+            Some(json!({"changes": {"registration": {"phone": "1\u{0}2"}}})),
+            &[],
+            422,
+            "changes.registration.phone",
+        ),
+        // lengths per field
+        (
+            "PATCH",
+            format!("/v1/customers/{c}"),
+            Some(json!({"changes": {"name": "名".repeat(201)}})),
+            &[],
+            422,
+            "changes.name",
+        ),
+        (
+            "POST",
+            format!("/v1/customers/{c}/touchpoints"),
+            Some(
+                json!({"touchpoint": {"channel": {"kind": "web_form"}, "summary": "x".repeat(10_001)}}),
+            ),
+            &[],
+            422,
+            "touchpoint.summary",
+        ),
+        // business time within its window: not year 9999, not year 0
+        (
+            "POST",
+            format!("/v1/customers/{c}/orders"),
+            Some(
+                json!({"order_number": "SO-F", "total": {"amount": 5, "currency": "CNY"}, "occurred_at": "9999-12-31T00:00:00Z"}),
+            ),
+            &[],
+            422,
+            "occurred_at",
+        ),
+        (
+            "POST",
+            format!("/v1/customers/{c}/orders"),
+            Some(
+                json!({"order_number": "SO-Z", "total": {"amount": 5, "currency": "CNY"}, "occurred_at": "0000-01-01T00:00:00Z"}),
+            ),
+            &[],
+            422,
+            "occurred_at",
         ),
         // malformed path and header
         (
@@ -792,6 +920,31 @@ async fn a_batch_answers_per_item() {
             (1..=expected).collect::<Vec<_>>()
         );
     }
+    // NDJSON with blank lines: `index` counts items, `line` is the line the error names
+    let ndjson = format!("\n{}\n\n{{\"customer_id\": \n\n{}\n", items[0], items[1]);
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/touchpoints:batch")
+        .header("content-type", "application/x-ndjson")
+        .header("x-api-key", common::ADAPTER_KEY)
+        .body(Body::from(ndjson))
+        .unwrap();
+    let response = s.router.clone().oneshot(request).await.unwrap();
+    let body: Value = serde_json::from_slice(
+        &axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let results = body["results"].as_array().unwrap();
+    let at: Vec<(i64, i64)> = results
+        .iter()
+        .map(|r| (r["index"].as_i64().unwrap(), r["line"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(at, vec![(0, 2), (1, 4), (2, 6)], "{body}");
+    assert_eq!(results[1]["status"], 400);
+    let detail = results[1]["problem"]["detail"].as_str().unwrap();
+    assert!(detail.starts_with("item 1 (line 4)"), "{detail}");
 }
 
 #[tokio::test]

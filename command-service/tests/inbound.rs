@@ -103,6 +103,7 @@ async fn inbound_events_are_validated_appended_once_or_dead_lettered() {
             ..AuthArgs::default()
         })
         .unwrap(),
+        domain::limits::BusinessTimeWindow::default(),
     )
     .unwrap();
     let partitions: Vec<i32> = (0..PARTITIONS).collect();
@@ -129,6 +130,7 @@ async fn inbound_events_are_validated_appended_once_or_dead_lettered() {
             }),
             expected_sequence: None,
             command_id: None,
+            fingerprint: None,
             caller: Caller::new(
                 Arc::new(Principal::new(
                     "am-li",

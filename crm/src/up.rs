@@ -68,6 +68,8 @@ pub struct Up {
     query_max_wait_ms: u64,
     #[command(flatten)]
     auth: infra::auth::AuthArgs,
+    #[command(flatten)]
+    business_time: infra::config::BusinessTimeArgs,
 }
 
 /// What runs on the log: the command API and, on Kafka, its group membership.
@@ -251,6 +253,7 @@ impl Up {
                 }),
                 self.event_source.clone(),
                 auth,
+                self.business_time.window(),
             )?;
             tokio::spawn(command_service::organisation::follow_organisation(
                 app.streams.clone(),
@@ -273,7 +276,12 @@ impl Up {
         }
         let topics = datadir::open_topics(&self.data_dir, self.kafka.partitions)?;
         let log = topics.customer_events.clone();
-        let app = command_service::App::new(log.clone(), self.event_source.clone(), auth)?;
+        let app = command_service::App::new(
+            log.clone(),
+            self.event_source.clone(),
+            auth,
+            self.business_time.window(),
+        )?;
         // one process owns every partition of the embedded log
         let all: Vec<i32> = (0..infra::log::CustomerLog::partitions(log.as_ref())).collect();
         app.streams

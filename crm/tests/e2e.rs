@@ -428,6 +428,28 @@ async fn scenario(p: &Platform) -> Seen {
     assert_eq!(again.header("idempotent-replayed").as_deref(), Some("true"));
     assert_eq!(again.body["sequence"], first.body["sequence"]);
 
+    // read-your-writes: the command's position is waited for; a position on a topic or a
+    // partition that does not exist is refused at once (it used to wait 2 s, then 503)
+    let position = first.position();
+    let a = p
+        .query(&format!("/v1/customers/{c}"), &am, Some(&position))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    let (topic, _) = position.rsplit_once(':').unwrap();
+    let (topic, _) = topic.rsplit_once(':').unwrap();
+    for bad in ["no-such-topic:0:1".to_owned(), format!("{topic}:4096:1")] {
+        let asked = Instant::now();
+        let a = p
+            .query(&format!("/v1/customers/{c}"), &am, Some(&bad))
+            .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad}: {}", a.body);
+        assert_eq!(a.body["field"], "CRM-Min-Position", "{}", a.body);
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "{bad}: answered late"
+        );
+    }
+
     // a batch from a channel adapter: both customers, three channels
     let batch: Vec<Value> = [
         (&customers[0], json!({"kind": "email", "direction": "inbound", "subject": "报价"})),

@@ -13,6 +13,7 @@ type Decision = Result<Vec<CustomerEvent>, DomainError>;
 /// Decides one command. An empty `Ok` means the command asked for what is already so (a
 /// profile change to the current values): nothing to append.
 pub fn decide(state: &CustomerState, command: &Command) -> Decision {
+    crate::limits::check_values(command)?;
     let customer_id = state.customer_id;
     if let Command::RegisterCustomer(c) = command {
         if state.is_registered() {

@@ -26,6 +26,7 @@ pub mod header {
     pub const ACTOR: &str = "ce_actor";
     pub const COMMAND: &str = "ce_command";
     pub const COMMAND_ID: &str = "ce_commandid";
+    pub const COMMAND_FINGERPRINT: &str = "ce_commandfingerprint";
     pub const CORRELATION_ID: &str = "ce_correlationid";
     pub const CAUSATION_ID: &str = "ce_causationid";
     pub const OCCURRED_AT: &str = "ce_occurredat";
@@ -49,6 +50,9 @@ pub struct EventMetadata {
     pub command: Option<String>,
     /// The client's id for that command (idempotency key), when it gave one.
     pub command_id: Option<String>,
+    /// A digest of the request that carried `command_id` (command, path ids, body): a key
+    /// reused with another request is refused, even after a fail-over.
+    pub command_fingerprint: Option<String>,
     /// Groups everything one request caused, across services.
     pub correlation_id: Uuid,
     /// The event or command id that directly caused this one.
@@ -254,6 +258,9 @@ fn encode(m: &EventMetadata, event_type: &str, value: Vec<u8>) -> KafkaRecord {
     if let Some(c) = &m.command_id {
         headers.push((header::COMMAND_ID, c.clone().into_bytes()));
     }
+    if let Some(c) = &m.command_fingerprint {
+        headers.push((header::COMMAND_FINGERPRINT, c.clone().into_bytes()));
+    }
     if let Some(c) = &m.causation_id {
         headers.push((header::CAUSATION_ID, c.to_string().into_bytes()));
     }
@@ -320,6 +327,9 @@ fn decode<'a, E>(
         actor: h.text(header::ACTOR)?.to_owned(),
         command: h.optional_text(header::COMMAND)?.map(str::to_owned),
         command_id: h.optional_text(header::COMMAND_ID)?.map(str::to_owned),
+        command_fingerprint: h
+            .optional_text(header::COMMAND_FINGERPRINT)?
+            .map(str::to_owned),
         correlation_id: h.uuid(header::CORRELATION_ID)?,
         causation_id: match h.optional_text(header::CAUSATION_ID)? {
             Some(_) => Some(h.uuid(header::CAUSATION_ID)?),

@@ -23,6 +23,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod limits;
 pub mod organisation;
 pub mod policy;
 pub mod schema;

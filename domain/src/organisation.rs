@@ -341,6 +341,7 @@ pub fn decide_organisation(
     state: &OrganisationState,
     command: &OrganisationCommand,
 ) -> Result<Vec<OrganisationEvent>, DomainError> {
+    crate::limits::check_values(command)?;
     let team_id = command.team_id();
     if let OrganisationCommand::CreateTeam(c) = command {
         if state.teams.contains_key(&team_id) {

@@ -614,6 +614,7 @@ fn organisation_events_travel_in_the_envelope_under_the_nil_key() {
             actor: "root".into(),
             command: Some("create_team".into()),
             command_id: None,
+            command_fingerprint: None,
             correlation_id: Uuid::now_v7(),
             causation_id: None,
             occurred_at: at,

@@ -45,6 +45,7 @@ fn full_metadata(sequence: u64) -> EventMetadata {
         actor: "am-zhang.wei".into(),
         command: Some("change_stage".into()),
         command_id: Some("req-7f3a9c".into()),
+        command_fingerprint: None,
         correlation_id: id(2000),
         causation_id: Some(id(3000)),
         // an email sent a day before it was synced
@@ -58,6 +59,7 @@ fn minimal_metadata(sequence: u64) -> EventMetadata {
     EventMetadata {
         command: None,
         command_id: None,
+        command_fingerprint: None,
         causation_id: None,
         source: "/channels/wechat".into(),
         actor: "channel-wechat".into(),
@@ -728,6 +730,7 @@ fn metadata() -> impl Strategy<Value = EventMetadata> {
                     actor,
                     command,
                     command_id,
+                    command_fingerprint: None,
                     correlation_id: Uuid::from_u128(correlation),
                     causation_id: causation.map(Uuid::from_u128),
                     occurred_at,

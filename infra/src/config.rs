@@ -35,6 +35,32 @@ impl KafkaArgs {
     }
 }
 
+/// Where business time (a command's `occurred_at`) may fall: commands outside are refused
+/// with a problem naming `occurred_at`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BusinessTimeArgs {
+    /// Earliest business time accepted (RFC 3339).
+    #[arg(
+        long,
+        env = "CRM_BUSINESS_TIME_EARLIEST",
+        default_value = "1900-01-01T00:00:00Z"
+    )]
+    pub business_time_earliest: chrono::DateTime<chrono::Utc>,
+    /// How far in the future business time may be, in hours (clocks differ; a channel may
+    /// record a planned visit's day).
+    #[arg(long, env = "CRM_BUSINESS_TIME_MAX_FUTURE_HOURS", default_value_t = 24)]
+    pub business_time_max_future_hours: u32,
+}
+
+impl BusinessTimeArgs {
+    pub fn window(&self) -> domain::limits::BusinessTimeWindow {
+        domain::limits::BusinessTimeWindow {
+            earliest: self.business_time_earliest,
+            max_future: chrono::Duration::hours(i64::from(self.business_time_max_future_hours)),
+        }
+    }
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

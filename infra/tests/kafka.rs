@@ -53,6 +53,7 @@ fn event(customer: CustomerId, sequence: u64) -> RecordedEvent {
             actor: "tester".to_owned(),
             command: Some("reassign_owner".to_owned()),
             command_id: Some(format!("cmd-{sequence}")),
+            command_fingerprint: None,
             correlation_id: Uuid::now_v7(),
             causation_id: None,
             occurred_at: now_micros(),

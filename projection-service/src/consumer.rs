@@ -296,6 +296,14 @@ pub fn group_id(settings: &KafkaSettings, projector: &Projector) -> String {
     )
 }
 
+/// Says which topic the projection reads and how many partitions it has, for query-service
+/// to tell a position on an unknown topic or partition (400) from one not reached yet.
+pub(crate) fn record_topic(handle: &Handle, projector: &Projector, topic: &str, partitions: usize) {
+    if let Err(e) = handle.block_on(projector.record_topic(topic, partitions as i32)) {
+        tracing::warn!(error = %e, %topic, "recording the topic's partitions failed");
+    }
+}
+
 /// Reads a version's checkpoints, blocking, retrying until it succeeds or `stop` is set; the
 /// dead letters the version counted with them seed `state`'s count (it survives restarts).
 pub(crate) fn load_checkpoints(
@@ -634,20 +642,30 @@ fn run(
         .set("isolation.level", "read_committed")
         .set("statistics.interval.ms", "1000");
     let consumer: BaseConsumer<ProjectionContext> = client.create_with_context(context)?;
+    let timeout = config.settings.operation_timeout();
+    let topic_partitions = |consumer: &BaseConsumer<ProjectionContext>| {
+        consumer.fetch_metadata(Some(&topic), timeout).map(|m| {
+            m.topics()
+                .iter()
+                .filter(|t| t.name() == topic && t.error().is_none())
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect::<Vec<i32>>()
+        })
+    };
     match &config.assignment {
         Assignment::Group(group) => {
             tracing::info!(%group, %topic, "joining the consumer group");
             consumer.subscribe(&[topic.as_str()])?;
+            match topic_partitions(&consumer) {
+                Ok(partitions) if !partitions.is_empty() => {
+                    record_topic(&handle, &config.projector, &topic, partitions.len())
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, %topic, "reading the topic's partitions"),
+            }
         }
         Assignment::Manual => {
-            let timeout = config.settings.operation_timeout();
-            let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .filter(|t| t.name() == topic && t.error().is_none())
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
+            let partitions = topic_partitions(&consumer)?;
             if partitions.is_empty() {
                 return Err(ConsumerError::NoPartitions(topic));
             }

@@ -105,6 +105,19 @@ impl Projector {
         Ok(found)
     }
 
+    /// Records the topic the projection reads and its partition count.
+    pub async fn record_topic(&self, topic: &str, partitions: i32) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO projection.topics (topic, partitions) VALUES ($1, $2)
+             ON CONFLICT (topic) DO UPDATE SET partitions = EXCLUDED.partitions, updated_at = now()",
+        )
+        .bind(topic)
+        .bind(partitions)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The records this version dead-lettered, over its whole life.
     pub async fn dead_letters(&self) -> Result<u64> {
         let n: i64 = sqlx::query_scalar(

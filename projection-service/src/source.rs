@@ -306,6 +306,7 @@ fn tail_embedded(
         &state,
     )
     .ok_or(ConsumerError::Stopped)?;
+    crate::consumer::record_topic(&handle, &options.projector, &topic, partitions.len());
     let known: BTreeMap<i32, i64> = partitions
         .iter()
         .map(|p| (*p, checkpoints.get(p).copied().unwrap_or(-1)))

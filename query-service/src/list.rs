@@ -419,10 +419,16 @@ impl ListQuery {
 }
 
 /// A JSON value as a CSV cell: text as is, numbers and booleans as JSON writes them, null
-/// empty, arrays and objects as JSON.
+/// empty, arrays and objects as JSON. Text that a spreadsheet would run as a formula (it
+/// starts with `=`, `+`, `-`, `@`, a tab or a carriage return) gets a leading `'`, which
+/// spreadsheets show as text: a customer named `=HYPERLINK(...)` stays a name (OWASP's CSV
+/// injection advice).
 pub fn csv_cell(v: Option<&Value>) -> String {
     match v {
         None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) if s.starts_with(['=', '+', '-', '@', '\t', '\r']) => {
+            format!("'{s}")
+        }
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
         Some(Value::Bool(b)) => b.to_string(),
@@ -461,6 +467,26 @@ mod tests {
                 .map(|s| (*s).to_owned()),
         );
         assert_eq!(out, "a,\"b,c\",\"say \"\"hi\"\"\",\"two\nlines\",\r\n");
+    }
+
+    #[test]
+    fn formulas_are_neutralised_numbers_are_not() {
+        use serde_json::json;
+        for (text, cell) in [
+            (
+                "=HYPERLINK(\"http://x\",\"y\")",
+                "'=HYPERLINK(\"http://x\",\"y\")",
+            ),
+            ("+cmd|' /C calc'!A0", "'+cmd|' /C calc'!A0"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\t=1", "'\t=1"),
+            ("杭州远景", "杭州远景"),
+            ("a=b", "a=b"),
+        ] {
+            assert_eq!(csv_cell(Some(&json!(text))), cell);
+        }
+        assert_eq!(csv_cell(Some(&json!(-5))), "-5");
     }
 
     #[test]

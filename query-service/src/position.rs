@@ -104,6 +104,44 @@ async fn behind(pool: &PgPool, projection: &str, wanted: &[Position]) -> Result<
         .collect())
 }
 
+/// A position on a topic the projection does not read, or past its partition count, can never
+/// be reached: 400 at once. (Before the projection has recorded its topic, nothing is known
+/// and the position is waited for as any other.)
+async fn refuse_unknown(pool: &PgPool, wanted: &[Position]) -> Result<()> {
+    let Ok(topics) = sqlx::query_as::<_, (String, i32)>(
+        "SELECT topic, partitions FROM projection.topics ORDER BY topic",
+    )
+    .fetch_all(pool)
+    .await
+    else {
+        return Ok(());
+    };
+    if topics.is_empty() {
+        return Ok(());
+    }
+    for p in wanted {
+        let reason = match topics.iter().find(|(t, _)| *t == p.topic) {
+            None => format!(
+                "unknown topic `{}`; positions are on {}",
+                p.topic,
+                topics
+                    .iter()
+                    .map(|(t, _)| format!("`{t}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Some((t, n)) if p.partition >= *n => format!(
+                "topic `{t}` has partitions 0 to {}; there is no partition {}",
+                n - 1,
+                p.partition
+            ),
+            Some(_) => continue,
+        };
+        return Err(Problem::bad_parameter(MIN_POSITION_NAME, reason).into());
+    }
+    Ok(())
+}
+
 /// Waits until every position is reached by the live version, at most `max_wait`.
 pub async fn wait_for(
     pool: &PgPool,
@@ -111,6 +149,7 @@ pub async fn wait_for(
     wanted: Vec<Position>,
     max_wait: Duration,
 ) -> Result<()> {
+    refuse_unknown(pool, &wanted).await?;
     let deadline = Instant::now() + max_wait;
     let mut pending = wanted;
     loop {

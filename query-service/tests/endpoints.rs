@@ -32,7 +32,14 @@ async fn scenario() -> Scenario {
         (1, Key, "Acme Trading", "华东", "am-li"),
         (2, Ordinary, "Beta Works", "华北", "am-li"),
         (3, Large, "Gamma 100%_Co", "华东", "am-wang"),
-        (4, StrategicPartner, "Delta", "华南", "am-wang"),
+        // a name a spreadsheet would run as a formula: CSV exports must neutralise it
+        (
+            4,
+            StrategicPartner,
+            "=HYPERLINK(\"http://x\",\"Delta\")",
+            "华南",
+            "am-wang",
+        ),
         (5, Ordinary, "epsilon", "华东", "am-zhao"),
         (6, Ordinary, "Zeta", "华北", "am-zhao"),
         (7, Large, "Eta", "华南", "am-li"),

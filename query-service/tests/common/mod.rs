@@ -153,6 +153,7 @@ impl World {
                 actor: actor.into(),
                 command: Some(command.name().into()),
                 command_id: Some(command_id.to_string()),
+                command_fingerprint: None,
                 correlation_id,
                 causation_id: Some(cause.unwrap_or(command_id)),
                 occurred_at: at,
@@ -344,6 +345,7 @@ impl Org {
                 actor: actor.into(),
                 command: Some(command.name().into()),
                 command_id: None,
+                command_fingerprint: None,
                 correlation_id,
                 causation_id: None,
                 occurred_at: at,
@@ -660,6 +662,10 @@ impl Harness {
             for (column, cell) in header.iter().zip(record) {
                 let expected = match obj.get(column) {
                     None | Some(Value::Null) => String::new(),
+                    // text a spreadsheet would run as a formula is prefixed with `'`
+                    Some(Value::String(s)) if s.starts_with(['=', '+', '-', '@', '\t', '\r']) => {
+                        format!("'{s}")
+                    }
                     Some(Value::String(s)) => s.clone(),
                     Some(Value::Number(n)) => n.to_string(),
                     Some(Value::Bool(b)) => b.to_string(),
