@@ -264,7 +264,7 @@ fn organisation_sample(name: &str, path: &str, team: &str) -> (String, Option<Va
     let body = match name {
         "create_team" => json!({"name": format!("team {}", Uuid::now_v7())}),
         "assign_team_director" => json!({"director": "sd-wang"}),
-        "add_team_member" => json!({"member": "am-zhao"}),
+        "add_team_member" => json!({"member": "am-unteamed"}),
         "remove_team_member" => return (uri, None),
         other => panic!("no sample request for the organisation route `{other}`: add one"),
     };
@@ -537,8 +537,10 @@ async fn another_owners_customer_is_not_found_on_every_customer_route() {
         StatusCode::NOT_FOUND
     );
 
-    // visibility follows the organisation's data: the director of the other team takes
-    // am-zhao into their team, and sees the customer from then on
+    // visibility follows the organisation's data. A director cannot take another team's
+    // account manager (and so their customers) into their own team: adding members is the
+    // administrators' (403), and even they must take am-zhao out of east first (409). (The
+    // defect: director-x added am-li, director-sun and an administrator to their new team.)
     let zhou = bearer("sd-zhou", &["sales_director"]);
     assert_eq!(
         send(
@@ -552,15 +554,48 @@ async fn another_owners_customer_is_not_found_on_every_customer_route() {
         .status,
         StatusCode::NOT_FOUND
     );
+    for member in ["am-zhao", "am-unteamed", "sd-wang", "admin"] {
+        let a = send(
+            &s.router,
+            "POST",
+            &format!("/v1/teams/{}/members", org.north),
+            &[("authorization", &zhou)],
+            Some(json!({"member": member})),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{member}: {}", a.body);
+    }
+    let admin_token = admin();
     let a = send(
         &s.router,
         "POST",
         &format!("/v1/teams/{}/members", org.north),
-        &[("authorization", &zhou)],
+        &[("authorization", &admin_token)],
         Some(json!({"member": "am-zhao"})),
     )
     .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    assert_eq!(a.body["field"], "member");
+    // a director is nobody's member; a member is nobody's director
+    let a = send(
+        &s.router,
+        "POST",
+        &format!("/v1/teams/{}/members", org.north),
+        &[("authorization", &admin_token)],
+        Some(json!({"member": "sd-wang"})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    let a = send(
+        &s.router,
+        "PUT",
+        &format!("/v1/teams/{}/director", org.north),
+        &[("authorization", &admin_token)],
+        Some(json!({"director": "am-li"})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+    assert_eq!(a.body["field"], "director");
     assert_eq!(
         send(
             &s.router,
@@ -571,7 +606,8 @@ async fn another_owners_customer_is_not_found_on_every_customer_route() {
         )
         .await
         .status,
-        StatusCode::OK
+        StatusCode::NOT_FOUND,
+        "nothing of that gave sd-zhou am-zhao's customer"
     );
     // sd-wang removes am-zhao from east, and no longer sees the customer
     let a = send(
@@ -595,23 +631,45 @@ async fn another_owners_customer_is_not_found_on_every_customer_route() {
         .status,
         StatusCode::NOT_FOUND
     );
-    // a director cannot touch another director's team: not found, like an unknown team
+    // then an administrator moves am-zhao to north, and sd-zhou sees the customer
     let a = send(
         &s.router,
         "POST",
         &format!("/v1/teams/{}/members", org.north),
+        &[("authorization", &admin_token)],
+        Some(json!({"member": "am-zhao"})),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+    assert_eq!(
+        send(
+            &s.router,
+            "POST",
+            &uri,
+            &[("authorization", &zhou)],
+            Some(touch.clone())
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    // a director cannot touch another director's team: not found, like an unknown team
+    let a = send(
+        &s.router,
+        "DELETE",
+        &format!("/v1/teams/{}/members/am-qian", org.north),
         &[("authorization", &wang)],
-        Some(json!({"member": "am-li"})),
+        None,
     )
     .await;
     assert_eq!(a.status, StatusCode::NOT_FOUND, "{}", a.body);
     assert_eq!(a.body["field"], "team_id");
     let b = send(
         &s.router,
-        "POST",
-        &format!("/v1/teams/{}/members", Uuid::now_v7()),
+        "DELETE",
+        &format!("/v1/teams/{}/members/am-qian", Uuid::now_v7()),
         &[("authorization", &wang)],
-        Some(json!({"member": "am-li"})),
+        None,
     )
     .await;
     assert_eq!(

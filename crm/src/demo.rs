@@ -236,7 +236,7 @@ impl Demo {
                     &format!("/v1/teams/{team}/members"),
                     json!({"member": owner}),
                     founded,
-                    "director-sun",
+                    "admin",
                 )
                 .await?;
         }

@@ -262,7 +262,10 @@ pub const PERMISSIONS: &[Permission] = &[
     // ---- organisation stream
     organisation("create_team", Scope::Organisation, &[ADMIN]),
     organisation("assign_team_director", Scope::Organisation, &[ADMIN]),
-    organisation("add_team_member", Scope::Team, DIRECTORS),
+    // only administrators add members (a director adding others' account managers, or
+    // directors and administrators, to their team would take over their customers);
+    // a director removes members of the teams they direct
+    organisation("add_team_member", Scope::Team, &[ADMIN]),
     organisation("remove_team_member", Scope::Team, DIRECTORS),
     // ---- queries
     query("customers.list", Scope::Customers, DESK_READERS),

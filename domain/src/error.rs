@@ -16,6 +16,10 @@ pub enum DomainError {
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
 
+    /// Well formed, but the current state does not allow it, for a reason about one field.
+    #[error("{field}: {reason}")]
+    Conflicting { field: String, reason: String },
+
     #[error("the customer is not registered")]
     CustomerNotRegistered,
 
@@ -70,6 +74,7 @@ impl DomainError {
                 ErrorKind::NotFound
             }
             DomainError::CustomerAlreadyRegistered
+            | DomainError::Conflicting { .. }
             | DomainError::AlreadyExists { .. }
             | DomainError::InvalidTransition { .. }
             | DomainError::OutOfSequence { .. }
@@ -80,7 +85,9 @@ impl DomainError {
     /// The request field the refusal is about, as a JSON path, when there is one.
     pub fn field(&self) -> Option<&str> {
         match self {
-            DomainError::Invalid { field, .. } => Some(field),
+            DomainError::Invalid { field, .. } | DomainError::Conflicting { field, .. } => {
+                Some(field)
+            }
             DomainError::NotFound { field, .. } | DomainError::AlreadyExists { field, .. } => {
                 Some(field)
             }

@@ -253,6 +253,11 @@ impl OrganisationState {
         Self::default()
     }
 
+    /// The team `user` is a member of, if any (a user is a member of at most one).
+    pub fn team_of_member(&self, user: &UserId) -> Option<(&TeamId, &Team)> {
+        self.teams.iter().find(|(_, t)| t.members.contains(user))
+    }
+
     pub fn next_sequence(&self) -> u64 {
         self.version + 1
     }
@@ -378,6 +383,15 @@ pub fn decide_organisation(
             if team.director.as_ref() == Some(&c.director) {
                 return Ok(vec![]);
             }
+            if let Some((_, member_of)) = state.team_of_member(&c.director) {
+                return Err(DomainError::Conflicting {
+                    field: "director".into(),
+                    reason: format!(
+                        "`{}` is a member of team `{}`; a director directs teams and is no team's member",
+                        c.director, member_of.name
+                    ),
+                });
+            }
             Ok(vec![TeamDirectorAssigned {
                 team_id,
                 director: c.director.clone(),
@@ -389,6 +403,31 @@ pub fn decide_organisation(
             user(&c.member, "member")?;
             if team.members.contains(&c.member) {
                 return Ok(vec![]);
+            }
+            // One team per member, and directors are nobody's members: otherwise a director
+            // could take over another team's account managers (and their customers), or a
+            // director, into their own team.
+            if let Some((_, other)) = state.team_of_member(&c.member) {
+                return Err(DomainError::Conflicting {
+                    field: "member".into(),
+                    reason: format!(
+                        "`{}` is a member of team `{}`; remove them there first",
+                        c.member, other.name
+                    ),
+                });
+            }
+            if state
+                .teams
+                .values()
+                .any(|t| t.director.as_ref() == Some(&c.member))
+            {
+                return Err(DomainError::Conflicting {
+                    field: "member".into(),
+                    reason: format!(
+                        "`{}` directs a team and cannot be a member of one",
+                        c.member
+                    ),
+                });
             }
             Ok(vec![TeamMemberAdded {
                 team_id,

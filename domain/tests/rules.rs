@@ -726,8 +726,18 @@ fn order_lines_are_validated() {
         invalid_field(&s.err(order("SO-1", vec![], -1))),
         "total.amount"
     );
+    // past the largest amount
     assert_eq!(
         invalid_field(&s.err(order("SO-1", vec![line(u32::MAX, i64::MAX)], 0))),
+        "lines[0].unit_price"
+    );
+    // each within it, their product overflows
+    assert_eq!(
+        invalid_field(&s.err(order(
+            "SO-1",
+            vec![line(u32::MAX, domain::limits::MAX_AMOUNT)],
+            0
+        ))),
         "lines[0]"
     );
 }
