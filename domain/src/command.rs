@@ -19,7 +19,9 @@ pub struct RegisterCustomer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeProfile {
-    pub changes: ProfileChanges,
+    /// JSON Merge Patch of the profile: absent unchanged, `null` cleared, `registration`
+    /// merged.
+    pub changes: ProfilePatch,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -35,7 +35,7 @@ pub fn decide(state: &CustomerState, command: &Command) -> Decision {
         Command::RegisterCustomer(_) => Err(DomainError::CustomerAlreadyRegistered),
 
         Command::ChangeProfile(c) => {
-            let changes = profile_diff(profile, &c.changes);
+            let changes = profile_diff(profile, &c.changes)?;
             validate_profile_changes(&changes)?;
             if changes.is_empty() {
                 return Ok(vec![]);
@@ -669,21 +669,91 @@ fn validate_profile_changes(c: &ProfileChanges) -> Result<(), DomainError> {
     if let Some(r) = &c.registration {
         validate_registration(r, "changes.registration")?;
     }
+    if let Some(r) = &c.registration_changes {
+        validate_registration(r, "changes.registration")?;
+    }
     Ok(())
 }
 
-/// Keeps only the fields that differ from the current profile.
-fn profile_diff(current: &CustomerProfile, wanted: &ProfileChanges) -> ProfileChanges {
-    ProfileChanges {
-        number: changed(&current.number, &wanted.number.clone().map(Some)).flatten(),
-        name: changed(&current.name, &wanted.name),
-        region: changed(&current.region, &wanted.region),
-        industry: changed(&current.industry, &wanted.industry),
-        level: changed(&current.level, &wanted.level),
-        credit: changed(&current.credit, &wanted.credit),
-        satisfaction: changed(&current.satisfaction, &wanted.satisfaction),
-        registration: changed(&current.registration, &wanted.registration),
+/// Applies a merge patch to the current profile and keeps only what differs: the fields set,
+/// the registration fields set, and the optional fields cleared.
+fn profile_diff(
+    current: &CustomerProfile,
+    patch: &ProfilePatch,
+) -> Result<ProfileChanges, DomainError> {
+    fn required<T: Clone + PartialEq>(
+        current: &T,
+        patch: &Option<Option<T>>,
+        field: &str,
+    ) -> Result<Option<T>, DomainError> {
+        match patch {
+            None => Ok(None),
+            Some(None) => Err(DomainError::invalid(
+                format!("changes.{field}"),
+                "is required and cannot be cleared (null)",
+            )),
+            Some(Some(v)) => Ok(Some(v.clone()).filter(|v| v != current)),
+        }
     }
+    let mut cleared = Vec::new();
+    let number = match &patch.number {
+        None => None,
+        Some(None) => {
+            if current.number.is_some() {
+                cleared.push("number".to_owned());
+            }
+            None
+        }
+        Some(Some(n)) => Some(n.clone()).filter(|n| current.number.as_ref() != Some(n)),
+    };
+    let mut registration_changes = None;
+    let registration_patch = match &patch.registration {
+        None => None,
+        // null: every registration field cleared
+        Some(None) => Some(serde_json::Map::new()),
+        Some(Some(p)) => match serde_json::to_value(p) {
+            Ok(serde_json::Value::Object(m)) => Some(m),
+            _ => None,
+        },
+    };
+    if let Some(members) = registration_patch {
+        let current_map = match serde_json::to_value(&current.registration) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        let clear_all = patch.registration == Some(None);
+        let mut set = serde_json::Map::new();
+        for (k, v) in &members {
+            if v.is_null() {
+                if current_map.contains_key(k) {
+                    cleared.push(format!("registration.{k}"));
+                }
+            } else if current_map.get(k) != Some(v) {
+                set.insert(k.clone(), v.clone());
+            }
+        }
+        if clear_all {
+            cleared.extend(current_map.keys().map(|k| format!("registration.{k}")));
+        }
+        if !set.is_empty() {
+            registration_changes = Some(
+                serde_json::from_value::<Registration>(serde_json::Value::Object(set))
+                    .map_err(|e| DomainError::invalid("changes.registration", e.to_string()))?,
+            );
+        }
+    }
+    Ok(ProfileChanges {
+        number,
+        name: required(&current.name, &patch.name, "name")?,
+        region: required(&current.region, &patch.region, "region")?,
+        industry: required(&current.industry, &patch.industry, "industry")?,
+        level: required(&current.level, &patch.level, "level")?,
+        credit: required(&current.credit, &patch.credit, "credit")?,
+        satisfaction: required(&current.satisfaction, &patch.satisfaction, "satisfaction")?,
+        registration: None,
+        registration_changes,
+        cleared,
+    })
 }
 
 /// Keeps only the fields that differ from the current contact.

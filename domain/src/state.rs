@@ -299,6 +299,39 @@ pub fn apply_profile_changes(profile: &mut CustomerProfile, changes: &ProfileCha
     if changes.number.is_some() {
         profile.number = changes.number.clone();
     }
+    if let Some(set) = &changes.registration_changes {
+        profile.registration = merge_registration(&profile.registration, set, &[]);
+    }
+    for path in &changes.cleared {
+        match path.strip_prefix("registration.") {
+            Some(field) => {
+                profile.registration =
+                    merge_registration(&profile.registration, &Registration::default(), &[field]);
+            }
+            None if path == "number" => profile.number = None,
+            None => {}
+        }
+    }
+}
+
+/// `current` with the fields present in `set` set, and the fields named in `clear` cleared.
+pub fn merge_registration(
+    current: &Registration,
+    set: &Registration,
+    clear: &[&str],
+) -> Registration {
+    let as_map = |r: &Registration| match serde_json::to_value(r) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let mut merged = as_map(current);
+    for (k, v) in as_map(set) {
+        merged.insert(k, v);
+    }
+    for field in clear {
+        merged.remove(*field);
+    }
+    serde_json::from_value(serde_json::Value::Object(merged)).unwrap_or_else(|_| current.clone())
 }
 
 /// Overwrites the fields present in `changes`.

@@ -123,8 +123,176 @@ pub struct ProfileChanges {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 5))]
     pub satisfaction: Option<u8>,
+    /// The whole registration block, replaced: how changes were recorded before `PATCH`
+    /// followed JSON Merge Patch. New events use `registration_changes` and `cleared`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration: Option<Registration>,
+    /// Registration fields this change set; the others are unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_changes: Option<Registration>,
+    /// Optional fields this change cleared, by path: `number`, `registration.fax`, ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cleared: Vec<String>,
+}
+
+/// Deserializes a JSON Merge Patch member: absent → `None` (unchanged, with
+/// `#[serde(default)]`), `null` → `Some(None)` (cleared), a value → `Some(Some(value))`.
+pub fn patch_member<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A change to a customer's profile as JSON Merge Patch (RFC 7396): a field absent is
+/// unchanged, `null` clears an optional field (required ones cannot be cleared), and
+/// `registration` is merged field by field, not replaced.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfilePatch {
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub number: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub name: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub region: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub industry: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub level: Option<Option<CustomerLevel>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 5))]
+    pub credit: Option<Option<u8>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 5))]
+    pub satisfaction: Option<Option<u8>>,
+    /// Merged field by field; `null` clears every registration field.
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub registration: Option<Option<RegistrationPatch>>,
+}
+
+/// A merge patch of the registration block: each field absent (unchanged), `null` (cleared)
+/// or a value (set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationPatch {
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub address: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub postcode: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub phone: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub fax: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub website: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub licence_number: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub legal_representative: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub registered_capital: Option<Option<i64>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub annual_turnover: Option<Option<i64>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub currency: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bank: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub bank_account: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub local_tax_number: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "patch_member",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub national_tax_number: Option<Option<String>>,
 }
 
 impl ProfileChanges {

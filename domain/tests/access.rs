@@ -211,7 +211,7 @@ fn an_account_manager_sees_and_changes_only_own_customers() {
     let org = org();
     let li = who("am-li", &[Role::AccountManager]);
     let change = Command::ChangeProfile(ChangeProfile {
-        changes: ProfileChanges::default(),
+        changes: ProfilePatch::default(),
     });
     assert_eq!(
         authorize_command(&li, &org, Some(&user("am-li")), &change),

@@ -55,9 +55,9 @@ fn command() -> impl Strategy<Value = Command> {
             }
         )),
         (0u8..=6).prop_map(|credit| Command::ChangeProfile(ChangeProfile {
-            changes: ProfileChanges {
-                credit: Some(credit),
-                ..ProfileChanges::default()
+            changes: ProfilePatch {
+                credit: Some(Some(credit)),
+                ..ProfilePatch::default()
             }
         })),
         (0u8..3).prop_map(|o| Command::ReassignOwner(ReassignOwner {

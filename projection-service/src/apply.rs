@@ -233,12 +233,27 @@ async fn apply_body(
                 .as_ref()
                 .map(serde_json::to_value)
                 .transpose()?;
+            // merge patch: registration fields set are merged in, cleared ones removed
+            let registration_changes = c
+                .registration_changes
+                .as_ref()
+                .map(serde_json::to_value)
+                .transpose()?;
+            let cleared_registration: Vec<&str> = c
+                .cleared
+                .iter()
+                .filter_map(|p| p.strip_prefix("registration."))
+                .collect();
+            let number_cleared = c.cleared.iter().any(|p| p == "number");
             sqlx::query(
-                "UPDATE customers SET number = coalesce($2, number), name = coalesce($3, name),
+                "UPDATE customers SET
+                     number = CASE WHEN $10 THEN NULL ELSE coalesce($2, number) END,
+                     name = coalesce($3, name),
                      region = coalesce($4, region), industry = coalesce($5, industry),
                      level = coalesce($6, level), credit = coalesce($7, credit),
                      satisfaction = coalesce($8, satisfaction),
-                     registration = coalesce($9, registration)
+                     registration = (coalesce($9, registration, '{}'::jsonb)
+                                     || coalesce($11::jsonb, '{}'::jsonb)) - $12::text[]
                   WHERE customer_id = $1",
             )
             .bind(customer)
@@ -250,6 +265,9 @@ async fn apply_body(
             .bind(c.credit.map(i16::from))
             .bind(c.satisfaction.map(i16::from))
             .bind(registration)
+            .bind(number_cleared)
+            .bind(registration_changes)
+            .bind(&cleared_registration)
             .execute(conn)
             .await?;
         }

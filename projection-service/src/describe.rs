@@ -87,12 +87,16 @@ pub(crate) fn describe(event: &CustomerEvent) -> Line {
                 ("level", c.level.is_some()),
                 ("credit", c.credit.is_some()),
                 ("satisfaction", c.satisfaction.is_some()),
-                ("registration", c.registration.is_some()),
+                (
+                    "registration",
+                    c.registration.is_some() || c.registration_changes.is_some(),
+                ),
             ] {
                 if present {
-                    fields.push(name);
+                    fields.push(name.to_owned());
                 }
             }
+            fields.extend(c.cleared.iter().map(|p| format!("{p} cleared")));
             state(
                 format!("Profile changed: {}", fields.join(", ")),
                 e.customer_id,

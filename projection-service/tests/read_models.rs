@@ -389,10 +389,10 @@ fn scenario() -> World {
         2,
         "am-li",
         Command::ChangeProfile(ChangeProfile {
-            changes: ProfileChanges {
-                level: Some(Large),
-                satisfaction: Some(4),
-                ..ProfileChanges::default()
+            changes: ProfilePatch {
+                level: Some(Some(Large)),
+                satisfaction: Some(Some(4)),
+                ..ProfilePatch::default()
             },
         }),
     );
