@@ -226,6 +226,9 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
             app.clone(),
             require_authentication::<Arc<App>>,
         ))
+        .layer(axum::middleware::map_response(
+            infra::headers::security_headers,
+        ))
         .with_state(app)
 }
 
@@ -285,7 +288,10 @@ fn body_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>
         return Ok(Map::new());
     }
     match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(m)) => Ok(m),
+        Ok(Value::Object(mut m)) => {
+            m.values_mut().for_each(integral_numbers);
+            Ok(m)
+        }
         Ok(_) => Err(Problem::invalid_field("", "the body must be a JSON object")),
         Err(e) => Err(
             Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
@@ -344,17 +350,10 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>
 }
 
 fn command_headers(headers: &HeaderMap) -> Result<CommandHeaders, Problem> {
-    let expected_sequence = header_text(headers, "if-match")?
-        .map(|v| {
-            let v = v.trim().trim_start_matches("W/").trim_matches('"');
-            v.parse::<u64>().map_err(|_| {
-                Problem::bad_parameter(
-                    "If-Match",
-                    "must be the customer's sequence number, e.g. \"7\"",
-                )
-            })
-        })
-        .transpose()?;
+    let expected_sequence = match header_text(headers, "if-match")? {
+        None => None,
+        Some(v) => if_match(v)?,
+    };
     let command_id = header_text(headers, "idempotency-key")?
         .map(|k| {
             let k = k.trim();
@@ -380,6 +379,50 @@ fn command_headers(headers: &HeaderMap) -> Result<CommandHeaders, Problem> {
         correlation_id,
         causation_id,
     })
+}
+
+/// `If-Match` (RFC 9110 §13.1.1): `*` (any current state: no sequence check) or one strong
+/// entity tag, the customer's sequence in quotes as the `ETag` of an answer gives it. A weak
+/// tag never matches under the strong comparison If-Match requires, so it is refused.
+fn if_match(value: &str) -> Result<Option<u64>, Problem> {
+    let v = value.trim();
+    if v == "*" {
+        return Ok(None);
+    }
+    if v.starts_with("W/") {
+        return Err(Problem::bad_parameter(
+            "If-Match",
+            "a weak entity tag never matches: If-Match compares strongly (RFC 9110 §13.1.1); send the ETag of an answer, e.g. \"7\"",
+        ));
+    }
+    v.strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Problem::bad_parameter(
+                "If-Match",
+                "must be `*` or the customer's sequence number in quotes, as an answer's ETag gives it, e.g. \"7\"",
+            )
+        })
+}
+
+/// Integers written with a zero fraction (`3.0`) are integers to JSON Schema (and to the
+/// OpenAPI document): read them as integers.
+fn integral_numbers(v: &mut Value) {
+    match v {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            if let Some(f) = n.as_f64() {
+                if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                    *v = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
+        Value::Object(m) => m.values_mut().for_each(integral_numbers),
+        _ => {}
+    }
 }
 
 /// Builds the request for one command route.
@@ -818,10 +861,11 @@ fn batch_items(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<BatchItem>, Prob
 }
 
 fn batch_request(
-    item: Value,
+    mut item: Value,
     caller: &Caller,
     correlation_id: Option<Uuid>,
 ) -> Result<CommandRequest, Problem> {
+    integral_numbers(&mut item);
     let item_fingerprint = fingerprint("record_touchpoint", &[], &item);
     let t: BatchTouchpoint = serde_path_to_error::deserialize(item).map_err(|e| {
         let message = e.inner().to_string();
@@ -987,7 +1031,7 @@ pub fn openapi() -> Value {
     let mut components = Map::new();
     let mut paths: Map<String, Value> = Map::new();
     let header_params = json!([
-        {"name": "If-Match", "in": "header", "required": false, "schema": {"type": "string"}, "description": "The customer's sequence number the client expects (409 when it has moved on)"},
+        {"name": "If-Match", "in": "header", "required": false, "schema": {"type": "string", "pattern": "^(\\*|\"[0-9]{1,19}\")$"}, "description": "`*`, or the customer's sequence the client expects as a strong entity tag (the ETag of an answer, e.g. `\"7\"`): 409 when it has moved on; weak tags are refused (400)"},
         {"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 200}, "description": "A retry with the same key returns the first answer and appends nothing"},
         {"name": "X-Correlation-Id", "in": "header", "required": false, "schema": {"type": "string", "format": "uuid"}},
         {"name": "X-Causation-Id", "in": "header", "required": false, "schema": {"type": "string", "format": "uuid"}}
@@ -1001,6 +1045,7 @@ pub fn openapi() -> Value {
             .collect();
         params.extend(header_params.as_array().cloned().unwrap_or_default());
         let mut body = component_schema((r.schema)(), &mut components);
+        domain::limits::describe_in_schema(&mut body);
         if let Value::Object(m) = &mut body {
             if let Some(Value::Object(props)) = m.get_mut("properties") {
                 props.insert("occurred_at".into(), json!({"type": "string", "format": "date-time", "description": "Business time; now when absent"}));
@@ -1014,11 +1059,8 @@ pub fn openapi() -> Value {
                 });
             }
         }
-        let success = if r.path == "/v1/customers" {
-            "201"
-        } else {
-            "200"
-        };
+        let created = r.path == "/v1/customers";
+        let success = if created { "201" } else { "200" };
         let op = json!({
             "operationId": r.name,
             "summary": r.summary,
@@ -1033,13 +1075,20 @@ pub fn openapi() -> Value {
                 "400": problem_response("Malformed JSON, header or path parameter"),
                 "401": problem_response("No valid credentials (bearer token)"),
                 "403": problem_response("The caller's roles may not use this command, or may not assign to that user (`field`)"),
+                "422": problem_response("A field is invalid (`field` names it), or the Idempotency-Key was used with another request"),
                 "404": problem_response("Unknown customer or entity, or a customer outside the caller's reach"),
                 "409": problem_response("Not allowed in the current state, or If-Match mismatch"),
                 "413": problem_response("Body too large"),
-                "422": problem_response("A field is invalid; `field` names it"),
                 "503": problem_response("This instance does not own the customer's partition, or the log is unavailable; retry")
             }
         });
+        let mut op = op;
+        if created {
+            // a retry with the same Idempotency-Key answers the first outcome with 200
+            if let Some(Value::Object(responses)) = op.get_mut("responses") {
+                responses.insert("200".into(), json!({"description": "A retry with the same Idempotency-Key: the first answer, nothing appended (`Idempotent-Replayed: true`)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Outcome"}}}}));
+            }
+        }
         let entry = paths.entry(r.path.to_owned()).or_insert_with(|| json!({}));
         if let Value::Object(m) = entry {
             m.insert(r.method.as_str().to_lowercase(), op);
@@ -1061,6 +1110,7 @@ pub fn openapi() -> Value {
             .collect();
         params.extend(header_params.as_array().cloned().unwrap_or_default());
         let mut body = component_schema((r.schema)(), &mut components);
+        domain::limits::describe_in_schema(&mut body);
         if let Value::Object(m) = &mut body {
             if let Some(Value::Array(req)) = m.get_mut("required") {
                 req.retain(|f| {
@@ -1093,6 +1143,10 @@ pub fn openapi() -> Value {
     }
     let batch_item = component_schema(schemars::schema_for!(BatchTouchpoint), &mut components);
     components.insert("BatchTouchpoint".into(), batch_item);
+    // the commands' schemas: the bounds the server enforces
+    for schema in components.values_mut() {
+        domain::limits::describe_in_schema(schema);
+    }
     paths.insert("/v1/touchpoints:batch".into(), json!({"post": {
         "operationId": "record_touchpoints_batch",
         "x-crm-roles": roles_of(INGEST_TOUCHPOINTS),

@@ -720,6 +720,12 @@ async fn missing_expired_forged_and_foreign_tokens_get_401() {
         ),
         ("not a token", Some("Bearer abc.def.ghi".into())),
         ("unknown API key", None),
+        // a bogus key beside a valid token: refused, not ignored (two credentials are one too
+        // many, and a wrong one is never passed over)
+        (
+            "unknown API key beside a valid token",
+            Some(format!("Bearer {}", common::sign(&ok, common::SECRET))),
+        ),
     ];
     let routes = [
         ("POST", format!("/v1/customers/{customer}/touchpoints")),
@@ -741,7 +747,7 @@ async fn missing_expired_forged_and_foreign_tokens_get_401() {
             if let Some(h) = header {
                 headers.push(("authorization", h));
             }
-            if *what == "unknown API key" {
+            if what.starts_with("unknown API key") {
                 headers.push(("x-api-key", "not-a-configured-key-0123"));
             }
             let a = send(&s.router, method, uri, &headers, Some(json!({}))).await;

@@ -152,6 +152,7 @@ async fn inbound_events_are_validated_appended_once_or_dead_lettered() {
     let c = customer.to_string();
     let unknown = CustomerId(Uuid::now_v7());
     // 1. valid
+    let first = touchpoint_body(customer, "你好");
     publish(
         &producer,
         &inbound,
@@ -162,7 +163,7 @@ async fn inbound_events_are_validated_appended_once_or_dead_lettered() {
             &c,
             "2026-05-01T08:00:00Z",
         ),
-        &touchpoint_body(customer, "你好"),
+        &first,
     )
     .await;
     // 2. the same event again (the adapter retried): appended once
@@ -176,7 +177,7 @@ async fn inbound_events_are_validated_appended_once_or_dead_lettered() {
             &c,
             "2026-05-01T08:00:00Z",
         ),
-        &touchpoint_body(customer, "你好"),
+        &first,
     )
     .await;
     // 3. not JSON

@@ -811,8 +811,46 @@ async fn run_everything(data_dir: &Path, backend: &[String]) {
         .expect(StatusCode::OK)
         .body;
     assert_eq!(view["last_sequence"], before_kill, "{view}");
+    // every answer of both APIs carries the security headers: open, authenticated, refused,
+    // unknown
+    for url in [
+        format!("{}/healthz", platform.command),
+        format!("{}/openapi.json", platform.query),
+        format!("{}/v1/customers/{}", platform.query, seen.customer),
+        format!("{}/v1/customers", platform.command),
+        format!("{}/v1/nowhere", platform.query),
+    ] {
+        let answer = platform
+            .http
+            .get(&url)
+            .bearer_auth(&am)
+            .send()
+            .await
+            .unwrap();
+        for (name, value) in infra::headers::SECURITY_HEADERS {
+            assert_eq!(
+                answer.headers().get(*name).and_then(|v| v.to_str().ok()),
+                Some(*value),
+                "{url} ({}): {name}",
+                answer.status()
+            );
+        }
+    }
     let status = platform.stop().await;
     assert!(status.success(), "{}", platform.log_tail());
+    // secrets never reach the logs: not the signing secret, not a token used in the run
+    let log = std::fs::read_to_string(&platform.log).unwrap();
+    let secret = std::fs::read_to_string(data_dir.join("auth").join("hs256-secret"));
+    if let Ok(secret) = secret {
+        assert!(
+            !log.contains(secret.trim()),
+            "the signing secret is in the log"
+        );
+    }
+    for token in [&am, &platform.token("admin", "administrator")] {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!log.contains(signature), "a token is in the log");
+    }
     eprintln!("done in {:?}", started.elapsed());
 }
 

@@ -60,6 +60,84 @@ pub const DATE_YEARS: (i32, i32) = (1900, 2200);
 /// Fields holding a calendar date.
 pub const DATE_FIELDS: &[&str] = &["expected_close", "due_on"];
 
+/// Text fields that must hold at least one visible character (`decide` refuses blank ones).
+pub const NON_BLANK_FIELDS: &[&str] = &[
+    "owner",
+    "to",
+    "name",
+    "region",
+    "place",
+    "sub_category",
+    "handling",
+    "resolution",
+    "title",
+    "source",
+    "action",
+    "result",
+    "reason",
+    "order_number",
+    "request",
+    "assignee",
+    "measure",
+    "product",
+    "member",
+    "director",
+];
+
+/// Writes these bounds into a JSON Schema of a command (as the OpenAPI documents publish
+/// it): `maxLength` (and `minLength`/`pattern` for the non-blank fields) on every plain text
+/// property, `maxItems` on every list, `maximum` on amounts. The limits are named once, here;
+/// the documents describe what the server enforces.
+pub fn describe_in_schema(schema: &mut Value) {
+    match schema {
+        Value::Object(m) => {
+            if let Some(Value::Object(props)) = m.get_mut("properties") {
+                for (name, prop) in props.iter_mut() {
+                    annotate_property(name, prop);
+                }
+            }
+            for (key, v) in m.iter_mut() {
+                if key != "properties" {
+                    describe_in_schema(v);
+                }
+            }
+            if let Some(Value::Object(props)) = m.get_mut("properties") {
+                for prop in props.values_mut() {
+                    describe_in_schema(prop);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(describe_in_schema),
+        _ => {}
+    }
+}
+
+fn has_type(prop: &serde_json::Map<String, Value>, wanted: &str) -> bool {
+    match prop.get("type") {
+        Some(Value::String(t)) => t == wanted,
+        Some(Value::Array(ts)) => ts.iter().any(|t| t == wanted),
+        _ => false,
+    }
+}
+
+fn annotate_property(name: &str, prop: &mut Value) {
+    let Value::Object(p) = prop else { return };
+    if has_type(p, "string") && !p.contains_key("format") && !p.contains_key("enum") {
+        p.entry("maxLength")
+            .or_insert(Value::from(text_limit(name)));
+        if NON_BLANK_FIELDS.contains(&name) {
+            p.entry("minLength").or_insert(Value::from(1));
+            p.entry("pattern").or_insert(Value::from("\\S"));
+        }
+    }
+    if has_type(p, "array") {
+        p.entry("maxItems").or_insert(Value::from(MAX_LIST_ITEMS));
+    }
+    if has_type(p, "integer") && AMOUNT_FIELDS.contains(&name) {
+        p.insert("maximum".into(), Value::from(MAX_AMOUNT));
+    }
+}
+
 /// The most characters a text field named `name` may hold.
 pub fn text_limit(name: &str) -> usize {
     TEXT_LIMITS

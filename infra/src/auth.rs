@@ -263,6 +263,12 @@ impl Authenticator {
         if self.disabled {
             return Ok(Self::dev());
         }
+        if headers.contains_key(header::AUTHORIZATION) && headers.contains_key(API_KEY_HEADER) {
+            // never pass a wrong credential over because another one is right
+            return Err(AuthError::Invalid(
+                "send one credential: `Authorization: Bearer` or `X-Api-Key`, not both".into(),
+            ));
+        }
         if let Some(value) = headers.get(header::AUTHORIZATION) {
             let value = value
                 .to_str()

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod config;
 pub mod embedded;
+pub mod headers;
 pub mod kafka;
 pub mod log;
 pub mod problem;

@@ -390,6 +390,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::map_response(
+            infra::headers::security_headers,
+        ))
         .with_state(shared)
 }
 

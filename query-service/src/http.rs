@@ -68,6 +68,7 @@ pub fn router(app: Arc<App>) -> Router {
         ))
         .route_layer(middleware::from_fn_with_state(app.clone(), track))
         .fallback(|| async { Problem::not_found("no such resource") })
+        .layer(middleware::map_response(infra::headers::security_headers))
         .with_state(app)
 }
 
@@ -947,7 +948,9 @@ pub fn openapi() -> Value {
                 }
                 responses.insert("200".into(), json!({"description": "The list", "content": {
                     "application/json": {"schema": page},
-                    "text/csv": {"schema": {"type": "string"}, "description": format!("Header row, then one row per item{}", if columns.is_empty() { String::new() } else { format!(": {}", columns.join(",")) })}
+                    // a media type object has no `description` (OpenAPI 3.1 §4.8.14): it goes
+                    // on the schema
+                    "text/csv": {"schema": {"type": "string", "description": format!("Header row, then one row per item{}; text starting with = + - @ is prefixed with ' (spreadsheets would run it as a formula)", if columns.is_empty() { String::new() } else { format!(": {}", columns.join(",")) })}}
                 }}));
             }
             Answer::Single => {
