@@ -370,6 +370,8 @@ struct Seen {
     last_sequence: i64,
     stage_event: String,
     opportunity: String,
+    /// The body first sent with the idempotency key `e2e-call-1`.
+    keyed_touchpoint: Value,
 }
 
 async fn scenario(p: &Platform) -> Seen {
@@ -405,6 +407,7 @@ async fn scenario(p: &Platform) -> Seen {
     // one touchpoint, retried with the same idempotency key: the first answer, nothing new
     let touchpoint = json!({"occurred_at": days_ago(1), "touchpoint": {"channel": {"kind": "phone_call",
         "direction": "inbound", "duration_seconds": 320, "wait_seconds": 15, "outcome": "answered"}, "summary": "询价"}});
+    let keyed_touchpoint = touchpoint.clone();
     let first = p
         .command(
             Method::POST,
@@ -662,6 +665,7 @@ async fn scenario(p: &Platform) -> Seen {
         last_sequence,
         stage_event,
         opportunity: o,
+        keyed_touchpoint,
     }
 }
 
@@ -705,8 +709,19 @@ async fn after_restart(p: &Platform, seen: &Seen) {
         .expect(StatusCode::OK)
         .body;
     assert_eq!(view["last_sequence"], seen.last_sequence + 1, "{view}");
-    // the idempotency key of before the restart is still known
+    // the idempotency key of before the restart is still known, with the request it came
+    // with: the same request gets the first answer, another one is refused naming the key
     let again = p
+        .command(
+            Method::POST,
+            &format!("/v1/customers/{c}/touchpoints"),
+            &am,
+            seen.keyed_touchpoint.clone(),
+            &[("idempotency-key", "e2e-call-1".into())],
+        )
+        .await;
+    assert_eq!(again.header("idempotent-replayed").as_deref(), Some("true"));
+    let other = p
         .command(
             Method::POST,
             &format!("/v1/customers/{c}/touchpoints"),
@@ -716,7 +731,13 @@ async fn after_restart(p: &Platform, seen: &Seen) {
             &[("idempotency-key", "e2e-call-1".into())],
         )
         .await;
-    assert_eq!(again.header("idempotent-replayed").as_deref(), Some("true"));
+    assert_eq!(
+        other.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        other.body
+    );
+    assert_eq!(other.body["field"], "Idempotency-Key");
 }
 
 /// `crm <command>` against the data directory and backend of `crm up`; its output.

@@ -736,10 +736,10 @@ fn profile_diff(
             cleared.extend(current_map.keys().map(|k| format!("registration.{k}")));
         }
         if !set.is_empty() {
-            registration_changes = Some(
+            registration_changes = Some(Box::new(
                 serde_json::from_value::<Registration>(serde_json::Value::Object(set))
                     .map_err(|e| DomainError::invalid("changes.registration", e.to_string()))?,
-            );
+            ));
         }
     }
     Ok(ProfileChanges {

@@ -129,7 +129,7 @@ pub struct ProfileChanges {
     pub registration: Option<Registration>,
     /// Registration fields this change set; the others are unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub registration_changes: Option<Registration>,
+    pub registration_changes: Option<Box<Registration>>,
     /// Optional fields this change cleared, by path: `number`, `registration.fax`, ...
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cleared: Vec<String>,

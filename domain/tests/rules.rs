@@ -327,10 +327,10 @@ fn a_profile_change_merges_the_registration_block() {
     assert_eq!(
         e.changes,
         ProfileChanges {
-            registration_changes: Some(Registration {
+            registration_changes: Some(Box::new(Registration {
                 phone: Some("123".into()),
                 ..Registration::default()
-            }),
+            })),
             ..ProfileChanges::default()
         }
     );

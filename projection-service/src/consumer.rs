@@ -972,6 +972,11 @@ impl Processor {
     fn done(&self, outcome: &crate::ApplyOutcome, records: u64, dead: u64) {
         self.state
             .record(&outcome.positions, records, outcome.applied as u64, dead);
+        if dead > 0 {
+            self.metrics
+                .dead_letters_recorded
+                .set(self.state.snapshot().dead_letters as i64);
+        }
         self.metrics.events_applied.inc_by(outcome.applied as u64);
         if !outcome.alerts_closed.is_empty() {
             self.alerts_closed.notify_one();
