@@ -30,3 +30,10 @@ bash scripts/kafka-testbed.sh ensure
 
 # Several brokers and databases run side by side; two test threads suit a 2-core machine.
 cargo test --workspace --locked -- --test-threads="${CRM_TEST_THREADS:-2}" "$@"
+
+# The APIs as an outside client sees them: both OpenAPI documents through an outside validator,
+# then schemathesis with every check, as an administrator and as an account manager
+# (CRM_CONFORMANCE_SECONDS per run, four runs; 0 skips it).
+if [[ ${CRM_CONFORMANCE_SECONDS:-45} != 0 ]]; then
+    bash scripts/api-conformance.sh "${CRM_CONFORMANCE_SECONDS:-45}"
+fi

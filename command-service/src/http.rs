@@ -350,11 +350,14 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>
 }
 
 fn command_headers(headers: &HeaderMap) -> Result<CommandHeaders, Problem> {
-    let expected_sequence = match header_text(headers, "if-match")? {
+    // an empty header is no header
+    let expected_sequence = match header_text(headers, "if-match")?.filter(|v| !v.trim().is_empty())
+    {
         None => None,
         Some(v) => if_match(v)?,
     };
     let command_id = header_text(headers, "idempotency-key")?
+        .filter(|k| !k.trim().is_empty())
         .map(|k| {
             let k = k.trim();
             if k.is_empty() || k.len() > 200 {
@@ -1031,7 +1034,7 @@ pub fn openapi() -> Value {
     let mut components = Map::new();
     let mut paths: Map<String, Value> = Map::new();
     let header_params = json!([
-        {"name": "If-Match", "in": "header", "required": false, "schema": {"type": "string", "pattern": "^(\\*|\"[0-9]{1,19}\")$"}, "description": "`*`, or the customer's sequence the client expects as a strong entity tag (the ETag of an answer, e.g. `\"7\"`): 409 when it has moved on; weak tags are refused (400)"},
+        {"name": "If-Match", "in": "header", "required": false, "schema": {"type": "string", "pattern": "^(|\\*|\"[0-9]{1,19}\")$"}, "description": "`*`, or the customer's sequence the client expects as a strong entity tag (the ETag of an answer, e.g. `\"7\"`): 409 when it has moved on; weak tags are refused (400)"},
         {"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 200}, "description": "A retry with the same key returns the first answer and appends nothing"},
         {"name": "X-Correlation-Id", "in": "header", "required": false, "schema": {"type": "string", "format": "uuid"}},
         {"name": "X-Causation-Id", "in": "header", "required": false, "schema": {"type": "string", "format": "uuid"}}
@@ -1048,7 +1051,10 @@ pub fn openapi() -> Value {
         domain::limits::describe_in_schema(&mut body);
         if let Value::Object(m) = &mut body {
             if let Some(Value::Object(props)) = m.get_mut("properties") {
-                props.insert("occurred_at".into(), json!({"type": "string", "format": "date-time", "description": "Business time; now when absent"}));
+                props.insert("occurred_at".into(), json!({"type": "string", "format": "date-time", "pattern": "^(19|20)[0-9]{2}-",
+                    "description": "Business time; now when absent. Not before 1900-01-01, not more than 24 hours ahead of the server's clock (both configurable: --business-time-earliest, --business-time-max-future-hours)"}));
+                // ids in the path are the path's: not repeated in the body
+                props.retain(|name, _| !r.path.contains(&format!("{{{name}}}")));
             }
             // path ids and generated ids need not be in the body
             if let Some(Value::Array(req)) = m.get_mut("required") {
@@ -1103,7 +1109,9 @@ pub fn openapi() -> Value {
                 let format = if name == "team_id" {
                     json!({"type": "string", "format": "uuid"})
                 } else {
-                    json!({"type": "string"})
+                    let mut user = json!({"type": "string"});
+                    domain::limits::user_id_schema(&mut user);
+                    user
                 };
                 json!({"name": name, "in": "path", "required": true, "schema": format})
             })
@@ -1112,6 +1120,9 @@ pub fn openapi() -> Value {
         let mut body = component_schema((r.schema)(), &mut components);
         domain::limits::describe_in_schema(&mut body);
         if let Value::Object(m) = &mut body {
+            if let Some(Value::Object(props)) = m.get_mut("properties") {
+                props.retain(|name, _| !r.path.contains(&format!("{{{name}}}")));
+            }
             if let Some(Value::Array(req)) = m.get_mut("required") {
                 req.retain(|f| {
                     f.as_str()
@@ -1127,6 +1138,7 @@ pub fn openapi() -> Value {
             "requestBody": {"required": r.method != Method::DELETE, "content": {"application/json": {"schema": body}}},
             "responses": {
                 if r.name == "create_team" { "201" } else { "200" }: {"description": "Appended (or unchanged)", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "200": {"description": "Appended or unchanged; for create_team, a retry with the same Idempotency-Key (the first answer)", "content": {"application/json": {"schema": {"type": "object"}}}},
                 "400": problem_response("Malformed JSON, header or path parameter"),
                 "401": problem_response("No valid credentials (bearer token)"),
                 "403": problem_response("The caller's roles may not use this command"),
@@ -1147,13 +1159,24 @@ pub fn openapi() -> Value {
     for schema in components.values_mut() {
         domain::limits::describe_in_schema(schema);
     }
+    if let Some(user) = components.get_mut("UserId") {
+        domain::limits::user_id_schema(user);
+    }
+    if let Some(Value::Object(number)) = components.get_mut("OrderNumber") {
+        number.insert("minLength".into(), json!(1));
+        number.insert(
+            "maxLength".into(),
+            json!(domain::limits::DEFAULT_TEXT_CHARS),
+        );
+        number.insert("pattern".into(), json!(domain::limits::NON_BLANK_PATTERN));
+    }
     paths.insert("/v1/touchpoints:batch".into(), json!({"post": {
         "operationId": "record_touchpoints_batch",
         "x-crm-roles": roles_of(INGEST_TOUCHPOINTS),
         "security": [{"apiKey": []}, {"bearer": []}],
         "summary": format!("Record up to {MAX_BATCH} touchpoints (JSON array or NDJSON); answers per item"),
         "requestBody": {"required": true, "content": {
-            "application/json": {"schema": {"type": "array", "maxItems": MAX_BATCH, "items": {"$ref": "#/components/schemas/BatchTouchpoint"}}},
+            "application/json": {"schema": {"type": "array", "minItems": 1, "maxItems": MAX_BATCH, "items": {"$ref": "#/components/schemas/BatchTouchpoint"}}},
             "application/x-ndjson": {"schema": {"$ref": "#/components/schemas/BatchTouchpoint"}}
         }},
         "responses": {"200": {"description": "Per-item results", "content": {"application/json": {"schema": {"type": "object"}}}},

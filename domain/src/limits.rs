@@ -120,21 +120,63 @@ fn has_type(prop: &serde_json::Map<String, Value>, wanted: &str) -> bool {
     }
 }
 
+/// Text without U+0000 (an ECMA-262 regular expression, as JSON Schema's `pattern` is).
+pub const TEXT_PATTERN: &str = r"^[^\u0000]*$";
+/// Text without U+0000 holding at least one character that is not white space.
+pub const NON_BLANK_PATTERN: &str = r"^[^\u0000]*[^\s\u0000][^\u0000]*$";
+/// A user id: no control characters, not blank.
+pub const USER_ID_PATTERN: &str = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$";
+/// A calendar date within [`DATE_YEARS`].
+pub const DATE_PATTERN: &str = r"^(19[0-9]{2}|2[01][0-9]{2}|2200)-";
+
+/// The schema of a user id (owner, assignee, director, member), as the documents publish it.
+pub fn user_id_schema(schema: &mut Value) {
+    if let Value::Object(p) = schema {
+        p.insert("minLength".into(), Value::from(1));
+        p.insert("maxLength".into(), Value::from(DEFAULT_TEXT_CHARS));
+        p.insert("pattern".into(), Value::from(USER_ID_PATTERN));
+    }
+}
+
 fn annotate_property(name: &str, prop: &mut Value) {
     let Value::Object(p) = prop else { return };
+    if has_type(p, "string") && p.get("format").and_then(Value::as_str) == Some("date") {
+        if DATE_FIELDS.contains(&name) {
+            p.entry("pattern").or_insert(Value::from(DATE_PATTERN));
+        }
+        return;
+    }
     if has_type(p, "string") && !p.contains_key("format") && !p.contains_key("enum") {
         p.entry("maxLength")
             .or_insert(Value::from(text_limit(name)));
-        if NON_BLANK_FIELDS.contains(&name) {
+        let pattern = if NON_BLANK_FIELDS.contains(&name) {
             p.entry("minLength").or_insert(Value::from(1));
-            p.entry("pattern").or_insert(Value::from("\\S"));
-        }
+            NON_BLANK_PATTERN
+        } else {
+            TEXT_PATTERN
+        };
+        p.entry("pattern").or_insert(Value::from(pattern));
     }
     if has_type(p, "array") {
         p.entry("maxItems").or_insert(Value::from(MAX_LIST_ITEMS));
     }
     if has_type(p, "integer") && AMOUNT_FIELDS.contains(&name) {
+        p.insert("minimum".into(), Value::from(0));
         p.insert("maximum".into(), Value::from(MAX_AMOUNT));
+    }
+    // the integer widths the Rust types have
+    if has_type(p, "integer") {
+        let max: Option<u64> = match p.get("format").and_then(Value::as_str) {
+            Some("uint8") => Some(u8::MAX.into()),
+            Some("uint16") => Some(u16::MAX.into()),
+            Some("uint32") => Some(u32::MAX.into()),
+            Some("int32") => Some(i32::MAX as u64),
+            Some("int64") | Some("uint64") => Some(i64::MAX as u64),
+            _ => None,
+        };
+        if let Some(max) = max {
+            p.entry("maximum").or_insert(Value::from(max));
+        }
     }
 }
 

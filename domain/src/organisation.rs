@@ -361,7 +361,11 @@ pub fn decide_organisation(
             return Err(DomainError::invalid("name", "must not be empty"));
         }
         if state.teams.values().any(|t| t.name == name) {
-            return Err(DomainError::invalid("name", "another team has this name"));
+            // a conflict with the current state (409), not a malformed name
+            return Err(DomainError::Conflicting {
+                field: "name".into(),
+                reason: "another team has this name".into(),
+            });
         }
         return Ok(vec![TeamCreated {
             team_id,

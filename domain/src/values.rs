@@ -162,38 +162,48 @@ pub struct ProfilePatch {
         deserialize_with = "patch_member",
         skip_serializing_if = "Option::is_none"
     )]
+    /// Required: a value, never `null`.
+    #[schemars(with = "String")]
     pub name: Option<Option<String>>,
     #[serde(
         default,
         deserialize_with = "patch_member",
         skip_serializing_if = "Option::is_none"
     )]
+    /// Required: a value, never `null`.
+    #[schemars(with = "String")]
     pub region: Option<Option<String>>,
     #[serde(
         default,
         deserialize_with = "patch_member",
         skip_serializing_if = "Option::is_none"
     )]
+    /// Required: a value, never `null`.
+    #[schemars(with = "String")]
     pub industry: Option<Option<String>>,
     #[serde(
         default,
         deserialize_with = "patch_member",
         skip_serializing_if = "Option::is_none"
     )]
+    /// Required: a value, never `null`.
+    #[schemars(with = "CustomerLevel")]
     pub level: Option<Option<CustomerLevel>>,
     #[serde(
         default,
         deserialize_with = "patch_member",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(range(min = 1, max = 5))]
+    /// Required: a value, never `null`.
+    #[schemars(with = "u8", range(min = 1, max = 5))]
     pub credit: Option<Option<u8>>,
     #[serde(
         default,
         deserialize_with = "patch_member",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(range(min = 1, max = 5))]
+    /// Required: a value, never `null`.
+    #[schemars(with = "u8", range(min = 1, max = 5))]
     pub satisfaction: Option<Option<u8>>,
     /// Merged field by field; `null` clears every registration field.
     #[serde(

@@ -925,7 +925,8 @@ pub fn openapi() -> Value {
         parameters.push(json!({
             "name": MIN_POSITION_NAME, "in": "header", "required": false,
             "description": "Read-your-writes: topic:partition:offset (a command's crm-position), comma separated for several; the answer waits until the read model has applied it, or is 503 with Retry-After",
-            "schema": {"type": "string", "pattern": "^[^:,]+:[0-9]+:[0-9]+(, *[^:,]+:[0-9]+:[0-9]+)*$"}
+            // empty is no header; a topic or partition the platform does not have is 400
+            "schema": {"type": "string", "pattern": "^([^:,]*customer-events:[0-9]+:[0-9]+(, *[^:,]*customer-events:[0-9]+:[0-9]+)*)?$"}
         }));
         let mut responses = Map::new();
         match r.answer {
@@ -945,6 +946,11 @@ pub fn openapi() -> Value {
                             json!({"type": ["string", "null"], "description": "Pass as `cursor` for the next page; null on the last page"}),
                         );
                     }
+                }
+                if r.path.contains('{') {
+                    // a list of one customer's items: that customer may not exist (or be out
+                    // of reach, which looks the same)
+                    responses.insert("404".into(), problem_response("No such customer"));
                 }
                 responses.insert("200".into(), json!({"description": "The list", "content": {
                     "application/json": {"schema": page},
@@ -999,10 +1005,9 @@ pub fn openapi() -> Value {
                 problem_response("No such resource, or one of a customer outside the caller's reach (the same answer)"),
             );
         }
-        paths.insert(
-            r.path.to_owned(),
+        let operation = |operation_id: String, parameters: Vec<Value>| {
             json!({"get": {
-                "operationId": r.operation_id,
+                "operationId": operation_id,
                 "summary": r.summary,
                 "description": format!("Operation `{}`, allowed to: {}. {}", r.operation, roles_of(r.operation).join(", "), reach_of(r.operation)),
                 "x-crm-operation": r.operation,
@@ -1010,7 +1015,35 @@ pub fn openapi() -> Value {
                 "security": [{"bearer": []}, {"apiKey": []}],
                 "parameters": parameters,
                 "responses": responses,
-            }}),
+            }})
+        };
+        if r.path == REPORT.path {
+            // one path per report: composition takes no period, the others require one
+            for report in REPORTS {
+                let params: Vec<Value> = parameters
+                    .iter()
+                    .filter(|p| p["name"] != "report")
+                    .filter(|p| {
+                        *report != "composition" || (p["name"] != "from" && p["name"] != "to")
+                    })
+                    .cloned()
+                    .map(|mut p| {
+                        if p["name"] == "from" || p["name"] == "to" {
+                            p["required"] = json!(true);
+                        }
+                        p
+                    })
+                    .collect();
+                paths.insert(
+                    r.path.replace("{report}", report),
+                    operation(format!("{}_{report}", r.operation_id), params),
+                );
+            }
+            continue;
+        }
+        paths.insert(
+            r.path.to_owned(),
+            operation(r.operation_id.to_owned(), parameters),
         );
     }
     for (path, summary) in [

@@ -88,11 +88,14 @@ impl ParamSpec {
     /// The parameter's JSON Schema, for OpenAPI.
     pub fn schema(&self) -> Value {
         let one = match self.kind {
-            Kind::Text { max } => json!({"type": "string", "minLength": 1, "maxLength": max}),
+            // no control characters, not blank
+            Kind::Text { max } => json!({"type": "string", "minLength": 1, "maxLength": max,
+                "pattern": r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$"}),
             Kind::Uuid => json!({"type": "string", "format": "uuid"}),
             Kind::Date => json!({"type": "string", "format": "date"}),
             Kind::Time => {
-                json!({"type": "string", "description": "RFC 3339 date-time, or a date (midnight UTC)"})
+                json!({"type": "string", "anyOf": [{"format": "date-time"}, {"format": "date"}],
+                       "description": "RFC 3339 date-time, or a date (midnight UTC)"})
             }
             Kind::Int { min, max } => json!({"type": "integer", "minimum": min, "maximum": max}),
             Kind::Enum(values) => json!({"type": "string", "enum": values}),
@@ -104,11 +107,18 @@ impl ParamSpec {
                 json!({"type": "string", "enum": all})
             }
             Kind::Cursor => {
-                json!({"type": "string", "description": "next_cursor of the previous page"})
+                json!({"type": "string", "minLength": 1, "description": "next_cursor of the previous page (opaque: only the server makes one)"})
             }
         };
         if self.multi {
-            json!({"type": "array", "items": one})
+            // items are comma separated: an item holds no comma
+            let mut one = one;
+            if let (Kind::Text { .. }, Some(p)) = (&self.kind, one.get_mut("pattern")) {
+                *p = json!(
+                    r"^[^,\u0000-\u001f\u007f-\u009f]*[^,\s\u0000-\u001f\u007f-\u009f][^,\u0000-\u001f\u007f-\u009f]*$"
+                );
+            }
+            json!({"type": "array", "minItems": 1, "items": one})
         } else {
             one
         }

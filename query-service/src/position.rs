@@ -30,6 +30,10 @@ pub fn parse_positions(headers: &HeaderMap) -> Result<Vec<Position>, Problem> {
         let text = value
             .to_str()
             .map_err(|_| Problem::bad_parameter(MIN_POSITION_NAME, "not visible ASCII"))?;
+        // an empty header is no header
+        if text.trim().is_empty() {
+            continue;
+        }
         for item in text.split(',') {
             out.push(parse_position(item.trim())?);
         }
