@@ -812,18 +812,16 @@ fn batch_items(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<BatchItem>, Prob
             v.starts_with("application/x-ndjson") || v.starts_with("application/ndjson")
         });
     let items: Vec<BatchItem> = if ndjson {
-        bytes
-            .split(|b| *b == b'\n')
-            .enumerate()
-            .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
-            .enumerate()
-            .map(|(index, (n, line))| {
-                let item = serde_json::from_slice(line).map_err(|e| {
+        domain::ndjson::items(bytes)
+            .into_iter()
+            .map(|item| {
+                let (index, line) = (item.index, item.line);
+                let value = item.value.map_err(|e| {
                     Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
-                        .detail(format!("item {index} (line {}): {e}", n + 1))
-                        .with("line", n + 1)
+                        .detail(format!("item {index} (line {line}): {e}"))
+                        .with("line", line)
                 });
-                (Some(n + 1), item)
+                (Some(line), value)
             })
             .collect()
     } else {

@@ -24,6 +24,7 @@ pub mod error;
 pub mod event;
 pub mod ids;
 pub mod limits;
+pub mod ndjson;
 pub mod organisation;
 pub mod policy;
 pub mod schema;
