@@ -43,9 +43,17 @@ fuzz_target!(|data: &[u8]| {
             for e in &events {
                 s = evolve(s, e);
             }
-            // what was accepted is representable on the wire
+            // what was accepted goes on the wire and comes back the same
             for e in &events {
-                let _ = serde_json::to_vec(e);
+                let bytes = e.to_json();
+                assert!(bytes.is_ok(), "an accepted event does not serialize: {e:?}");
+                if let Ok(bytes) = bytes {
+                    let back = domain::upcast::decode(e.event_type(), &bytes);
+                    assert!(
+                        matches!(&back, Ok(b) if b == e),
+                        "an accepted event does not decode to itself: {e:?} {back:?}"
+                    );
+                }
             }
         }
     }
