@@ -37,3 +37,9 @@ cargo test --workspace --locked -- --test-threads="${CRM_TEST_THREADS:-2}" "$@"
 if [[ ${CRM_CONFORMANCE_SECONDS:-45} != 0 ]]; then
     bash scripts/api-conformance.sh "${CRM_CONFORMANCE_SECONDS:-45}"
 fi
+
+# Fuzzing, bounded (CRM_FUZZ_SECONDS per target, three targets; 0 skips it; longer by hand:
+# scripts/fuzz.sh 600).
+if [[ ${CRM_FUZZ_SECONDS:-20} != 0 ]]; then
+    bash scripts/fuzz.sh "${CRM_FUZZ_SECONDS:-20}"
+fi

@@ -286,7 +286,9 @@ async fn the_role_by_route_matrix_follows_the_permission_table() {
         "X-Api-Key"
     );
     for route in routes() {
-        let op = &doc["paths"][route.path]["get"];
+        // the report route is documented per report; composition stands for them all
+        let path = route.path.replace("{report}", "composition");
+        let op = &doc["paths"][path.as_str()]["get"];
         assert_eq!(op["x-crm-operation"], route.operation, "{}", route.path);
         let roles: Vec<&str> = Role::ALL
             .into_iter()
