@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECONDS_PER_RUN=${1:-45}
+SEED=${CRM_CONFORMANCE_SEED:-20261130}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/crm-target}
 CRM_TOOLS=${CRM_TOOLS:-$HOME/.cache/crm-tools}
 VENV=$CRM_TOOLS/venv
@@ -75,7 +76,7 @@ for api in command query; do
             "http://127.0.0.1:$port/openapi.json" \
             -H "Authorization: Bearer $token" \
             --checks all --phases fuzzing,stateful --max-time "$SECONDS_PER_RUN" --workers 2 \
-            --seed 20261130 --report-dir "$work/report-$api-$who" >"$work/$api-$who.txt" 2>&1; then
+            --seed "$SEED" --report-dir "$work/report-$api-$who" >"$work/$api-$who.txt" 2>&1; then
             failed=1
             cat "$work/$api-$who.txt"
         else

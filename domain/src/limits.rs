@@ -146,6 +146,11 @@ fn annotate_property(name: &str, prop: &mut Value) {
         }
         return;
     }
+    if name == "currency" && has_type(p, "string") {
+        // ISO 4217, as `decide` checks it
+        p.insert("pattern".into(), Value::from("^[A-Z]{3}$"));
+        return;
+    }
     if has_type(p, "string") && !p.contains_key("format") && !p.contains_key("enum") {
         p.entry("maxLength")
             .or_insert(Value::from(text_limit(name)));
