@@ -134,6 +134,8 @@ struct Builder {
 
 impl Builder {
     fn push(&mut self, method: reqwest::Method, sub: &str, mut body: Value, at: DateTime<Utc>) {
+        // business time never lies ahead (the command side refuses more than a day ahead)
+        let at = at.min(Utc::now());
         if let Value::Object(m) = &mut body {
             m.insert("occurred_at".into(), json!(at.to_rfc3339()));
         }

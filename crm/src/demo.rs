@@ -157,7 +157,9 @@ impl Loader<'_> {
         at: DateTime<Utc>,
         actor: &str,
     ) -> anyhow::Result<Value> {
-        // business time for customer commands (team commands take none)
+        // business time for customer commands (team commands take none), never ahead of now
+        // (the command side refuses more than a day ahead)
+        let at = at.min(Utc::now());
         if let (Value::Object(m), true) = (&mut body, path.starts_with("/v1/customers")) {
             m.insert("occurred_at".into(), json!(at.to_rfc3339()));
         }
