@@ -29,7 +29,9 @@ fi
 bash scripts/kafka-testbed.sh ensure
 
 # Several brokers and databases run side by side; two test threads suit a 2-core machine.
-cargo test --workspace --locked -- --test-threads="${CRM_TEST_THREADS:-2}" "$@"
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+cargo test --workspace --locked -- --test-threads="${CRM_TEST_THREADS:-2}" "$@" 2>&1 | tee "$results"
 
 # The APIs as an outside client sees them: both OpenAPI documents through an outside validator,
 # then schemathesis with every check, as an administrator and as an account manager
@@ -43,3 +45,7 @@ fi
 if [[ ${CRM_FUZZ_SECONDS:-20} != 0 ]]; then
     bash scripts/fuzz.sh "${CRM_FUZZ_SECONDS:-20}"
 fi
+
+# One closing line for the whole run: the Rust tests' totals.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1); if ($(i) ~ /^ignored/) s += $(i-1) } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$results"
