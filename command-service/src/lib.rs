@@ -14,17 +14,18 @@ pub mod streams;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use domain::limits::BusinessTimeWindow;
 use infra::auth::{AuthArgs, AuthState, Authenticator};
 use infra::config::{BusinessTimeArgs, KafkaArgs, LogFormat};
-use infra::kafka::{provision_topics, OwnershipChange, PartitionOwnership};
+use infra::kafka::{provision_topics, OwnershipChange, OwnershipView, PartitionOwnership};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::inbound::InboundReaders;
 use crate::metrics::Metrics;
-use crate::streams::CustomerStreams;
+use crate::streams::{CustomerStreams, WriterLoss};
 use infra::log::{CustomerLog, KafkaCustomerLog};
 
 /// Every setting, as a flag and an environment variable (`command-service --help`).
@@ -95,20 +96,77 @@ impl AuthState for App {
 
 /// Applies ownership changes as the group reports them: a partition taken over is rebuilt,
 /// then its inbound partition is read; a partition given up stops both.
+///
+/// A partition whose writer died (a broker restart, a fence) was given up by
+/// [`CustomerStreams`] on its own; the group still assigns it here, and will not assign it
+/// again. So it is taken back, with a fresh writer and its history re-read, as long as the
+/// group assigns it: after half a second when the writer failed, after
+/// [`OwnershipView::settle_time`] when it was fenced (by then a member that was asleep has
+/// heard from the group that the partition moved, so a stale owner never fences the real
+/// one), and again with a growing pause while the broker cannot be reached.
 pub async fn follow_ownership(
     app: Arc<App>,
     inbound: Arc<InboundReaders>,
     mut changes: UnboundedReceiver<OwnershipChange>,
+    group: OwnershipView,
 ) {
-    while let Some(change) = changes.recv().await {
-        match change {
-            OwnershipChange::Assigned(partitions) => match app.streams.assign(&partitions).await {
-                Ok(()) => inbound.start(&partitions),
-                Err(e) => tracing::error!(error = %e, ?partitions, "taking partitions over failed"),
+    let (retake_tx, mut retakes) = tokio::sync::mpsc::unbounded_channel::<(i32, u32)>();
+    let schedule = |partition: i32, attempt: u32, after: Duration| {
+        let tx = retake_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            // The receiver lives as long as this loop; nothing to do once it is gone.
+            let _ = tx.send((partition, attempt));
+        });
+    };
+    loop {
+        tokio::select! {
+            change = changes.recv() => match change {
+                None => break,
+                Some(OwnershipChange::Assigned(partitions)) => {
+                    match app.streams.assign(&partitions).await {
+                        Ok(()) => inbound.start(&partitions),
+                        Err(e) => {
+                            tracing::error!(error = %e, ?partitions, "taking partitions over failed; retrying");
+                            for &p in &partitions {
+                                schedule(p, 1, Duration::from_secs(1));
+                            }
+                        }
+                    }
+                }
+                Some(OwnershipChange::Revoked(partitions)) => {
+                    inbound.stop(&partitions);
+                    app.streams.revoke(&partitions).await;
+                }
             },
-            OwnershipChange::Revoked(partitions) => {
-                inbound.stop(&partitions);
-                app.streams.revoke(&partitions).await;
+            lost = app.streams.lost_writers() => {
+                for (partition, loss) in lost {
+                    inbound.stop(&[partition]);
+                    let after = match loss {
+                        WriterLoss::Failed => Duration::from_millis(500),
+                        WriterLoss::Fenced => group.settle_time(),
+                    };
+                    schedule(partition, 1, after);
+                }
+            }
+            Some((partition, attempt)) = retakes.recv() => {
+                if !group.assigns(partition) {
+                    tracing::info!(partition, "the group moved the partition on: not taken back");
+                    continue;
+                }
+                if app.streams.owns(partition).await {
+                    continue;
+                }
+                match app.streams.assign(&[partition]).await {
+                    Ok(()) => {
+                        tracing::info!(partition, attempt, "partition taken back");
+                        inbound.start(&[partition]);
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition, attempt, error = %e, "taking the partition back failed; retrying");
+                        schedule(partition, attempt + 1, Duration::from_secs(u64::from(attempt.min(5))));
+                    }
+                }
             }
         }
     }
@@ -140,7 +198,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (ownership, changes) =
         PartitionOwnership::start(&settings).context("joining the command-service group")?;
     let inbound = InboundReaders::new(app.clone(), settings.clone());
-    tokio::spawn(follow_ownership(app.clone(), inbound, changes));
+    tokio::spawn(follow_ownership(
+        app.clone(),
+        inbound,
+        changes,
+        ownership.view(),
+    ));
 
     serve(app, config.listen, config.max_body_bytes).await?;
     ownership.shutdown().await;

@@ -6,8 +6,8 @@
 //! partition happens under that partition's lock, so the decision and the append can never
 //! interleave with another command for the same customer.
 
-use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock as StdRwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex as StdMutex, PoisonError, RwLock as StdRwLock};
 
 use chrono::{DateTime, Utc};
 use domain::access::{
@@ -24,7 +24,7 @@ use domain::{
 use infra::kafka::{partition_for, LogError, RecordAppender};
 use infra::Position;
 use serde::Serialize;
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::{Mutex, Notify, RwLock};
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
@@ -269,6 +269,31 @@ pub struct CustomerStreams {
     metrics: Metrics,
     /// Where business time (`occurred_at`) may fall.
     business_time: BusinessTimeWindow,
+    /// Partitions whose writer died, given up until the owner of the group view decides
+    /// whether to take them back ([`CustomerStreams::lost_writers`]).
+    lost: StdMutex<BTreeMap<i32, WriterLoss>>,
+    lost_changed: Notify,
+}
+
+/// Why a partition's writer can append no more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterLoss {
+    /// Another writer of the same partition opened after it: someone else believes they own
+    /// the partition.
+    Fenced,
+    /// It failed for another reason (a broker restart, a transaction that could not be
+    /// aborted): nobody else took the partition; it must be reopened.
+    Failed,
+}
+
+impl WriterLoss {
+    fn of(e: &LogError) -> Option<WriterLoss> {
+        match e {
+            LogError::Fenced { .. } => Some(WriterLoss::Fenced),
+            LogError::Fatal { .. } => Some(WriterLoss::Failed),
+            _ => None,
+        }
+    }
 }
 
 /// Maps a refusal of the access rules to the command's answer.
@@ -295,6 +320,8 @@ impl CustomerStreams {
             organisation: StdRwLock::new(OrganisationView::default()),
             metrics,
             business_time,
+            lost: StdMutex::new(BTreeMap::new()),
+            lost_changed: Notify::new(),
         }
     }
 
@@ -438,6 +465,52 @@ impl CustomerStreams {
             .owned_partitions
             .set(self.owned.read().await.len() as i64);
         Ok(())
+    }
+
+    /// Gives a partition up because its writer died, unless it was taken over again meanwhile
+    /// (`owned` is the partition as the failed append found it), and reports the loss to
+    /// [`CustomerStreams::lost_writers`].
+    async fn writer_lost(&self, partition: i32, owned: &Arc<OwnedPartition>, loss: WriterLoss) {
+        {
+            let mut partitions = self.owned.write().await;
+            if !partitions
+                .get(&partition)
+                .is_some_and(|current| Arc::ptr_eq(current, owned))
+            {
+                return;
+            }
+            partitions.remove(&partition);
+            self.metrics.owned_partitions.set(partitions.len() as i64);
+        }
+        tracing::warn!(
+            partition,
+            ?loss,
+            "the partition's writer died: partition given up"
+        );
+        self.lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(partition, loss);
+        self.lost_changed.notify_one();
+    }
+
+    /// Waits until a partition's writer dies, then returns every partition given up that way
+    /// since the last call. Whoever knows the group's assignment decides whether to take them
+    /// back ([`crate::follow_ownership`]).
+    pub async fn lost_writers(&self) -> Vec<(i32, WriterLoss)> {
+        loop {
+            let lost =
+                std::mem::take(&mut *self.lost.lock().unwrap_or_else(PoisonError::into_inner));
+            if !lost.is_empty() {
+                return lost.into_iter().collect();
+            }
+            self.lost_changed.notified().await;
+        }
+    }
+
+    /// True when this instance decides the partition's customers now.
+    pub async fn owns(&self, partition: i32) -> bool {
+        self.owned.read().await.contains_key(&partition)
     }
 
     /// Gives partitions up: their customers are decided elsewhere from now on.
@@ -727,7 +800,8 @@ impl CustomerStreams {
                     }
                 }
                 Err(e) => {
-                    let fenced = matches!(e, LogError::Fenced { .. } | LogError::Fatal { .. });
+                    let loss = WriterLoss::of(&e);
+                    let fenced = loss.is_some();
                     let reason = e.to_string();
                     let failed = pending.iter().map(|(i, ..)| *i);
                     for i in failed
@@ -744,9 +818,9 @@ impl CustomerStreams {
                         ));
                     }
                     drop(customers);
-                    if fenced {
-                        tracing::warn!(partition, error = %reason, "fenced: giving the partition up");
-                        self.revoke(&[partition]).await;
+                    if let Some(loss) = loss {
+                        tracing::warn!(partition, error = %reason, "append failed: the writer is dead");
+                        self.writer_lost(partition, &owned, loss).await;
                     }
                 }
             }
@@ -899,11 +973,10 @@ impl CustomerStreams {
                 })
             }
             Err(e) => {
-                let fenced = matches!(e, LogError::Fenced { .. } | LogError::Fatal { .. });
                 drop(customers);
-                if fenced {
-                    tracing::warn!(partition, error = %e, "fenced: giving the partition up");
-                    self.revoke(&[partition]).await;
+                if let Some(loss) = WriterLoss::of(&e) {
+                    tracing::warn!(partition, error = %e, "append failed: the writer is dead");
+                    self.writer_lost(partition, &owned, loss).await;
                     Err(CommandError::NotOwner { partition })
                 } else {
                     Err(CommandError::Unavailable(e.to_string()))

@@ -267,6 +267,7 @@ impl Up {
                 app.clone(),
                 inbound,
                 changes,
+                ownership.view(),
             ));
             return Ok(CommandSide {
                 app,

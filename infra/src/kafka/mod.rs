@@ -23,7 +23,7 @@ pub use dead_letter::{
     DLQ_SOURCE_TOPIC,
 };
 pub use error::LogError;
-pub use ownership::{OwnershipChange, PartitionOwnership};
+pub use ownership::{OwnershipChange, OwnershipView, PartitionOwnership};
 pub use partitioner::{murmur2, partition_for};
 pub use provision::provision_topics;
 pub use reader::{read_partition, scan_partition, StoredRecord};

@@ -91,6 +91,7 @@ impl ConsumerContext for OwnershipContext {
 /// [`OwnershipChange::Revoked`] is sent and the partitions move to the other members.
 pub struct PartitionOwnership {
     owned: Arc<Mutex<BTreeSet<i32>>>,
+    settle_time: Duration,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -140,6 +141,7 @@ impl PartitionOwnership {
         Ok((
             PartitionOwnership {
                 owned,
+                settle_time: Duration::from_millis(2 * u64::from(settings.session_timeout_ms)),
                 stop,
                 thread: Some(thread),
             },
@@ -149,12 +151,16 @@ impl PartitionOwnership {
 
     /// The partitions owned now, in order.
     pub fn owned(&self) -> Vec<i32> {
-        self.owned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .copied()
-            .collect()
+        self.view().owned()
+    }
+
+    /// A handle that answers what the group assigns to this instance, for as long as the
+    /// membership lasts.
+    pub fn view(&self) -> OwnershipView {
+        OwnershipView {
+            owned: self.owned.clone(),
+            settle_time: self.settle_time,
+        }
     }
 
     /// Leaves the group and waits until it has: the partitions can move to other members
@@ -164,6 +170,39 @@ impl PartitionOwnership {
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+    }
+}
+
+/// What the group assigns to this instance now (see [`PartitionOwnership::view`]).
+#[derive(Debug, Clone)]
+pub struct OwnershipView {
+    owned: Arc<Mutex<BTreeSet<i32>>>,
+    settle_time: Duration,
+}
+
+impl OwnershipView {
+    /// The partitions assigned now, in order.
+    pub fn owned(&self) -> Vec<i32> {
+        self.owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// How long the group may take to tell this member that partitions moved away from it
+    /// (after it was unreachable, say): two session timeouts.
+    pub fn settle_time(&self) -> Duration {
+        self.settle_time
+    }
+
+    /// True when the group assigns this partition to this instance now.
+    pub fn assigns(&self, partition: i32) -> bool {
+        self.owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&partition)
     }
 }
 
