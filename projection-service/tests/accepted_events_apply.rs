@@ -22,9 +22,8 @@ use axum::http::Request;
 use axum::Router;
 use common::*;
 use crm_tests::{unique_prefix, KafkaBroker};
-use infra::auth::{AuthArgs, Authenticator};
 use infra::kafka::{provision_topics, KafkaSettings};
-use infra::log::{CustomerLog, KafkaCustomerLog};
+use infra::log::KafkaCustomerLog;
 use projection_service::*;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -283,21 +282,6 @@ async fn drive(router: &Router, steps: &[Step]) -> Acknowledged {
     ack
 }
 
-fn command_app(log: Arc<dyn CustomerLog>) -> Arc<command_service::App> {
-    let auth = Authenticator::from_args(&AuthArgs {
-        auth_disabled: true,
-        ..AuthArgs::default()
-    })
-    .unwrap();
-    command_service::App::new(
-        log,
-        "/property-test".into(),
-        auth,
-        domain::limits::BusinessTimeWindow::default(),
-    )
-    .unwrap()
-}
-
 fn options() -> RunOptions {
     let mut options = RunOptions::new("rm");
     options.batch = BatchOptions {
@@ -382,7 +366,7 @@ async fn on_the_embedded_log_every_accepted_event_applies() {
     let steps = generate();
     let dir = std::env::temp_dir().join(format!("crm-prop-{}", uuid::Uuid::now_v7()));
     let topics = EmbeddedTopics::open(&dir, PARTITIONS).unwrap();
-    let app = command_app(topics.customer_events.clone());
+    let app = command_app("/property-test", topics.customer_events.clone());
     app.streams
         .assign(&(0..PARTITIONS).collect::<Vec<_>>())
         .await
@@ -420,9 +404,12 @@ async fn on_kafka_every_accepted_event_applies() {
         ..KafkaSettings::new(broker.brokers(), unique_prefix("accepted"))
     };
     provision_topics(&settings).await.unwrap();
-    let app = command_app(Arc::new(KafkaCustomerLog {
-        settings: settings.clone(),
-    }));
+    let app = command_app(
+        "/property-test",
+        Arc::new(KafkaCustomerLog {
+            settings: settings.clone(),
+        }),
+    );
     app.streams
         .assign(&(0..PARTITIONS).collect::<Vec<_>>())
         .await

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,21 +18,6 @@ use infra::log::CustomerLog;
 use projection_service::*;
 
 const PARTITIONS: i32 = 4;
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn count(pool: &sqlx::PgPool, schema: &str, table: &str) -> i64 {
     sqlx::query_as::<_, (i64,)>(&format!("SELECT count(*) FROM {schema}.{table}"))

@@ -9,12 +9,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::TimeDelta;
 use common::*;
@@ -169,21 +167,6 @@ fn load(world: &mut World, first: u128, count: u128) -> Vec<RecordedEvent> {
         }
     }
     out
-}
-
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The end (high watermark) of every partition of a topic.
@@ -802,47 +785,6 @@ async fn applied(pool: &sqlx::PgPool) -> i64 {
     checkpoints(pool, 1).await.values().map(|o| o + 1).sum()
 }
 
-/// A child process killed when dropped, so that a failing test leaves none behind.
-struct Service(Child);
-
-impl Service {
-    fn kill(&mut self) {
-        self.0.kill().unwrap(); // SIGKILL
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_service(s: &KafkaSettings, db: &TestDb, log: &std::path::Path, args: &[&str]) -> Service {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    std::process::Command::new(env!("CARGO_BIN_EXE_projection-service"))
-        .args(args)
-        .args(["--kafka-brokers", s.brokers.as_str()])
-        .args(["--topic-prefix", s.topic_prefix.as_str()])
-        .args(["--partitions", &PARTITIONS.to_string()])
-        .args(["--database-url", &db.url()])
-        .args(["--batch-max", "100", "--batch-wait", "50ms"])
-        .args(["--session-timeout-ms", "3000"])
-        .args(["--now", "2025-01-07T00:00:00Z"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .map(Service)
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_changes_nothing() {
     let broker = KafkaBroker::start();
@@ -866,6 +808,8 @@ async fn sigkill_under_load_changes_nothing() {
         "1h",
         "--rfm-check-interval",
         "1s",
+        "--now",
+        "2025-01-07T00:00:00Z",
     ];
 
     let feeder = {
@@ -878,7 +822,7 @@ async fn sigkill_under_load_changes_nothing() {
         })
     };
     let mut rng = Rng::new();
-    let mut child = spawn_service(&s, &db, &log, &run_args);
+    let mut child = ProjectionProcess::spawn(&s, &db.url(), &log, &run_args);
     let mut at_kills = Vec::new();
     let mut done_before = 0;
     for _ in 0..4 {
@@ -893,7 +837,7 @@ async fn sigkill_under_load_changes_nothing() {
         child.kill(); // SIGKILL
         done_before = applied(&db.pool).await;
         at_kills.push(done_before);
-        child = spawn_service(&s, &db, &log, &run_args);
+        child = ProjectionProcess::spawn(&s, &db.url(), &log, &run_args);
     }
     eprintln!("records checkpointed at each SIGKILL: {at_kills:?} of {total}");
     assert!(

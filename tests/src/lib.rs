@@ -10,6 +10,7 @@
 //! uses this crate's broker.
 
 pub mod db;
+pub mod postgres;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

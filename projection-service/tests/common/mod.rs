@@ -378,3 +378,97 @@ impl Org {
 pub fn team(n: u128) -> TeamId {
     TeamId(Uuid::from_u128(0x7EA0_0000 + n))
 }
+
+/// A projection-service process (its binary), killed when dropped, so that a failing test
+/// leaves none behind. Its output is appended to `log`.
+pub struct ProjectionProcess(std::process::Child);
+
+impl ProjectionProcess {
+    /// Starts `projection-service <args>` on the settings' broker and topics and on
+    /// `database_url`, with small batches and a short session timeout.
+    pub fn spawn(
+        s: &infra::kafka::KafkaSettings,
+        database_url: &str,
+        log: &std::path::Path,
+        args: &[&str],
+    ) -> ProjectionProcess {
+        use std::process::Stdio;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_projection-service"))
+            .args(args)
+            .args(["--kafka-brokers", s.brokers.as_str()])
+            .args(["--topic-prefix", s.topic_prefix.as_str()])
+            .args(["--partitions", &s.partitions.to_string()])
+            .args(["--database-url", database_url])
+            .args(["--batch-max", "100", "--batch-wait", "50ms"])
+            .args(["--session-timeout-ms", "3000"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map(ProjectionProcess)
+            .unwrap()
+    }
+
+    /// SIGKILL, and waits for it.
+    pub fn kill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for ProjectionProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// command-service on `log`, with authentication off (every caller an administrator) and the
+/// default business-time window; `source` is the events' CloudEvents source.
+pub fn command_app(
+    source: &str,
+    log: std::sync::Arc<dyn infra::log::CustomerLog>,
+) -> std::sync::Arc<command_service::App> {
+    let auth = infra::auth::Authenticator::from_args(&infra::auth::AuthArgs {
+        auth_disabled: true,
+        ..infra::auth::AuthArgs::default()
+    })
+    .unwrap();
+    command_service::App::new(
+        log,
+        source.into(),
+        auth,
+        domain::limits::BusinessTimeWindow::default(),
+    )
+    .unwrap()
+}
+
+/// Waits until `check` holds; panics naming `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
