@@ -53,6 +53,9 @@ pub struct CommandArgs {
     pub log: LogArgs,
     #[arg(long)]
     pub listen: SocketAddr,
+    /// How long answers to identified commands are kept (the service's default otherwise).
+    #[arg(long, value_parser = infra::config::parse_duration)]
+    pub idempotency_window: Option<Duration>,
     #[command(flatten)]
     pub auth: TokenArgs,
 }
@@ -97,6 +100,9 @@ pub async fn command(args: CommandArgs) -> anyhow::Result<()> {
         auth,
         domain::limits::BusinessTimeWindow::default(),
     )?;
+    if let Some(window) = args.idempotency_window {
+        app.streams.set_idempotency_window(window);
+    }
     let all: Vec<i32> = (0..settings.partitions).collect();
     app.streams
         .assign(&all)

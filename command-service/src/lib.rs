@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use domain::limits::BusinessTimeWindow;
 use infra::auth::{AuthArgs, AuthState, Authenticator};
-use infra::config::{BusinessTimeArgs, KafkaArgs, LogFormat};
+use infra::config::{BusinessTimeArgs, IdempotencyArgs, KafkaArgs, LogFormat};
 use infra::kafka::{provision_topics, OwnershipChange, OwnershipView, PartitionOwnership};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -54,6 +54,8 @@ pub struct Config {
     pub auth: AuthArgs,
     #[command(flatten)]
     pub business_time: BusinessTimeArgs,
+    #[command(flatten)]
+    pub idempotency: IdempotencyArgs,
 }
 
 /// The running service: what every HTTP handler can reach.
@@ -191,6 +193,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         auth,
         config.business_time.window(),
     )?;
+    app.streams
+        .set_idempotency_window(config.idempotency.idempotency_window);
     tokio::spawn(organisation::follow_organisation(
         app.streams.clone(),
         settings.clone(),

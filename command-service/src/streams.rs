@@ -7,6 +7,7 @@
 //! interleave with another command for the same customer.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, PoisonError, RwLock as StdRwLock};
 
 use chrono::{DateTime, Utc};
@@ -147,11 +148,13 @@ pub enum CommandError {
     Envelope(String),
 }
 
-/// The answer to a command that carried an idempotency key, with the digest of its request.
+/// The answer to a command that carried an idempotency key, with the digest of its request
+/// and when it was recorded (answers are kept for the idempotency window).
 #[derive(Debug, Clone, Default)]
 struct Answered {
     fingerprint: Option<String>,
     events: Vec<AppendedEvent>,
+    recorded_at: DateTime<Utc>,
 }
 
 impl Answered {
@@ -170,10 +173,16 @@ impl Answered {
         }
     }
 
-    fn push(&mut self, fingerprint: &Option<String>, event: AppendedEvent) {
+    fn push(
+        &mut self,
+        fingerprint: &Option<String>,
+        recorded_at: DateTime<Utc>,
+        event: AppendedEvent,
+    ) {
         if self.fingerprint.is_none() {
             self.fingerprint = fingerprint.clone();
         }
+        self.recorded_at = self.recorded_at.max(recorded_at);
         self.events.push(event);
     }
 }
@@ -249,6 +258,8 @@ impl CustomerEntry {
 struct OwnedPartition {
     writer: Arc<dyn RecordAppender>,
     customers: Mutex<HashMap<CustomerId, CustomerEntry>>,
+    /// When answers past the idempotency window are next looked for.
+    next_forget: StdMutex<std::time::Instant>,
 }
 
 /// The organisation stream as this instance knows it: complete when it owns the stream's
@@ -273,7 +284,14 @@ pub struct CustomerStreams {
     /// whether to take them back ([`CustomerStreams::lost_writers`]).
     lost: StdMutex<BTreeMap<i32, WriterLoss>>,
     lost_changed: Notify,
+    /// How long the answer to an identified command is kept, in seconds
+    /// ([`CustomerStreams::set_idempotency_window`]).
+    idempotency_window_secs: AtomicU64,
 }
+
+/// How long answers to identified commands are kept unless configured otherwise: a day.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: std::time::Duration =
+    std::time::Duration::from_secs(24 * 3600);
 
 /// Why a partition's writer can append no more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,6 +340,7 @@ impl CustomerStreams {
             business_time,
             lost: StdMutex::new(BTreeMap::new()),
             lost_changed: Notify::new(),
+            idempotency_window_secs: AtomicU64::new(DEFAULT_IDEMPOTENCY_WINDOW.as_secs()),
         }
     }
 
@@ -365,6 +384,7 @@ impl CustomerStreams {
         if let (Some(key), Some(position)) = (&m.command_id, position) {
             view.answered.entry(key.clone()).or_default().push(
                 &m.command_fingerprint,
+                m.recorded_at,
                 AppendedEvent {
                     id: m.id,
                     event_type: recorded.event.event_type().to_owned(),
@@ -391,6 +411,7 @@ impl CustomerStreams {
         for &partition in partitions {
             let writer = self.log.open_writer(partition).await?;
             let history = self.log.history(partition).await?;
+            let keep_since = Utc::now() - self.idempotency_window();
             let mut customers: HashMap<CustomerId, CustomerEntry> = HashMap::new();
             let mut skipped = 0usize;
             for record in &history {
@@ -434,9 +455,15 @@ impl CustomerStreams {
                         continue;
                     }
                 }
-                if let Some(key) = &m.command_id {
+                // answers older than the idempotency window are not kept
+                if let Some(key) = m
+                    .command_id
+                    .as_ref()
+                    .filter(|_| m.recorded_at >= keep_since)
+                {
                     entry.answered.entry(key.clone()).or_default().push(
                         &m.command_fingerprint,
+                        m.recorded_at,
                         AppendedEvent {
                             id: m.id,
                             event_type: recorded.event.event_type().to_owned(),
@@ -458,6 +485,7 @@ impl CustomerStreams {
                 Arc::new(OwnedPartition {
                     writer,
                     customers: Mutex::new(customers),
+                    next_forget: StdMutex::new(std::time::Instant::now()),
                 }),
             );
         }
@@ -505,6 +533,51 @@ impl CustomerStreams {
                 return lost.into_iter().collect();
             }
             self.lost_changed.notified().await;
+        }
+    }
+
+    /// How long the answer to a command with an `Idempotency-Key` is kept: a retry within it
+    /// gets the first answer; after it the key is forgotten (memory stays bounded by the
+    /// identified commands of one window). Set before partitions are taken over.
+    pub fn set_idempotency_window(&self, window: std::time::Duration) {
+        self.idempotency_window_secs
+            .store(window.as_secs().max(1), Ordering::Relaxed);
+    }
+
+    fn idempotency_window(&self) -> chrono::TimeDelta {
+        let secs = self.idempotency_window_secs.load(Ordering::Relaxed);
+        chrono::TimeDelta::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000))
+    }
+
+    /// Drops the answers of a partition older than the idempotency window, at most every
+    /// tenth of the window (and at least every minute): under the partition's lock, which the
+    /// caller holds.
+    fn forget_expired_answers(
+        &self,
+        owned: &OwnedPartition,
+        customers: &mut HashMap<CustomerId, CustomerEntry>,
+    ) {
+        let now = std::time::Instant::now();
+        {
+            let mut next = owned
+                .next_forget
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if now < *next {
+                return;
+            }
+            let window = self.idempotency_window_secs.load(Ordering::Relaxed);
+            *next = now + std::time::Duration::from_secs((window / 10).clamp(1, 60));
+        }
+        let keep_since = Utc::now() - self.idempotency_window();
+        let mut forgotten = 0usize;
+        for entry in customers.values_mut() {
+            let before = entry.answered.len();
+            entry.answered.retain(|_, a| a.recorded_at >= keep_since);
+            forgotten += before - entry.answered.len();
+        }
+        if forgotten > 0 {
+            tracing::debug!(forgotten, "idempotency keys past the window forgotten");
         }
     }
 
@@ -769,6 +842,7 @@ impl CustomerStreams {
                                 Answered {
                                     fingerprint,
                                     events: events.clone(),
+                                    recorded_at: now,
                                 },
                             );
                         }
@@ -798,6 +872,7 @@ impl CustomerStreams {
                     for (id, entry) in working {
                         customers.insert(id, entry);
                     }
+                    self.forget_expired_answers(&owned, &mut customers);
                 }
                 Err(e) => {
                     let loss = WriterLoss::of(&e);

@@ -1012,3 +1012,64 @@ async fn operational_endpoints() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+/// Answers are kept for the idempotency window: within it a retry gets the first answer;
+/// after it the key is forgotten (so memory stays bounded by one window of identified
+/// commands), both by the owner as it goes and by a new owner rebuilding from the log.
+#[tokio::test]
+async fn an_idempotency_key_is_kept_for_its_window_then_forgotten() {
+    let s = service("idempotency-window").await;
+    s.app
+        .streams
+        .set_idempotency_window(std::time::Duration::from_secs(1));
+    let a = send(
+        &s.router,
+        "POST",
+        "/v1/customers",
+        &[],
+        Some(register_body()),
+    )
+    .await;
+    let c = a.body["customer_id"].as_str().unwrap().to_owned();
+    let uri = format!("/v1/customers/{c}/touchpoints");
+    let body = json!({"touchpoint": {"channel": {"kind": "wechat", "direction": "inbound"}, "summary": "你好"}});
+    let key = [("idempotency-key", "window-1")];
+    let first = send(&s.router, "POST", &uri, &key, Some(body.clone())).await;
+    assert_eq!(first.body["replayed"], false);
+    let within = send(&s.router, "POST", &uri, &key, Some(body.clone())).await;
+    assert_eq!(within.body["replayed"], true, "a retry within the window");
+
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    // any append to the partition forgets what is past the window
+    let other = send(&s.router, "POST", &uri, &[], Some(body.clone())).await;
+    assert_eq!(other.status, StatusCode::OK);
+    let after = send(&s.router, "POST", &uri, &key, Some(body.clone())).await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert_eq!(after.body["replayed"], false, "forgotten after the window");
+    assert_ne!(after.body["events"], first.body["events"]);
+    assert_eq!(stream_of(&s.settings, &c).await.len(), 4);
+
+    // a new owner rebuilding from the log keeps only the answers within the window
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let again = App::new(
+        Arc::new(KafkaCustomerLog {
+            settings: s.settings.clone(),
+        }),
+        "/test".into(),
+        common::authenticator(),
+        domain::limits::BusinessTimeWindow::default(),
+    )
+    .unwrap();
+    again
+        .streams
+        .set_idempotency_window(std::time::Duration::from_secs(1));
+    again
+        .streams
+        .assign(&(0..PARTITIONS).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let router = command_service::http::router(again, 1024 * 1024);
+    let rebuilt = send(&router, "POST", &uri, &key, Some(body)).await;
+    assert_eq!(rebuilt.body["replayed"], false, "{}", rebuilt.body);
+    assert_eq!(stream_of(&s.settings, &c).await.len(), 5);
+}

@@ -70,6 +70,8 @@ pub struct Up {
     auth: infra::auth::AuthArgs,
     #[command(flatten)]
     business_time: infra::config::BusinessTimeArgs,
+    #[command(flatten)]
+    idempotency: infra::config::IdempotencyArgs,
 }
 
 /// What runs on the log: the command API and, on Kafka, its group membership.
@@ -255,6 +257,8 @@ impl Up {
                 auth,
                 self.business_time.window(),
             )?;
+            app.streams
+                .set_idempotency_window(self.idempotency.idempotency_window);
             tokio::spawn(command_service::organisation::follow_organisation(
                 app.streams.clone(),
                 settings.clone(),
@@ -283,6 +287,8 @@ impl Up {
             auth,
             self.business_time.window(),
         )?;
+        app.streams
+            .set_idempotency_window(self.idempotency.idempotency_window);
         // one process owns every partition of the embedded log
         let all: Vec<i32> = (0..infra::log::CustomerLog::partitions(log.as_ref())).collect();
         app.streams

@@ -61,6 +61,37 @@ impl BusinessTimeArgs {
     }
 }
 
+/// Parses `500ms`, `30s`, `5m`, `1h`, `2d`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 500ms, 30s, 5m, 1h"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86400.0,
+        other => return Err(format!("unknown unit `{other}` in `{text}`")),
+    };
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
+}
+
+/// How long command-service keeps the answer to a command sent with an `Idempotency-Key`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdempotencyArgs {
+    /// A retry with the same key within this window gets the first answer and appends
+    /// nothing; after it the key is forgotten. Memory grows with the identified commands of
+    /// one window (about 400 bytes each), so a busy deployment sizes it.
+    #[arg(long, env = "CRM_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_duration)]
+    pub idempotency_window: std::time::Duration,
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

@@ -214,26 +214,7 @@ pub struct MigrateArgs {
     pub projection: ProjectionArgs,
 }
 
-/// Parses `500ms`, `30s`, `5m`, `1h`, `2d`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 500ms, 30s, 5m, 1h"))?;
-    let seconds = match unit.trim() {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        "d" => value * 86400.0,
-        other => return Err(format!("unknown unit `{other}` in `{text}`")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("`{text}`: {e}"))
-}
+pub use infra::config::parse_duration;
 
 fn kafka_settings(kafka: &KafkaArgs) -> Result<KafkaSettings, ServiceError> {
     kafka
