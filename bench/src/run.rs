@@ -164,6 +164,46 @@ fn default_broker_bin() -> PathBuf {
     home.join(".cache/crm-tools/nisshi-0.7.0/bin/nisshi")
 }
 
+/// Creates `database` afresh on the server `postgres` (dropping it first); returns its URL and
+/// the server's version.
+pub(crate) async fn fresh_database(
+    postgres: &str,
+    database: &str,
+) -> anyhow::Result<(String, String)> {
+    let admin_pool = connect(&format!("{postgres}/postgres"), 1).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .execute(&admin_pool)
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE {database}"))
+        .execute(&admin_pool)
+        .await?;
+    let (pg_version,): (String,) = sqlx::query_as("SELECT version()")
+        .fetch_one(&admin_pool)
+        .await?;
+    admin_pool.close().await;
+    Ok((format!("{postgres}/{database}"), pg_version))
+}
+
+/// The broker: `brokers` when given, else a private nisshi (memory engine) started in `dir`.
+pub(crate) fn broker(
+    brokers: Option<&str>,
+    broker_bin: Option<PathBuf>,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Option<Proc>, String)> {
+    if let Some(b) = brokers {
+        return Ok((None, b.to_owned()));
+    }
+    let bin = broker_bin.unwrap_or_else(default_broker_bin);
+    if !bin.is_file() {
+        bail!(
+            "no broker: {} is missing (scripts/kafka-testbed.sh ensure builds it), and no --brokers",
+            bin.display()
+        );
+    }
+    let (p, b) = procs::start_broker(&bin, dir)?;
+    Ok((Some(p), b))
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let wall = Instant::now();
     let mut preset = Preset::named(&args.preset)?;
@@ -193,35 +233,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         bail!("--database: lower-case letters, digits and _ only");
     }
-    let admin_pool = connect(&format!("{}/postgres", args.postgres), 1).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .execute(&admin_pool)
-        .await?;
-    sqlx::query(&format!("CREATE DATABASE {database}"))
-        .execute(&admin_pool)
-        .await?;
-    let (pg_version,): (String,) = sqlx::query_as("SELECT version()")
-        .fetch_one(&admin_pool)
-        .await?;
-    admin_pool.close().await;
-    let database_url = format!("{}/{database}", args.postgres);
+    let (database_url, pg_version) = fresh_database(&args.postgres, &database).await?;
     let pool = connect(&database_url, 4).await?;
     let machine = Machine::probe(pg_version);
 
-    let (broker, brokers) = match &args.brokers {
-        Some(b) => (None, b.clone()),
-        None => {
-            let bin = args.broker_bin.clone().unwrap_or_else(default_broker_bin);
-            if !bin.is_file() {
-                bail!(
-                    "no broker: {} is missing (scripts/kafka-testbed.sh ensure builds it), and no --brokers",
-                    bin.display()
-                );
-            }
-            let (p, b) = procs::start_broker(&bin, &work.join("broker"))?;
-            (Some(p), b)
-        }
-    };
+    let (broker, brokers) = broker(
+        args.brokers.as_deref(),
+        args.broker_bin.clone(),
+        &work.join("broker"),
+    )?;
     let prefix = format!("bench-{}-{}.", preset.name, Utc::now().timestamp_millis());
     let mut settings = KafkaSettings::new(brokers.clone(), prefix.clone());
     settings.partitions = args.partitions;
@@ -863,7 +883,7 @@ async fn create_topic(settings: &KafkaSettings, name: &str) -> anyhow::Result<()
 
 // -------------------------------------------------------------------- command latency
 
-fn touchpoint_command(rng: &mut Rng) -> Value {
+pub(crate) fn touchpoint_command(rng: &mut Rng) -> Value {
     let mut body = json!({"touchpoint": gen::touchpoint(rng, "上海", None)});
     if let Value::Object(m) = &mut body {
         m.insert("occurred_at".into(), json!(Utc::now().to_rfc3339()));
@@ -960,25 +980,6 @@ async fn watch_replay(mut replay: Proc, others: &[&Proc]) -> anyhow::Result<Valu
     Ok(v)
 }
 
-/// The read-model tables a replay writes.
-const TABLES: &[&str] = &[
-    "customers",
-    "contacts",
-    "touchpoint_stats",
-    "service_requests",
-    "complaints",
-    "orders",
-    "timeline",
-    "opportunities",
-    "stage_history",
-    "stage_alerts",
-    "alert_outbox",
-    "audit_trail",
-    "rfm",
-    "churn_cases",
-    "churn_measures",
-];
-
 /// The rows the replay wrote into rm_v1, copied with a bare `COPY ... FROM STDIN (binary)`
 /// into the same tables of a fresh version (same schema, same indexes), in one transaction.
 async fn copy_baseline(pool: &PgPool, events: u64) -> anyhow::Result<Value> {
@@ -986,7 +987,8 @@ async fn copy_baseline(pool: &PgPool, events: u64) -> anyhow::Result<Value> {
     let mut data: Vec<(&str, Vec<bytes::Bytes>)> = Vec::new();
     let mut rows_total = 0i64;
     let mut per_table = serde_json::Map::new();
-    for t in TABLES {
+    // the tables a rebuild reproduces, as the registry of read models lists them
+    for t in projection_service::read_models::tables() {
         let (rows,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM rm_v1.{t}"))
             .fetch_one(&mut *conn)
             .await?;

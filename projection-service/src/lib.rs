@@ -15,7 +15,6 @@
 //! audit trail, RFM, churn, and the four reports. [`ReadModels`] reads them.
 
 pub mod alerts;
-mod apply;
 pub mod cli;
 pub mod clock;
 pub mod consumer;
@@ -25,6 +24,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod projector;
 pub mod read;
+pub mod read_models;
 pub mod reports;
 pub mod rfm;
 pub mod service;

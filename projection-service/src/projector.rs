@@ -15,8 +15,8 @@ use infra::Position;
 use sqlx::PgPool;
 
 use crate::alerts::Alert;
-use crate::apply::{apply_event, apply_organisation_event, Effects};
 use crate::error::Result;
+use crate::read_models::{Batch, Effects, NewEvent, REGISTRY};
 use crate::version::{begin_in, ensure_version, ProjectionVersion, VersionStatus};
 
 /// One event of the customer-events topic, by reference: what [`Projectable`] yields.
@@ -225,7 +225,7 @@ impl Projector {
 
         // the checkpoints as stored: a record past them is new to this version
         let stored = current.clone();
-        let mut effects = Effects::default();
+        let mut new = Batch::default();
         for (pos, event) in batch {
             let key = (pos.topic.clone(), pos.partition);
             let Some(entry) = current.get_mut(&key) else {
@@ -235,12 +235,19 @@ impl Projector {
                 outcome.skipped += 1;
                 continue;
             }
-            match event.event_ref() {
-                EventRef::Customer(e) => apply_event(&mut tx, pos, e, &mut effects).await?,
-                EventRef::Organisation(e) => apply_organisation_event(&mut tx, pos, e).await?,
-            }
+            new.events.push(NewEvent {
+                position: pos,
+                event: event.event_ref(),
+            });
             *entry = (pos.offset, true);
             outcome.applied += 1;
+        }
+        // every read model writes the new events, on this transaction
+        let mut effects = Effects::default();
+        if !new.events.is_empty() {
+            for model in REGISTRY {
+                model.apply(&mut tx, &new, &mut effects).await?;
+            }
         }
         // dead-lettered records count once: when they move their partition's checkpoint
         let mut dead: HashMap<(String, i32), i64> = HashMap::new();
@@ -276,11 +283,6 @@ impl Projector {
                 .execute(&mut *tx)
                 .await?;
             }
-        }
-        if effects.orders_changed {
-            sqlx::query("UPDATE rfm_state SET orders_version = orders_version + 1")
-                .execute(&mut *tx)
-                .await?;
         }
         tx.commit().await?;
 

@@ -281,27 +281,10 @@ pub fn batches(
     out
 }
 
-/// Every read-model table of a schema as text, for comparing two versions or two moments.
+/// Every read-model table of a schema that a rebuild reproduces (the registry's), as text,
+/// for comparing two versions or two moments.
 pub async fn snapshot(pool: &PgPool, schema: &str) -> BTreeMap<String, String> {
-    let tables = [
-        "customers",
-        "contacts",
-        "touchpoint_stats",
-        "service_requests",
-        "complaints",
-        "orders",
-        "timeline",
-        "opportunities",
-        "stage_history",
-        "audit_trail",
-        "rfm",
-        "rfm_runs",
-        "churn_cases",
-        "churn_measures",
-        "stage_alerts",
-        "teams",
-        "team_members",
-    ];
+    let tables = projection_service::read_models::tables();
     let mut out = BTreeMap::new();
     for table in tables {
         let (text,): (String,) = sqlx::query_as(&format!(

@@ -1,0 +1,53 @@
+//! Stage-duration alerts (阶段滞留时间过长的报警) and their outbox. The sweep opens them as time
+//! passes ([`crate::Projector::sweep_alerts`]); a batch closes the open alert of every
+//! opportunity that changed stage, was won or was lost, at the event's time, in event order.
+
+use async_trait::async_trait;
+use domain::CustomerEvent as E;
+use sqlx::PgConnection;
+
+use super::{Batch, Effects, ReadModel};
+use crate::alerts::close_open;
+use crate::error::Result;
+
+pub(crate) struct StageAlerts;
+
+#[async_trait]
+impl ReadModel for StageAlerts {
+    fn name(&self) -> &'static str {
+        "stage_alerts"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["stage_alerts"]
+    }
+
+    fn other_tables(&self) -> &'static [&'static str] {
+        &["alert_outbox"]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        batch: &Batch<'_>,
+        effects: &mut Effects,
+    ) -> Result<()> {
+        for (_, r) in batch.customer_events() {
+            let (opportunity, closed_by) = match &r.event {
+                E::OpportunityStageChanged(e) => (e.opportunity_id, "stage_changed"),
+                E::OpportunityWon(e) => (e.opportunity_id, "won"),
+                E::OpportunityLost(e) => (e.opportunity_id, "lost"),
+                _ => continue,
+            };
+            close_open(
+                conn,
+                opportunity.as_uuid(),
+                r.metadata.occurred_at,
+                closed_by,
+                &mut effects.alerts_closed,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
