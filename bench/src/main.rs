@@ -17,6 +17,7 @@ mod gen;
 mod procs;
 mod run;
 mod serve;
+mod soak;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,9 @@ struct Cli {
 enum Cmd {
     /// Run a preset and print (and optionally write) its figures as JSON.
     Run(run::RunArgs),
+    /// The services at a steady load for minutes, sampled for memory, descriptors and
+    /// PostgreSQL connections (what must stay flat).
+    Soak(soak::SoakArgs),
     /// (role) command-service on the given broker, every partition owned.
     ServeCommand(serve::CommandArgs),
     /// (role) projection-service following the live version.
@@ -50,6 +54,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Cmd::Run(a) => run::run(a).await,
+            Cmd::Soak(a) => soak::soak(a).await,
             Cmd::ServeCommand(a) => {
                 init_logs();
                 serve::command(a).await
