@@ -87,7 +87,7 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 pub struct IdempotencyArgs {
     /// A retry with the same key within this window gets the first answer and appends
     /// nothing; after it the key is forgotten. Memory grows with the identified commands of
-    /// one window (about 400 bytes each), so a busy deployment sizes it.
+    /// one window (about 450 bytes each), so a busy deployment sizes it.
     #[arg(long, env = "CRM_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_window: std::time::Duration,
 }
