@@ -74,27 +74,53 @@ async fn outbox(
     Ok(())
 }
 
-/// Closes the open alert of an opportunity, if there is one (inside the batch's transaction).
+/// Closes the open alert of each opportunity, if it has one, at the given time and for the
+/// given reason (inside the batch's transaction), and puts each change in the outbox: two
+/// statements whatever the count. The alerts closed are appended to `closed`, by closing time.
 pub(crate) async fn close_open(
     conn: &mut PgConnection,
-    opportunity_id: Uuid,
-    at: DateTime<Utc>,
-    closed_by: &str,
+    opportunity_id: &[Uuid],
+    at: &[DateTime<Utc>],
+    closed_by: &[&str],
     closed: &mut Vec<Alert>,
 ) -> Result<()> {
-    let alert: Option<Alert> = sqlx::query_as(&format!(
-        "UPDATE stage_alerts SET closed_at = $2, closed_by = $3
-          WHERE opportunity_id = $1 AND closed_at IS NULL RETURNING {ALERT_COLUMNS}"
+    if opportunity_id.is_empty() {
+        return Ok(());
+    }
+    let mut alerts: Vec<Alert> = sqlx::query_as(&format!(
+        "UPDATE stage_alerts SET closed_at = f.at, closed_by = f.by
+           FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]) AS f(id, at, by)
+          WHERE opportunity_id = f.id AND closed_at IS NULL
+         RETURNING {ALERT_COLUMNS}"
     ))
     .bind(opportunity_id)
     .bind(at)
     .bind(closed_by)
-    .fetch_optional(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    if let Some(alert) = alert {
-        outbox(conn, "closed", at, &alert).await?;
-        closed.push(alert);
+    if alerts.is_empty() {
+        return Ok(());
     }
+    alerts.sort_by_key(|a| (a.closed_at, a.alert_id));
+    let ids: Vec<Uuid> = alerts.iter().map(|a| a.alert_id).collect();
+    let changes: Vec<&str> = alerts.iter().map(|_| "closed").collect();
+    let times: Vec<Option<DateTime<Utc>>> = alerts.iter().map(|a| a.closed_at).collect();
+    let payloads = alerts
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    sqlx::query(
+        "INSERT INTO alert_outbox (alert_id, change, at, payload)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::jsonb[])
+          ORDER BY 3, 1",
+    )
+    .bind(&ids)
+    .bind(&changes)
+    .bind(&times)
+    .bind(&payloads)
+    .execute(conn)
+    .await?;
+    closed.extend(alerts);
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! Stage-duration alerts (阶段滞留时间过长的报警) and their outbox. The sweep opens them as time
 //! passes ([`crate::Projector::sweep_alerts`]); a batch closes the open alert of every
-//! opportunity that changed stage, was won or was lost, at the event's time, in event order.
+//! opportunity that changed stage, was won or was lost, at the first such event's time, with
+//! two statements per batch.
 
 use async_trait::async_trait;
 use domain::CustomerEvent as E;
@@ -32,6 +33,10 @@ impl ReadModel for StageAlerts {
         batch: &Batch<'_>,
         effects: &mut Effects,
     ) -> Result<()> {
+        // the first stage change, win or loss of each opportunity closes its open alert
+        // (after it none is open: the sweep does not run inside a batch)
+        let mut seen = std::collections::HashSet::new();
+        let (mut id, mut at, mut by) = (Vec::new(), Vec::new(), Vec::new());
         for (_, r) in batch.customer_events() {
             let (opportunity, closed_by) = match &r.event {
                 E::OpportunityStageChanged(e) => (e.opportunity_id, "stage_changed"),
@@ -39,15 +44,13 @@ impl ReadModel for StageAlerts {
                 E::OpportunityLost(e) => (e.opportunity_id, "lost"),
                 _ => continue,
             };
-            close_open(
-                conn,
-                opportunity.as_uuid(),
-                r.metadata.occurred_at,
-                closed_by,
-                &mut effects.alerts_closed,
-            )
-            .await?;
+            if seen.insert(opportunity) {
+                id.push(opportunity.as_uuid());
+                at.push(r.metadata.occurred_at);
+                by.push(closed_by);
+            }
         }
+        close_open(conn, &id, &at, &by, &mut effects.alerts_closed).await?;
         Ok(())
     }
 }
