@@ -242,6 +242,13 @@ impl ConsumerState {
         self.lock().partitions.contains_key(&partition)
     }
 
+    /// True when partitions are assigned and every one has been read to its end: what was
+    /// read can be applied at once (cheaper than [`ConsumerState::snapshot`]).
+    pub(crate) fn all_at_end(&self) -> bool {
+        let inner = self.lock();
+        inner.assigned && inner.partitions.values().all(|p| p.at_end)
+    }
+
     pub(crate) fn set_at_end(&self, partition: i32, at_end: bool) {
         if let Some(p) = self.lock().partitions.get_mut(&partition) {
             p.at_end = at_end;
@@ -749,7 +756,9 @@ fn run(
             }
             None => {}
         }
-        let all_at_end = config.catch_up.is_some() && state.snapshot().caught_up();
+        // read to the end of every partition: apply now, live or catching up (no batch wait
+        // while the log is idle); under load a batch fills or its wait bounds it
+        let all_at_end = !pending.is_empty() && state.all_at_end();
         let due = deadline.is_some_and(|d| Instant::now() >= d);
         if !pending.is_empty() && (pending.len() >= batch.max_records || due || all_at_end) {
             let records = std::mem::take(&mut pending);

@@ -362,7 +362,8 @@ fn tail_embedded(
         first = first.wrapping_add(1);
         let due = deadline.is_some_and(|d| Instant::now() >= d);
         let full = pending.len() >= batch.max_records;
-        if !pending.is_empty() && (full || due || (catch_up.is_some() && all_at_end)) {
+        // read to the end of every partition: apply now (no batch wait while the log is idle)
+        if !pending.is_empty() && (full || due || all_at_end) {
             let records = std::mem::take(&mut pending);
             deadline = None;
             if let Err(e) = processor.process(records) {
