@@ -132,6 +132,10 @@ pub fn pool(database_url: &str, connections: u32) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(database_url)
         .context("--database-url (DATABASE_URL) is not a PostgreSQL URL")?
         .application_name("query-service")
+        // PostgreSQL's JIT compiles a plan it thinks expensive with LLVM, which costs hundreds
+        // of milliseconds per call for the pipeline's aggregates and saves nothing on read
+        // models this size: never on the request path (docs/benchmarks.md)
+        .options([("jit", "off")])
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
     Ok(PgPoolOptions::new()
         .max_connections(connections.max(1))

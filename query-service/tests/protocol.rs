@@ -365,3 +365,18 @@ async fn csv_is_streamed_in_chunks() {
     )
     .await;
 }
+
+/// PostgreSQL's JIT never sits on the request path: query-service's connections have it off
+/// (it cost the pipeline about a second per call, docs/benchmarks.md).
+#[tokio::test]
+async fn query_connections_run_without_jit() {
+    let (h, _) = small().await;
+    let pool = query_service::pool(&h.db.url(), 1).unwrap();
+    let (jit,): (String,) = sqlx::query_as("SHOW jit").fetch_one(&pool).await.unwrap();
+    assert_eq!(jit, "off");
+    let (name,): (String,) = sqlx::query_as("SHOW application_name")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(name, "query-service");
+}
