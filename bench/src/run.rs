@@ -92,6 +92,26 @@ impl Preset {
     }
 }
 
+/// Where a measurement runs: the broker, PostgreSQL, the partitions.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BedArgs {
+    /// An existing Kafka-protocol broker; otherwise a private nisshi with its memory engine.
+    #[arg(long, env = "CRM_BENCH_BROKERS")]
+    pub brokers: Option<String>,
+    /// The nisshi (or tansu) binary for the private broker.
+    #[arg(long, env = "CRM_BENCH_BROKER_BIN")]
+    pub broker_bin: Option<PathBuf>,
+    /// PostgreSQL server (the run's database is created afresh on it).
+    #[arg(
+        long,
+        env = "CRM_BENCH_POSTGRES",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    pub postgres: String,
+    #[arg(long, default_value_t = 12)]
+    pub partitions: i32,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// tiny (smoke test), small (under 5 minutes), large (100k customers / ~10M events).
@@ -100,25 +120,12 @@ pub struct RunArgs {
     /// Where to write the figures as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// An existing Kafka-protocol broker; otherwise a private nisshi with its memory engine.
-    #[arg(long, env = "CRM_BENCH_BROKERS")]
-    pub brokers: Option<String>,
-    /// The nisshi (or tansu) binary for the private broker.
-    #[arg(long, env = "CRM_BENCH_BROKER_BIN")]
-    pub broker_bin: Option<PathBuf>,
-    /// PostgreSQL server (a database `crm_bench_<preset>` is created afresh on it).
-    #[arg(
-        long,
-        env = "CRM_BENCH_POSTGRES",
-        default_value = "postgres://postgres@127.0.0.1:5432"
-    )]
-    pub postgres: String,
+    #[command(flatten)]
+    pub bed: BedArgs,
     /// The database to create afresh (default `crm_bench_<preset>`); left in place afterwards
     /// for inspection.
     #[arg(long)]
     pub database: Option<String>,
-    #[arg(long, default_value_t = 12)]
-    pub partitions: i32,
     #[arg(long, default_value_t = 2026)]
     pub seed: u64,
     /// Override the preset's customer count.
@@ -233,18 +240,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         bail!("--database: lower-case letters, digits and _ only");
     }
-    let (database_url, pg_version) = fresh_database(&args.postgres, &database).await?;
+    let (database_url, pg_version) = fresh_database(&args.bed.postgres, &database).await?;
     let pool = connect(&database_url, 4).await?;
     let machine = Machine::probe(pg_version);
 
     let (broker, brokers) = broker(
-        args.brokers.as_deref(),
-        args.broker_bin.clone(),
+        args.bed.brokers.as_deref(),
+        args.bed.broker_bin.clone(),
         &work.join("broker"),
     )?;
     let prefix = format!("bench-{}-{}.", preset.name, Utc::now().timestamp_millis());
     let mut settings = KafkaSettings::new(brokers.clone(), prefix.clone());
-    settings.partitions = args.partitions;
+    settings.partitions = args.bed.partitions;
     settings.client_id = "crm-bench".into();
     provision_topics(&settings)
         .await
@@ -256,7 +263,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "--prefix".to_owned(),
         prefix.clone(),
         "--partitions".to_owned(),
-        args.partitions.to_string(),
+        args.bed.partitions.to_string(),
     ];
 
     // ---------------------------------------------------------------- command-service

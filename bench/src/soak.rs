@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::gen::Rng;
 use crate::procs::{self, Proc};
-use crate::run::{broker, fresh_database, touchpoint_command};
+use crate::run::{broker, fresh_database, touchpoint_command, BedArgs};
 use crate::stats::{round, Machine};
 
 #[derive(Debug, clap::Args)]
@@ -42,21 +42,8 @@ pub struct SoakArgs {
     /// Where to write the figures as JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// An existing Kafka-protocol broker; otherwise a private nisshi with its memory engine.
-    #[arg(long, env = "CRM_BENCH_BROKERS")]
-    pub brokers: Option<String>,
-    /// The nisshi (or tansu) binary for the private broker.
-    #[arg(long, env = "CRM_BENCH_BROKER_BIN")]
-    pub broker_bin: Option<PathBuf>,
-    /// PostgreSQL server (the database `crm_bench_soak` is created afresh on it).
-    #[arg(
-        long,
-        env = "CRM_BENCH_POSTGRES",
-        default_value = "postgres://postgres@127.0.0.1:5432"
-    )]
-    pub postgres: String,
-    #[arg(long, default_value_t = 12)]
-    pub partitions: i32,
+    #[command(flatten)]
+    pub bed: BedArgs,
     /// command-service's idempotency window (its default, 24 h, otherwise): memory levels off
     /// once a window of identified commands is held.
     #[arg(long)]
@@ -106,7 +93,7 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     eprintln!("crm-bench soak: logs in {}", work.display());
     let database = "crm_bench_soak";
-    let (database_url, pg_version) = fresh_database(&args.postgres, database).await?;
+    let (database_url, pg_version) = fresh_database(&args.bed.postgres, database).await?;
     // named, so that the samples count the services' connections only
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
@@ -119,13 +106,13 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
         .with_context(|| format!("connecting to {database_url}"))?;
     let machine = Machine::probe(pg_version);
     let (broker_proc, brokers) = broker(
-        args.brokers.as_deref(),
-        args.broker_bin.clone(),
+        args.bed.brokers.as_deref(),
+        args.bed.broker_bin.clone(),
         &work.join("broker"),
     )?;
     let prefix = format!("soak-{}.", Utc::now().timestamp_millis());
     let mut settings = KafkaSettings::new(brokers.clone(), prefix.clone());
-    settings.partitions = args.partitions;
+    settings.partitions = args.bed.partitions;
     settings.client_id = "crm-bench".into();
     provision_topics(&settings)
         .await
@@ -136,7 +123,7 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
         "--prefix".to_owned(),
         prefix.clone(),
         "--partitions".to_owned(),
-        args.partitions.to_string(),
+        args.bed.partitions.to_string(),
     ];
     let secret = format!("{}{}", Uuid::now_v7().simple(), Uuid::now_v7().simple());
     let (issuer, audience) = ("crm-bench", "crm");
@@ -360,7 +347,7 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
         "rate_per_second": args.rate,
         "query_rate_per_second": args.query_rate,
         "customers": args.customers,
-        "partitions": args.partitions,
+        "partitions": args.bed.partitions,
         "idempotency_window": args.idempotency_window.as_deref().unwrap_or("24h (default)"),
         "events_acknowledged": acknowledged,
         "events_in_audit_trail": projected,

@@ -34,6 +34,22 @@ async fn service(name: &str) -> Service {
     let mut settings = KafkaSettings::new(broker.brokers(), unique_prefix(name));
     settings.partitions = PARTITIONS;
     provision_topics(&settings).await.unwrap();
+    let app = owner_of_every_partition(&settings, None).await;
+    let router = command_service::http::router(app.clone(), 1024 * 1024);
+    Service {
+        _broker: broker,
+        settings,
+        app,
+        router,
+    }
+}
+
+/// A command-service owning every partition of the settings' topic (a new owner, when one
+/// exists already: it rebuilds the partitions from the log), with an idempotency window.
+async fn owner_of_every_partition(
+    settings: &KafkaSettings,
+    idempotency_window: Option<std::time::Duration>,
+) -> Arc<App> {
     let app = App::new(
         Arc::new(KafkaCustomerLog {
             settings: settings.clone(),
@@ -43,17 +59,14 @@ async fn service(name: &str) -> Service {
         domain::limits::BusinessTimeWindow::default(),
     )
     .unwrap();
+    if let Some(window) = idempotency_window {
+        app.streams.set_idempotency_window(window);
+    }
     app.streams
         .assign(&(0..PARTITIONS).collect::<Vec<_>>())
         .await
         .unwrap();
-    let router = command_service::http::router(app.clone(), 1024 * 1024);
-    Service {
-        _broker: broker,
-        settings,
-        app,
-        router,
-    }
+    app
 }
 
 struct Answer {
@@ -487,17 +500,7 @@ async fn a_retry_with_the_same_idempotency_key_appends_nothing() {
     assert_eq!(stream_of(&s.settings, &c).await.len(), 2);
 
     // a new owner of the partition rebuilds the answers from the log
-    let partitions: Vec<i32> = (0..PARTITIONS).collect();
-    let again = App::new(
-        Arc::new(KafkaCustomerLog {
-            settings: s.settings.clone(),
-        }),
-        "/test".into(),
-        common::authenticator(),
-        domain::limits::BusinessTimeWindow::default(),
-    )
-    .unwrap();
-    again.streams.assign(&partitions).await.unwrap();
+    let again = owner_of_every_partition(&s.settings, None).await;
     let router = command_service::http::router(again, 1024 * 1024);
     let retry = send(
         &router,
@@ -1051,23 +1054,8 @@ async fn an_idempotency_key_is_kept_for_its_window_then_forgotten() {
 
     // a new owner rebuilding from the log keeps only the answers within the window
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    let again = App::new(
-        Arc::new(KafkaCustomerLog {
-            settings: s.settings.clone(),
-        }),
-        "/test".into(),
-        common::authenticator(),
-        domain::limits::BusinessTimeWindow::default(),
-    )
-    .unwrap();
-    again
-        .streams
-        .set_idempotency_window(std::time::Duration::from_secs(1));
-    again
-        .streams
-        .assign(&(0..PARTITIONS).collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let again =
+        owner_of_every_partition(&s.settings, Some(std::time::Duration::from_secs(1))).await;
     let router = command_service::http::router(again, 1024 * 1024);
     let rebuilt = send(&router, "POST", &uri, &key, Some(body)).await;
     assert_eq!(rebuilt.body["replayed"], false, "{}", rebuilt.body);
