@@ -725,11 +725,19 @@ fn run(
         if stop.load(Ordering::Acquire) {
             break Ok(());
         }
-        let wait = deadline
-            .map(|d| d.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_millis(100))
-            .min(Duration::from_millis(100));
+        // live, with records pending: if nothing more comes within a few milliseconds the
+        // consumer has what there is, and applies it (a lone event does not wait for a batch)
+        let live = config.catch_up.is_none();
+        let wait = if live && !pending.is_empty() {
+            Duration::from_millis(5)
+        } else {
+            deadline
+                .map(|d| d.saturating_duration_since(Instant::now()))
+                .unwrap_or(Duration::from_millis(100))
+                .min(Duration::from_millis(100))
+        };
         let polled = consumer.poll(wait);
+        let idle = live && polled.is_none();
         // a rebalance (inside poll) makes pending records of its partitions stale
         let changed = consumer.context().take_changed();
         if !changed.is_empty() {
@@ -760,7 +768,8 @@ fn run(
         // while the log is idle); under load a batch fills or its wait bounds it
         let all_at_end = !pending.is_empty() && state.all_at_end();
         let due = deadline.is_some_and(|d| Instant::now() >= d);
-        if !pending.is_empty() && (pending.len() >= batch.max_records || due || all_at_end) {
+        if !pending.is_empty() && (pending.len() >= batch.max_records || due || all_at_end || idle)
+        {
             let records = std::mem::take(&mut pending);
             deadline = None;
             if let Err(e) = processor.process(records) {
