@@ -37,7 +37,7 @@ pub use consumer::{BatchOptions, ConsumerSnapshot, PartitionProgress};
 pub use error::{ProjectionError, Result};
 pub use jobs::JobOptions;
 pub use metrics::Metrics;
-pub use projector::{ApplyOutcome, EventRef, Projectable, Projector};
+pub use projector::{ApplyOutcome, EventRef, Projectable, Projector, CHECKPOINT_CHANNEL};
 pub use read::ReadModels;
 pub use rfm::RfmRun;
 pub use service::{

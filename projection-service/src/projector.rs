@@ -19,6 +19,10 @@ use crate::error::Result;
 use crate::read_models::{Batch, Effects, NewEvent, REGISTRY};
 use crate::version::{begin_in, ensure_version, ProjectionVersion, VersionStatus};
 
+/// The PostgreSQL notification channel on which every committed batch is announced (no
+/// payload): query-service's read-your-writes waits wake on it instead of polling.
+pub const CHECKPOINT_CHANNEL: &str = "crm_projection_checkpoints";
+
 /// One event of the customer-events topic, by reference: what [`Projectable`] yields.
 #[derive(Debug, Clone, Copy)]
 pub enum EventRef<'a> {
@@ -284,6 +288,11 @@ impl Projector {
                 .await?;
             }
         }
+        // read-your-writes waiters wake when this commits (LISTEN/NOTIFY: delivered on commit)
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(CHECKPOINT_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
 
         outcome.alerts_closed = effects.alerts_closed;

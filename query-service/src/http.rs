@@ -99,7 +99,14 @@ async fn read_your_writes(State(app): State<Arc<App>>, request: Request, next: N
     };
     if !wanted.is_empty() {
         let started = Instant::now();
-        let outcome = wait_for(&app.pool, &app.projection, wanted, app.max_wait).await;
+        let outcome = wait_for(
+            &app.pool,
+            &app.checkpoints,
+            &app.projection,
+            wanted,
+            app.max_wait,
+        )
+        .await;
         let label = match &outcome {
             Ok(()) => "reached",
             Err(QueryError::Problem(_)) => "timed_out",

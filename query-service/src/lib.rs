@@ -82,6 +82,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Who is calling: bearer tokens and API keys.
     pub auth: Arc<Authenticator>,
+    /// Wakes read-your-writes waits when a batch commits.
+    pub checkpoints: position::CheckpointSignal,
 }
 
 impl AuthState for App {
@@ -114,6 +116,7 @@ impl App {
             max_wait,
             metrics,
             auth: Arc::new(auth),
+            checkpoints: position::CheckpointSignal::default(),
         }))
     }
 

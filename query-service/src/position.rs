@@ -18,8 +18,54 @@ use crate::error::Result;
 pub const MIN_POSITION_HEADER: &str = "crm-min-position";
 /// Its name as documented.
 pub const MIN_POSITION_NAME: &str = "CRM-Min-Position";
-/// How often the checkpoints are read while waiting.
+/// How often the checkpoints are read while waiting, besides each notification of a
+/// committed batch ([`CheckpointSignal`]).
 const POLL: Duration = Duration::from_millis(20);
+
+/// Wakes read-your-writes waits when the projection commits a batch: one `LISTEN` connection
+/// per query-service (on `CHECKPOINT_CHANNEL`), started at the first wait, reconnecting after
+/// a failure. Waits poll every 20 ms as well, so a lost listener only costs latency.
+#[derive(Debug, Default)]
+pub struct CheckpointSignal {
+    notify: std::sync::Arc<tokio::sync::Notify>,
+    listening: tokio::sync::OnceCell<()>,
+}
+
+impl CheckpointSignal {
+    async fn listen(&self, pool: &PgPool) {
+        self.listening
+            .get_or_init(|| async {
+                let notify = self.notify.clone();
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match sqlx::postgres::PgListener::connect_with(&pool).await {
+                            Ok(mut listener) => {
+                                match listener
+                                    .listen(projection_service::CHECKPOINT_CHANNEL)
+                                    .await
+                                {
+                                    Ok(()) => loop {
+                                        match listener.recv().await {
+                                            Ok(_) => notify.notify_waiters(),
+                                            Err(e) => {
+                                                tracing::warn!(error = %e, "checkpoint listener");
+                                                break;
+                                            }
+                                        }
+                                    },
+                                    Err(e) => tracing::warn!(error = %e, "LISTEN failed"),
+                                }
+                            }
+                            Err(e) => tracing::warn!(error = %e, "checkpoint listener connection"),
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                });
+            })
+            .await;
+    }
+}
 /// Most positions one header may carry.
 const MAX_POSITIONS: usize = 64;
 
@@ -149,6 +195,7 @@ async fn refuse_unknown(pool: &PgPool, wanted: &[Position]) -> Result<()> {
 /// Waits until every position is reached by the live version, at most `max_wait`.
 pub async fn wait_for(
     pool: &PgPool,
+    signal: &CheckpointSignal,
     projection: &str,
     wanted: Vec<Position>,
     max_wait: Duration,
@@ -157,6 +204,10 @@ pub async fn wait_for(
     let deadline = Instant::now() + max_wait;
     let mut pending = wanted;
     loop {
+        // registered before the check, so that a batch committed in between still wakes it
+        let committed = signal.notify.notified();
+        tokio::pin!(committed);
+        committed.as_mut().enable();
         pending = behind(pool, projection, &pending).await?;
         if pending.is_empty() {
             return Ok(());
@@ -181,7 +232,11 @@ pub async fn wait_for(
             .retry_after(1)
             .into());
         }
-        tokio::time::sleep(POLL).await;
+        signal.listen(pool).await;
+        tokio::select! {
+            _ = committed => {}
+            _ = tokio::time::sleep(POLL) => {}
+        }
     }
 }
 
