@@ -211,6 +211,30 @@ pub(crate) fn broker(
     Ok((Some(p), b))
 }
 
+/// The topics of a run under `prefix`, created; returns the harness's settings and the
+/// arguments that point a service role at them.
+pub(crate) async fn topics(
+    brokers: &str,
+    prefix: &str,
+    partitions: i32,
+) -> anyhow::Result<(KafkaSettings, Vec<String>)> {
+    let mut settings = KafkaSettings::new(brokers.to_owned(), prefix.to_owned());
+    settings.partitions = partitions;
+    settings.client_id = "crm-bench".into();
+    provision_topics(&settings)
+        .await
+        .context("provisioning topics")?;
+    let log_args = vec![
+        "--brokers".to_owned(),
+        brokers.to_owned(),
+        "--prefix".to_owned(),
+        prefix.to_owned(),
+        "--partitions".to_owned(),
+        partitions.to_string(),
+    ];
+    Ok((settings, log_args))
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let wall = Instant::now();
     let mut preset = Preset::named(&args.preset)?;
@@ -250,21 +274,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &work.join("broker"),
     )?;
     let prefix = format!("bench-{}-{}.", preset.name, Utc::now().timestamp_millis());
-    let mut settings = KafkaSettings::new(brokers.clone(), prefix.clone());
-    settings.partitions = args.bed.partitions;
-    settings.client_id = "crm-bench".into();
-    provision_topics(&settings)
-        .await
-        .context("provisioning topics")?;
+    let (settings, log_args) = topics(&brokers, &prefix, args.bed.partitions).await?;
     let topic = settings.topics().customer_events();
-    let log_args = vec![
-        "--brokers".to_owned(),
-        brokers.clone(),
-        "--prefix".to_owned(),
-        prefix.clone(),
-        "--partitions".to_owned(),
-        args.bed.partitions.to_string(),
-    ];
 
     // ---------------------------------------------------------------- command-service
     let secret = format!("{}{}", Uuid::now_v7().simple(), Uuid::now_v7().simple());

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use chrono::Utc;
-use infra::kafka::{provision_topics, KafkaSettings};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
@@ -19,7 +18,7 @@ use uuid::Uuid;
 
 use crate::gen::Rng;
 use crate::procs::{self, Proc};
-use crate::run::{broker, fresh_database, touchpoint_command, BedArgs};
+use crate::run::{broker, fresh_database, topics, touchpoint_command, BedArgs};
 use crate::stats::{round, Machine};
 
 #[derive(Debug, clap::Args)]
@@ -111,20 +110,7 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
         &work.join("broker"),
     )?;
     let prefix = format!("soak-{}.", Utc::now().timestamp_millis());
-    let mut settings = KafkaSettings::new(brokers.clone(), prefix.clone());
-    settings.partitions = args.bed.partitions;
-    settings.client_id = "crm-bench".into();
-    provision_topics(&settings)
-        .await
-        .context("provisioning topics")?;
-    let log_args = vec![
-        "--brokers".to_owned(),
-        brokers.clone(),
-        "--prefix".to_owned(),
-        prefix.clone(),
-        "--partitions".to_owned(),
-        args.bed.partitions.to_string(),
-    ];
+    let (_, log_args) = topics(&brokers, &prefix, args.bed.partitions).await?;
     let secret = format!("{}{}", Uuid::now_v7().simple(), Uuid::now_v7().simple());
     let (issuer, audience) = ("crm-bench", "crm");
     let token_args = vec![

@@ -161,11 +161,6 @@ impl ConsumerSnapshot {
                 .all(|p| p.caught_up_once && p.lag().is_some_and(|lag| lag <= max_lag))
     }
 
-    /// Every partition has been read to its end (what was read may still be pending).
-    pub fn caught_up(&self) -> bool {
-        self.assigned && self.partitions.values().all(|p| p.at_end)
-    }
-
     pub fn total_lag(&self) -> Option<i64> {
         self.partitions
             .values()

@@ -250,7 +250,10 @@ impl Projector {
         let mut effects = Effects::default();
         if !new.events.is_empty() {
             for model in REGISTRY {
-                model.apply(&mut tx, &new, &mut effects).await?;
+                if let Err(e) = model.apply(&mut tx, &new, &mut effects).await {
+                    tracing::warn!(read_model = model.name(), error = %e, "a read model refused the batch");
+                    return Err(e);
+                }
             }
         }
         // dead-lettered records count once: when they move their partition's checkpoint
