@@ -12,7 +12,8 @@
 //! (`CRM-Min-Position`), see the stage alert the sweep opens, find the customer in its RFM
 //! segment, trace the stage change in the audit trail, then stop the platform with SIGTERM
 //! (it must exit cleanly, stopping its PostgreSQL), run `crm migrate` and `crm replay
-//! --version 2` (a rebuild from offset zero that switches over), start it again and find
+//! --version 2` (a rebuild from offset zero that switches over) and `crm replay --read-model
+//! timeline` (one read model rebuilt alone and switched in), start it again and find
 //! everything still there, served by version 2, with new commands continuing the same streams
 //! and old idempotency keys still recognised; finally kill it with SIGKILL, start it again
 //! and find the last acknowledged command.
@@ -709,6 +710,18 @@ async fn after_restart(p: &Platform, seen: &Seen) {
         .expect(StatusCode::OK)
         .body;
     assert_eq!(view["last_sequence"], seen.last_sequence + 1, "{view}");
+    // the timeline (rebuilt alone before the restart) has the touchpoints of before and the
+    // new one
+    let timeline = p
+        .query(
+            &format!("/v1/customers/{c}/timeline?category=touchpoint"),
+            &am,
+            Some(&next.position()),
+        )
+        .await
+        .expect(StatusCode::OK)
+        .body;
+    assert_eq!(timeline["items"].as_array().unwrap().len(), 4, "{timeline}");
     // the idempotency key of before the restart is still known, with the request it came
     // with: the same request gets the first answer, another one is refused naming the key
     let again = p
@@ -794,6 +807,12 @@ async fn run_everything(data_dir: &Path, backend: &[String]) {
     assert!(
         replayed.contains("rm_v2") && replayed.contains("now live"),
         "{replayed}"
+    );
+    // one read model of it rebuilt alone and switched in: what follows still finds it all
+    let rebuilt = admin(data_dir, "replay", &["--read-model", "timeline"], backend);
+    assert!(
+        rebuilt.contains("rm_v2: read model timeline rebuilt") && rebuilt.contains("switched in"),
+        "{rebuilt}"
     );
     platform.launch().await;
     eprintln!("replayed and restarted at {:?}", started.elapsed());

@@ -19,6 +19,7 @@ use crate::clock::{Clock, FixedClock, SystemClock};
 use crate::consumer::BatchOptions;
 use crate::jobs::JobOptions;
 use crate::metrics::Metrics;
+use crate::rebuild::{rebuild_read_model, RebuildOptions};
 use crate::service::{
     replay_on, ProjectionService, ReplayOptions, ReplayProgress, RunOptions, ServiceError,
 };
@@ -178,8 +179,17 @@ pub struct ReplayArgs {
     #[command(flatten)]
     pub projection: ProjectionArgs,
     /// The version to build (a new one, or one whose replay was interrupted).
-    #[arg(long = "version", env = "CRM_PROJECTION_VERSION")]
-    pub version: i32,
+    #[arg(
+        long = "version",
+        env = "CRM_PROJECTION_VERSION",
+        required_unless_present = "read_model",
+        conflicts_with = "read_model"
+    )]
+    pub version: Option<i32>,
+    /// Rebuild only this read model of the live version, from offset zero, and switch it in
+    /// atomically while the others keep serving (e.g. `pipeline`; an unknown name lists them).
+    #[arg(long, env = "CRM_REPLAY_READ_MODEL")]
+    pub read_model: Option<String>,
     /// Leave the version building when caught up instead of switching over.
     #[arg(long, env = "CRM_REPLAY_NO_ACTIVATE")]
     pub no_activate: bool,
@@ -338,9 +348,20 @@ pub async fn replay_with_progress(
 ) -> Result<(), ServiceError> {
     migrate_control(&pool).await?;
     let live = live_version(&pool, &args.projection.projection).await?;
+    let version = match (&args.read_model, args.version) {
+        (Some(read_model), _) => {
+            return rebuild_with_progress(pool, source, args, read_model).await
+        }
+        (None, Some(version)) => version,
+        (None, None) => {
+            return Err(ServiceError::Config(
+                "--version or --read-model is required".to_owned(),
+            ))
+        }
+    };
     let options = ReplayOptions {
         projection: args.projection.projection.clone(),
-        version: args.version,
+        version,
         batch: args.batch.options(),
         activate: !args.no_activate,
         catch_up_lag: args.catch_up_lag,
@@ -383,6 +404,38 @@ pub async fn replay_with_progress(
         } else {
             "left building"
         }
+    );
+    Ok(())
+}
+
+/// Rebuilds one read model of the live version (`--read-model`), with progress on stderr.
+async fn rebuild_with_progress(
+    pool: PgPool,
+    source: EventSource,
+    args: &ReplayArgs,
+    read_model: &str,
+) -> Result<(), ServiceError> {
+    let mut options = RebuildOptions::new(args.projection.projection.clone(), read_model);
+    options.batch = args.batch.options();
+    options.catch_up_lag = args.catch_up_lag;
+    eprintln!(
+        "rebuilding read model {read_model} of {} from the beginning of {}",
+        options.projection,
+        source.topic()
+    );
+    let mut printer = ProgressPrinter::new();
+    let outcome =
+        rebuild_read_model(pool, source, options, Metrics::new()?, |p| printer.show(p)).await;
+    printer.finish();
+    let outcome = outcome?;
+    eprintln!(
+        "{}: read model {} rebuilt from {} records ({} events applied) in {:.1}s and switched in (held {:.0} ms)",
+        outcome.version,
+        outcome.read_model,
+        outcome.records,
+        outcome.events_applied,
+        outcome.elapsed.as_secs_f64(),
+        outcome.switch.as_secs_f64() * 1000.0
     );
     Ok(())
 }

@@ -16,6 +16,25 @@ pub enum ProjectionError {
     UnknownVersion { projection: String, version: i32 },
     #[error("projection {projection} version {version} is live and cannot be dropped")]
     DropLive { projection: String, version: i32 },
+    #[error("no read model is named `{name}`; the read models are: {known}")]
+    UnknownReadModel { name: String, known: String },
+    #[error("read model {read_model} cannot be rebuilt alone: {why}")]
+    NotRebuildableAlone {
+        read_model: String,
+        why: &'static str,
+    },
+    #[error("projection {0} has no live version: nothing to rebuild a read model of")]
+    NoLiveVersion(String),
+    #[error("a rebuild of a read model of {0} is running already")]
+    RebuildRunning(String),
+    #[error("the rebuilt read model {read_model} is behind the live one at {topic}:{partition} ({rebuilt} < {live}) after catching up")]
+    RebuildBehind {
+        read_model: String,
+        topic: String,
+        partition: i32,
+        rebuilt: i64,
+        live: i64,
+    },
     #[error("event body cannot be encoded: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("value out of range: {0}")]

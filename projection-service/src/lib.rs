@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod projector;
 pub mod read;
 pub mod read_models;
+pub mod rebuild;
 pub mod reports;
 pub mod rfm;
 pub mod service;
@@ -39,6 +40,7 @@ pub use jobs::JobOptions;
 pub use metrics::Metrics;
 pub use projector::{ApplyOutcome, EventRef, Projectable, Projector, CHECKPOINT_CHANNEL};
 pub use read::ReadModels;
+pub use rebuild::{rebuild_read_model, RebuildOptions, RebuildOutcome};
 pub use rfm::RfmRun;
 pub use service::{
     replay, replay_on, ProjectionService, ReplayOptions, ReplayOutcome, ReplayProgress, RunOptions,

@@ -16,8 +16,9 @@ use sqlx::PgPool;
 
 use crate::alerts::Alert;
 use crate::error::Result;
+use crate::read_models::ReadModel;
 use crate::read_models::{Batch, Effects, NewEvent, REGISTRY};
-use crate::version::{begin_in, ensure_version, ProjectionVersion, VersionStatus};
+use crate::version::{begin_in, begin_in_schema, ensure_version, ProjectionVersion, VersionStatus};
 
 /// The PostgreSQL notification channel on which every committed batch is announced (no
 /// payload): query-service's read-your-writes waits wake on it instead of polling.
@@ -70,11 +71,38 @@ pub struct ApplyOutcome {
     pub positions: Vec<Position>,
 }
 
-/// Applies events to one projection version. Cheap to clone; share one per process.
-#[derive(Debug, Clone)]
+/// Applies events to one projection version: to every read model in the version's schema,
+/// or, for a rebuild of one read model, to that one in a staging schema
+/// ([`crate::rebuild`]). Cheap to clone; share one per process.
+#[derive(Clone)]
 pub struct Projector {
     pool: PgPool,
     version: ProjectionVersion,
+    target: Target,
+}
+
+/// What a projector writes.
+#[derive(Clone)]
+enum Target {
+    /// Every read model of [`REGISTRY`], in the version's schema.
+    Version,
+    /// One read model, rebuilt from offset zero in a staging schema beside the live version.
+    Rebuild {
+        read_model: &'static dyn ReadModel,
+        schema: String,
+    },
+}
+
+impl std::fmt::Debug for Projector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Projector");
+        d.field("version", &self.version.schema());
+        if let Target::Rebuild { read_model, schema } = &self.target {
+            d.field("rebuilding", &read_model.name())
+                .field("into", schema);
+        }
+        d.finish()
+    }
 }
 
 impl Projector {
@@ -82,7 +110,30 @@ impl Projector {
     /// if the projection has no live version yet, building otherwise).
     pub async fn open(pool: PgPool, version: ProjectionVersion) -> Result<(Self, VersionStatus)> {
         let status = ensure_version(&pool, &version).await?;
-        Ok((Projector { pool, version }, status))
+        Ok((
+            Projector {
+                pool,
+                version,
+                target: Target::Version,
+            },
+            status,
+        ))
+    }
+
+    /// A projector that writes only `read_model`, into the staging `schema` (prepared by the
+    /// caller), with checkpoints of its own; `version` is the live version it will replace
+    /// the read model of.
+    pub(crate) fn rebuilding(
+        pool: PgPool,
+        version: ProjectionVersion,
+        read_model: &'static dyn ReadModel,
+        schema: String,
+    ) -> Self {
+        Projector {
+            pool,
+            version,
+            target: Target::Rebuild { read_model, schema },
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -91,6 +142,22 @@ impl Projector {
 
     pub fn version(&self) -> &ProjectionVersion {
         &self.version
+    }
+
+    /// The schema its batches write: the version's, or the staging schema of a rebuild.
+    pub fn schema(&self) -> String {
+        match &self.target {
+            Target::Version => self.version.schema(),
+            Target::Rebuild { schema, .. } => schema.clone(),
+        }
+    }
+
+    /// The read models it writes, in the order a batch is applied to them.
+    pub(crate) fn read_models(&self) -> &[&'static dyn ReadModel] {
+        match &self.target {
+            Target::Version => REGISTRY,
+            Target::Rebuild { read_model, .. } => std::slice::from_ref(read_model),
+        }
     }
 
     /// Whether the audit trail holds this event already: its id, or its stream's sequence.
@@ -122,8 +189,12 @@ impl Projector {
         Ok(())
     }
 
-    /// The records this version dead-lettered, over its whole life.
+    /// The records this version dead-lettered, over its whole life (none for a rebuild: the
+    /// version counts them).
     pub async fn dead_letters(&self) -> Result<u64> {
+        if matches!(self.target, Target::Rebuild { .. }) {
+            return Ok(0);
+        }
         let n: i64 = sqlx::query_scalar(
             r#"SELECT coalesce(sum(dead_letters), 0)::bigint FROM projection.checkpoints
                 WHERE projection = $1 AND version = $2"#,
@@ -135,21 +206,27 @@ impl Projector {
         Ok(n.max(0) as u64)
     }
 
-    /// The last applied offset of every (topic, partition) this version has seen. A consumer
-    /// seeks each assigned partition to `offset + 1` (to the beginning when absent).
+    /// The offset of every (topic, partition) up to which each of its read models has applied
+    /// the log: the lowest of their checkpoints, so a read model that is behind (one added
+    /// since, or rebuilt) reads again what it missed and the others skip it. A consumer seeks
+    /// each assigned partition to `offset + 1` (to the beginning when absent).
     pub async fn positions(&self) -> Result<Vec<Position>> {
-        let rows: Vec<(String, i32, i64)> = sqlx::query_as(
-            r#"SELECT topic, "partition", "offset" FROM projection.checkpoints
-                WHERE projection = $1 AND version = $2 AND "offset" >= 0
+        let names: Vec<&str> = self.read_models().iter().map(|m| m.name()).collect();
+        let rows: Vec<(String, i32, i64, i64)> = sqlx::query_as(
+            r#"SELECT topic, "partition", min("offset"), count(*) FROM projection.read_model_checkpoints
+                WHERE schema_name = $1 AND read_model = ANY($2)
+                GROUP BY topic, "partition"
                 ORDER BY topic, "partition""#,
         )
-        .bind(self.version.name())
-        .bind(self.version.version())
+        .bind(self.schema())
+        .bind(&names)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(topic, partition, offset)| Position {
+            // a read model without a checkpoint there has applied nothing of it
+            .filter(|(_, _, offset, models)| *offset >= 0 && *models == names.len() as i64)
+            .map(|(topic, partition, offset, _)| Position {
                 topic,
                 partition,
                 offset,
@@ -157,13 +234,14 @@ impl Projector {
             .collect())
     }
 
-    /// Applies a batch in one transaction: every event above its partition's checkpoint is
-    /// written to the read models, in batch order, and the checkpoints move to the last
-    /// applied offsets. Events at or below the checkpoint (a redelivery, or a duplicate inside
-    /// the batch) are skipped, so applying a batch twice changes nothing. On error nothing
-    /// of the batch is written.
+    /// Applies a batch in one transaction: every event above a read model's checkpoint of its
+    /// partition is written to that read model, in batch order, and the checkpoints move to
+    /// the last offsets of the batch. Events at or below every checkpoint (a redelivery, or a
+    /// duplicate inside the batch) are skipped, so applying a batch twice changes nothing. On
+    /// error nothing of the batch is written.
     ///
-    /// Within one partition the batch must be in offset order, as a consumer delivers it.
+    /// Within one partition the batch must be in offset order, as a consumer delivers it, and
+    /// must follow what the consumer read since it sought past [`Projector::positions`].
     pub async fn apply<E: Projectable + Sync>(
         &self,
         batch: &[(Position, E)],
@@ -171,7 +249,7 @@ impl Projector {
         self.apply_with_skips(batch, &[]).await
     }
 
-    /// As [`Projector::apply`], and in the same transaction moves the checkpoint past each
+    /// As [`Projector::apply`], and in the same transaction moves the checkpoints past each
     /// position of `skipped`: records that are not events (dead-lettered) and so write nothing,
     /// but must not be read again. A skip never moves a checkpoint back. The caller must pass
     /// every event that precedes a skipped record in its partition (in this call or an
@@ -185,127 +263,198 @@ impl Projector {
         if batch.is_empty() && skipped.is_empty() {
             return Ok(outcome);
         }
-        let mut tx = begin_in(&self.pool, &self.version).await?;
+        let models = self.read_models();
+        let schema = self.schema();
+        let mut tx = begin_in_schema(&self.pool, &schema).await?;
 
-        // Lock the checkpoints of the batch's partitions (creating them at -1), in a fixed
-        // order so that two instances during a rebalance cannot deadlock: the second waits,
-        // then sees the first one's offsets and skips what it applied.
-        let mut current: BTreeMap<(String, i32), (i64, bool)> = BTreeMap::new();
+        // the partitions of the batch, and the last offset of each
+        let mut last: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for pos in batch.iter().map(|(pos, _)| pos).chain(skipped) {
-            current
-                .entry((pos.topic.clone(), pos.partition))
-                .or_insert((-1, false));
+            let entry = last.entry((pos.topic.clone(), pos.partition)).or_insert(-1);
+            *entry = (*entry).max(pos.offset);
         }
-        let topics: Vec<String> = current.keys().map(|(t, _)| t.clone()).collect();
-        let partitions: Vec<i32> = current.keys().map(|(_, p)| *p).collect();
+        let keys: Vec<&(String, i32)> = last.keys().collect();
+        let topics: Vec<&str> = keys.iter().map(|(t, _)| t.as_str()).collect();
+        let partitions: Vec<i32> = keys.iter().map(|(_, p)| *p).collect();
+        let names: Vec<&str> = models.iter().map(|m| m.name()).collect();
+
+        // Lock every read model's checkpoint of the batch's partitions (creating them at -1),
+        // in a fixed order so that two instances during a rebalance cannot deadlock: the
+        // second waits, then sees the first one's offsets and skips what it applied.
         sqlx::query(
-            r#"INSERT INTO projection.checkpoints (projection, version, topic, "partition", "offset")
-               SELECT $1, $2, t, p, -1 FROM unnest($3::text[], $4::int[]) AS u(t, p)
-               ORDER BY t, p
+            r#"INSERT INTO projection.read_model_checkpoints (schema_name, read_model, topic, "partition", "offset")
+               SELECT $1, m, t, p, -1 FROM unnest($2::text[]) AS n(m)
+                CROSS JOIN unnest($3::text[], $4::int[]) AS u(t, p)
+               ORDER BY m, t, p
                ON CONFLICT DO NOTHING"#,
         )
-        .bind(self.version.name())
-        .bind(self.version.version())
+        .bind(&schema)
+        .bind(&names)
         .bind(&topics)
         .bind(&partitions)
         .execute(&mut *tx)
         .await?;
-        let stored: Vec<(String, i32, i64)> = sqlx::query_as(
-            r#"SELECT c.topic, c."partition", c."offset" FROM projection.checkpoints c
-                WHERE c.projection = $1 AND c.version = $2
-                  AND (c.topic, c."partition") IN (SELECT * FROM unnest($3::text[], $4::int[]))
-                ORDER BY c.topic, c."partition"
+        let rows: Vec<(String, String, i32, i64)> = sqlx::query_as(
+            r#"SELECT read_model, topic, "partition", "offset" FROM projection.read_model_checkpoints
+                WHERE schema_name = $1 AND read_model = ANY($2)
+                  AND (topic, "partition") IN (SELECT * FROM unnest($3::text[], $4::int[]))
+                ORDER BY read_model, topic, "partition"
                   FOR UPDATE"#,
         )
-        .bind(self.version.name())
-        .bind(self.version.version())
+        .bind(&schema)
+        .bind(&names)
         .bind(&topics)
         .bind(&partitions)
         .fetch_all(&mut *tx)
         .await?;
-        for (topic, partition, offset) in stored {
-            current.insert((topic, partition), (offset, false));
-        }
-
-        // the checkpoints as stored: a record past them is new to this version
-        let stored = current.clone();
-        let mut new = Batch::default();
-        for (pos, event) in batch {
-            let key = (pos.topic.clone(), pos.partition);
-            let Some(entry) = current.get_mut(&key) else {
+        // each read model's checkpoints, in the order of `keys`
+        let mut stored: HashMap<&str, Vec<i64>> =
+            names.iter().map(|n| (*n, vec![-1; keys.len()])).collect();
+        for (model, topic, partition, offset) in &rows {
+            let Ok(i) = keys.binary_search(&&(topic.clone(), *partition)) else {
                 continue;
             };
-            if pos.offset <= entry.0 {
+            if let Some(offsets) = stored.get_mut(model.as_str()) {
+                offsets[i] = *offset;
+            }
+        }
+        let slot = |pos: &Position| {
+            keys.binary_search_by(|(topic, partition)| {
+                (topic.as_str(), *partition).cmp(&(pos.topic.as_str(), pos.partition))
+            })
+            .ok()
+        };
+        // the lowest and highest checkpoint of each partition over the read models
+        let lowest: Vec<i64> = (0..keys.len())
+            .map(|i| stored.values().map(|o| o[i]).min().unwrap_or(-1))
+            .collect();
+        let highest: Vec<i64> = (0..keys.len())
+            .map(|i| stored.values().map(|o| o[i]).max().unwrap_or(-1))
+            .collect();
+
+        // Read models at the same checkpoints (all of them, unless one is catching up) share
+        // one batch: the events past those checkpoints, in batch order.
+        let mut groups: Vec<(Vec<i64>, Batch<'_>)> = Vec::new();
+        let mut group_of: Vec<usize> = Vec::with_capacity(models.len());
+        for name in &names {
+            let offsets = &stored[name];
+            let g = match groups.iter().position(|(o, _)| o == offsets) {
+                Some(g) => g,
+                None => {
+                    let mut new = Batch::default();
+                    let mut at = offsets.clone();
+                    for (pos, event) in batch {
+                        if let Some(i) = slot(pos).filter(|i| pos.offset > at[*i]) {
+                            at[i] = pos.offset;
+                            new.events.push(NewEvent {
+                                position: pos,
+                                event: event.event_ref(),
+                            });
+                        }
+                    }
+                    groups.push((offsets.clone(), new));
+                    groups.len() - 1
+                }
+            };
+            group_of.push(g);
+        }
+        let mut at = lowest.clone();
+        for (pos, _) in batch {
+            if let Some(i) = slot(pos).filter(|i| pos.offset > at[*i]) {
+                at[i] = pos.offset;
+                outcome.applied += 1;
+            } else {
                 outcome.skipped += 1;
-                continue;
-            }
-            new.events.push(NewEvent {
-                position: pos,
-                event: event.event_ref(),
-            });
-            *entry = (pos.offset, true);
-            outcome.applied += 1;
-        }
-        // every read model writes the new events, on this transaction
-        let mut effects = Effects::default();
-        if !new.events.is_empty() {
-            for model in REGISTRY {
-                if let Err(e) = model.apply(&mut tx, &new, &mut effects).await {
-                    tracing::warn!(read_model = model.name(), error = %e, "a read model refused the batch");
-                    return Err(e);
-                }
-            }
-        }
-        // dead-lettered records count once: when they move their partition's checkpoint
-        let mut dead: HashMap<(String, i32), i64> = HashMap::new();
-        for pos in skipped {
-            let key = (pos.topic.clone(), pos.partition);
-            if stored
-                .get(&key)
-                .is_some_and(|(offset, _)| pos.offset > *offset)
-            {
-                *dead.entry(key.clone()).or_default() += 1;
-            }
-            if let Some(entry) = current.get_mut(&key) {
-                if pos.offset > entry.0 {
-                    *entry = (pos.offset, true);
-                }
             }
         }
 
-        for ((topic, partition), (offset, moved)) in &current {
-            if *moved {
-                let dead_letters = dead.get(&(topic.clone(), *partition)).copied().unwrap_or(0);
-                sqlx::query(
-                    r#"UPDATE projection.checkpoints
-                          SET "offset" = $5, dead_letters = dead_letters + $6, updated_at = now()
-                        WHERE projection = $1 AND version = $2 AND topic = $3 AND "partition" = $4"#,
-                )
-                .bind(self.version.name())
-                .bind(self.version.version())
-                .bind(topic)
-                .bind(partition)
-                .bind(offset)
-                .bind(dead_letters)
-                .execute(&mut *tx)
-                .await?;
+        // every read model writes its new events, on this transaction
+        let mut effects = Effects::default();
+        for (model, g) in models.iter().zip(&group_of) {
+            let new = &groups[*g].1;
+            if new.events.is_empty() {
+                continue;
+            }
+            if let Err(e) = model.apply(&mut tx, new, &mut effects).await {
+                tracing::warn!(read_model = model.name(), error = %e, "a read model refused the batch");
+                return Err(e);
             }
         }
-        // read-your-writes waiters wake when this commits (LISTEN/NOTIFY: delivered on commit)
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(CHECKPOINT_CHANNEL)
+
+        // every read model's checkpoint moves to the end of the batch (never back)
+        let ends: Vec<i64> = keys.iter().map(|k| last[*k]).collect();
+        let (mut m, mut t, mut p, mut o) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for name in &names {
+            for (i, (topic, partition)) in keys.iter().enumerate() {
+                if ends[i] > stored[name][i] {
+                    m.push(*name);
+                    t.push(topic.as_str());
+                    p.push(*partition);
+                    o.push(ends[i]);
+                }
+            }
+        }
+        sqlx::query(
+            r#"UPDATE projection.read_model_checkpoints c SET "offset" = u.o, updated_at = now()
+                 FROM unnest($2::text[], $3::text[], $4::int[], $5::bigint[]) AS u(m, t, p, o)
+                WHERE c.schema_name = $1 AND c.read_model = u.m AND c.topic = u.t
+                  AND c."partition" = u.p"#,
+        )
+        .bind(&schema)
+        .bind(&m)
+        .bind(&t)
+        .bind(&p)
+        .bind(&o)
+        .execute(&mut *tx)
+        .await?;
+        // after the batch every read model is at least at the end of the batch
+        let positions: Vec<i64> = (0..keys.len()).map(|i| lowest[i].max(ends[i])).collect();
+
+        if matches!(self.target, Target::Version) {
+            // The version's position: dead-lettered records count once, when the first read
+            // model moves past them.
+            let mut dead = vec![0i64; keys.len()];
+            for pos in skipped {
+                if let Some(i) = slot(pos).filter(|i| pos.offset > highest[*i]) {
+                    dead[i] += 1;
+                }
+            }
+            sqlx::query(
+                r#"INSERT INTO projection.checkpoints
+                          (projection, version, topic, "partition", "offset", dead_letters)
+                   SELECT $1, $2, t, p, o, d
+                     FROM unnest($3::text[], $4::int[], $5::bigint[], $6::bigint[]) AS u(t, p, o, d)
+                    ORDER BY t, p
+                   ON CONFLICT (projection, version, topic, "partition") DO UPDATE
+                      SET "offset" = EXCLUDED."offset",
+                          dead_letters = projection.checkpoints.dead_letters + EXCLUDED.dead_letters,
+                          updated_at = now()"#,
+            )
+            .bind(self.version.name())
+            .bind(self.version.version())
+            .bind(&topics)
+            .bind(&partitions)
+            .bind(&positions)
+            .bind(&dead)
             .execute(&mut *tx)
             .await?;
+            // read-your-writes waiters wake when this commits (LISTEN/NOTIFY: on commit)
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHECKPOINT_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
 
         outcome.alerts_closed = effects.alerts_closed;
-        outcome.positions = current
-            .into_iter()
-            .filter(|(_, (offset, _))| *offset >= 0)
-            .map(|((topic, partition), (offset, _))| Position {
-                topic,
-                partition,
-                offset,
+        outcome.positions = keys
+            .iter()
+            .zip(&positions)
+            .filter(|(_, offset)| **offset >= 0)
+            .map(|((topic, partition), offset)| Position {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
             })
             .collect();
         Ok(outcome)

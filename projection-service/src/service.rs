@@ -494,14 +494,62 @@ pub async fn replay_on(
     let (projector, status) = Projector::open(pool.clone(), pv.clone()).await?;
     tracing::info!(version = %pv.schema(), status = status.as_str(), "replaying");
     let started = Instant::now();
-    let mut handle = source::start(
+    let snapshot = consume_until_caught_up(
         &source,
+        &projector,
+        options.batch,
+        options.catch_up_lag,
+        metrics,
+        started,
+        &mut on_progress,
+    )
+    .await?;
+
+    let now = clock.now();
+    projector
+        .recompute_rfm(now, options.jobs.rfm_window)
+        .await?;
+    projector
+        .sweep_alerts(now, &options.jobs.thresholds)
+        .await?;
+    discard_alert_changes(&projector).await?;
+    if options.activate {
+        activate(&pool, &pv).await?;
+        tracing::info!(version = %pv.schema(), "caught up; now live");
+    } else {
+        tracing::info!(version = %pv.schema(), "caught up; left building (--no-activate)");
+    }
+    Ok(ReplayOutcome {
+        version: pv,
+        records: snapshot.records_done,
+        events_applied: snapshot.events_applied,
+        dead_letters: snapshot.dead_letters,
+        activated: options.activate,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Consumes `source` into `projector` from its checkpoints with every partition assigned by
+/// hand, until caught up (at most `catch_up_lag` records arrived since it reached the ends of
+/// the partitions as they were when it last asked). Reports progress about once a second,
+/// and once more when caught up; `started` is when the whole operation began.
+pub(crate) async fn consume_until_caught_up(
+    source: &EventSource,
+    projector: &Projector,
+    batch: BatchOptions,
+    catch_up_lag: u64,
+    metrics: Metrics,
+    started: Instant,
+    on_progress: &mut (impl FnMut(&ReplayProgress) + Send),
+) -> Result<ConsumerSnapshot, ServiceError> {
+    let mut handle = source::start(
+        source,
         ConsumeOptions {
             projector: projector.clone(),
-            batch: options.batch,
+            batch,
             metrics,
             alerts_closed: Arc::new(Notify::new()),
-            catch_up: Some(options.catch_up_lag),
+            catch_up: Some(catch_up_lag),
         },
     )?;
     let state = handle.state().clone();
@@ -526,6 +574,7 @@ pub async fn replay_on(
             caught_up,
         }
     };
+    let consuming = Instant::now();
     while !handle.is_finished() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (at, done) = last;
@@ -548,29 +597,7 @@ pub async fn replay_on(
     if !snapshot.reached_end {
         return Err(ServiceError::Consumer(ConsumerError::Stopped));
     }
-    let final_rate = snapshot.records_done as f64 / started.elapsed().as_secs_f64().max(0.001);
+    let final_rate = snapshot.records_done as f64 / consuming.elapsed().as_secs_f64().max(0.001);
     on_progress(&progress(&snapshot, final_rate, true));
-
-    let now = clock.now();
-    projector
-        .recompute_rfm(now, options.jobs.rfm_window)
-        .await?;
-    projector
-        .sweep_alerts(now, &options.jobs.thresholds)
-        .await?;
-    discard_alert_changes(&projector).await?;
-    if options.activate {
-        activate(&pool, &pv).await?;
-        tracing::info!(version = %pv.schema(), "caught up; now live");
-    } else {
-        tracing::info!(version = %pv.schema(), "caught up; left building (--no-activate)");
-    }
-    Ok(ReplayOutcome {
-        version: pv,
-        records: snapshot.records_done,
-        events_applied: snapshot.events_applied,
-        dead_letters: snapshot.dead_letters,
-        activated: options.activate,
-        elapsed: started.elapsed(),
-    })
+    Ok(snapshot)
 }

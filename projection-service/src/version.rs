@@ -79,7 +79,7 @@ impl VersionStatus {
 
 /// Runs `migrator` on one connection whose `search_path` is `schema`, so that its tables and
 /// its `_sqlx_migrations` bookkeeping land in that schema.
-async fn migrate_into(
+pub(crate) async fn migrate_into(
     pool: &PgPool,
     schema: &str,
     migrator: &sqlx::migrate::Migrator,
@@ -156,7 +156,7 @@ pub async fn ensure_version(pool: &PgPool, pv: &ProjectionVersion) -> Result<Ver
 }
 
 /// Serialises version changes of one projection.
-async fn lock_projection(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<()> {
+pub(crate) async fn lock_projection(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('projection:' || $1))")
         .bind(name)
         .execute(&mut **tx)
@@ -299,6 +299,10 @@ pub async fn drop_version(pool: &PgPool, pv: &ProjectionVersion) -> Result<()> {
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", pv.schema()))
         .execute(&mut *tx)
         .await?;
+    sqlx::query("DELETE FROM projection.read_model_checkpoints WHERE schema_name = $1")
+        .bind(pv.schema())
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "DELETE FROM projection.projection_versions WHERE projection = $1 AND version = $2",
     )
@@ -315,9 +319,17 @@ pub(crate) async fn begin_in(
     pool: &PgPool,
     pv: &ProjectionVersion,
 ) -> Result<Transaction<'static, Postgres>> {
+    begin_in_schema(pool, &pv.schema()).await
+}
+
+/// Begins a transaction that reads and writes `schema` (`SET LOCAL search_path`).
+pub(crate) async fn begin_in_schema(
+    pool: &PgPool,
+    schema: &str,
+) -> Result<Transaction<'static, Postgres>> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT set_config('search_path', $1, true)")
-        .bind(pv.schema())
+        .bind(schema)
         .execute(&mut *tx)
         .await?;
     Ok(tx)

@@ -306,3 +306,222 @@ async fn a_restarted_projection_is_ready_only_once_it_has_applied_the_backlog() 
     service.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A history of `customers` customers: registered, touched, an opportunity moved through
+/// stages, and an order each.
+fn history(world: &mut World, customers: u128) -> Vec<RecordedEvent> {
+    let mut events = Vec::new();
+    for n in 1..=customers {
+        let c = cid(n);
+        let owner = if n % 2 == 0 { "am-li" } else { "am-wang" };
+        events.extend(world.exec(
+            c,
+            day(0),
+            owner,
+            register(CustomerLevel::Large, &format!("C{n}"), 4, 4, owner),
+        ));
+        events.extend(world.exec(c, day(1), owner, touch(n * 10, call(60), "首次联系")));
+        events.extend(world.exec(c, day(2), owner, open_opp(n, 10_000, 20, date(2030, 1, 1))));
+        events.extend(world.exec(c, day(3), owner, stage(n, Stage::Proposal, None, Some(40))));
+        events.extend(world.exec(c, day(4), owner, order(&format!("SO-{n}"), 1000 + n as i64)));
+    }
+    events
+}
+
+/// Waits until version 1's audit trail holds `events` events.
+async fn wait_applied(pool: &sqlx::PgPool, events: usize) {
+    eventually("every event applied", Duration::from_secs(60), || async {
+        count(pool, "rm_v1", "audit_trail").await == events as i64
+    })
+    .await;
+}
+
+/// Rebuilds version 2 from offset zero (not activated) and asserts version 1 equals it.
+async fn assert_equals_a_full_replay(db: &TestDb, topics: &EmbeddedTopics, what: &str) {
+    let outcome = replay_on(
+        db.pool.clone(),
+        EventSource::Embedded(topics.clone()),
+        ReplayOptions {
+            projection: "rm".into(),
+            version: 2,
+            batch: options().batch,
+            activate: false,
+            catch_up_lag: 0,
+            jobs: JobOptions::default(),
+        },
+        Arc::new(SystemClock),
+        Metrics::new().unwrap(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(outcome.events_applied > 0);
+    let mut v1 = snapshot(&db.pool, "rm_v1").await;
+    let mut v2 = snapshot(&db.pool, "rm_v2").await;
+    for t in ["rfm", "rfm_runs", "stage_alerts"] {
+        v1.remove(t);
+        v2.remove(t);
+    }
+    assert_same(&v1, &v2, what);
+}
+
+/// `crm replay --read-model`: one read model rebuilt from offset zero while the projection
+/// runs and events keep arriving is switched in with no event lost or applied twice (the
+/// live version then equals a full replay), the other read models never stop, and what the
+/// rebuild left behind is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_model_rebuilt_while_events_arrive_is_switched_in_without_a_gap() {
+    let dir = std::env::temp_dir().join(format!("crm-proj-rebuild-{}", uuid::Uuid::now_v7()));
+    let topics = EmbeddedTopics::open(&dir, PARTITIONS).unwrap();
+    let db = TestDb::new().await;
+    let mut world = World::new(PARTITIONS);
+    let first = history(&mut world, 60);
+    append(&topics, &first).await;
+    let service = ProjectionService::start_on(
+        db.pool.clone(),
+        EventSource::Embedded(topics.clone()),
+        options(),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    wait_applied(&db.pool, first.len()).await;
+
+    // touchpoints keep arriving, before, during and after the switch
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (topics, stop) = (topics.clone(), stop.clone());
+        async move {
+            let mut appended = 0usize;
+            let mut i = 0u128;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) || i < 100 {
+                i += 1;
+                let c = cid(1 + i % 60);
+                let events = world.exec(c, day(5), "am-li", touch(10_000 + i, call(30), "跟进"));
+                appended += events.len();
+                append(&topics, &events).await;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            appended
+        }
+    });
+    for read_model in ["timeline", "customers"] {
+        // the live rows go: only the rebuilt ones can bring them back
+        sqlx::query(&format!("DELETE FROM rm_v1.{read_model}"))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let outcome = rebuild_read_model(
+            db.pool.clone(),
+            EventSource::Embedded(topics.clone()),
+            RebuildOptions {
+                batch: options().batch,
+                ..RebuildOptions::new("rm", read_model)
+            },
+            Metrics::new().unwrap(),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        eprintln!("{outcome:?}");
+        assert_eq!(outcome.read_model, read_model);
+        assert!(outcome.records as usize >= first.len(), "{outcome:?}");
+        assert!(service.status().ready, "{:?}", service.status());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let appended = writer.await.unwrap();
+    wait_applied(&db.pool, first.len() + appended).await;
+    let timeline = count(&db.pool, "rm_v1", "timeline").await;
+    assert!(timeline >= (60 + 100) as i64, "timeline rows: {timeline}");
+    for schema in ["rm_v1_rebuild", "rm_v1_retired"] {
+        let (left,): (bool,) =
+            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(schema)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        assert!(!left, "{schema} is left behind");
+    }
+    service.shutdown().await;
+    assert_equals_a_full_replay(&db, &topics, "after rebuilding two read models under load").await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A read model that has applied nothing of the log (one added to a running deployment) is
+/// caught up from offset zero when the projection starts, while the others skip what they
+/// have; and an unknown read model, or one that cannot be rebuilt alone, is refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_model_without_checkpoints_catches_up_from_the_beginning() {
+    let dir = std::env::temp_dir().join(format!("crm-proj-behind-{}", uuid::Uuid::now_v7()));
+    let topics = EmbeddedTopics::open(&dir, PARTITIONS).unwrap();
+    let db = TestDb::new().await;
+    let mut world = World::new(PARTITIONS);
+    let events = history(&mut world, 30);
+    append(&topics, &events).await;
+    let service = ProjectionService::start_on(
+        db.pool.clone(),
+        EventSource::Embedded(topics.clone()),
+        options(),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    wait_applied(&db.pool, events.len()).await;
+    service.shutdown().await;
+    let before = snapshot(&db.pool, "rm_v1").await;
+
+    // the pipeline as a read model new to this version: no rows, no checkpoints
+    for table in read_models::tables_of("pipeline") {
+        sqlx::query(&format!("DELETE FROM rm_v1.{table}"))
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query("DELETE FROM projection.read_model_checkpoints WHERE read_model = 'pipeline'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let service = ProjectionService::start_on(
+        db.pool.clone(),
+        EventSource::Embedded(topics.clone()),
+        options(),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    eventually(
+        "the pipeline caught up",
+        Duration::from_secs(60),
+        || async { count(&db.pool, "rm_v1", "opportunities").await == 30 },
+    )
+    .await;
+    eventually("the projection ready", Duration::from_secs(30), || async {
+        service.status().ready
+    })
+    .await;
+    service.shutdown().await;
+    assert_same(
+        &before,
+        &snapshot(&db.pool, "rm_v1").await,
+        "after catching up one read model",
+    );
+    // the others applied nothing twice: one audit-trail row per event
+    assert_eq!(
+        count(&db.pool, "rm_v1", "audit_trail").await,
+        events.len() as i64
+    );
+
+    for (name, refused) in [
+        ("pipelines", "no read model is named"),
+        ("stage_alerts", "cannot be rebuilt alone"),
+    ] {
+        let e = rebuild_read_model(
+            db.pool.clone(),
+            EventSource::Embedded(topics.clone()),
+            RebuildOptions::new("rm", name),
+            Metrics::new().unwrap(),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains(refused), "{name}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

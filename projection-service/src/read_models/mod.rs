@@ -10,6 +10,10 @@
 //! statement. Units whose rows depend on the order of events inside a batch (a stage entered
 //! then left) still write event by event; each such unit says so.
 //!
+//! Each read model has a checkpoint of its own per (topic, partition), moved in the batch's
+//! transaction: a read model added to a running deployment starts from offset zero while the
+//! others skip what they have, and one read model can be rebuilt alone ([`crate::rebuild`]).
+//!
 //! Adding a read model: write its unit in a file of its own here (its tables in a migration
 //! of `migrations/read_model`), list it in [`REGISTRY`], and serve it from query-service.
 
@@ -94,6 +98,12 @@ pub(crate) trait ReadModel: Send + Sync {
         &[]
     }
 
+    /// Whether it can be rebuilt on its own from the log (`crm replay --read-model`), and if
+    /// not, why: its rows must come from the events alone, not from other read models.
+    fn rebuild_alone(&self) -> std::result::Result<(), &'static str> {
+        Ok(())
+    }
+
     /// Writes the batch into its tables, on the batch's transaction (whose `search_path` is
     /// the version's schema). On error the whole batch is rolled back.
     async fn apply(
@@ -121,6 +131,21 @@ pub(crate) static REGISTRY: &[&dyn ReadModel] = &[
     &churn::Churn,
     &teams::Teams,
 ];
+
+/// The read model of this name.
+pub(crate) fn find(name: &str) -> Option<&'static dyn ReadModel> {
+    REGISTRY.iter().copied().find(|m| m.name() == name)
+}
+
+/// The tables of the read model of this name that a rebuild reproduces (none if unknown).
+pub fn tables_of(name: &str) -> &'static [&'static str] {
+    find(name).map(|m| m.tables()).unwrap_or(&[])
+}
+
+/// The names of every read model, in registry order.
+pub fn names() -> Vec<&'static str> {
+    REGISTRY.iter().map(|m| m.name()).collect()
+}
 
 /// The tables of every read model that a rebuild reproduces exactly, in registry order.
 pub fn tables() -> Vec<&'static str> {

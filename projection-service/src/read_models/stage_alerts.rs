@@ -27,6 +27,10 @@ impl ReadModel for StageAlerts {
         &["alert_outbox"]
     }
 
+    fn rebuild_alone(&self) -> std::result::Result<(), &'static str> {
+        Err("its alerts are opened by the sweep over the pipeline's stage history as time passes, not by events alone; rebuild the whole projection instead (crm replay --version N)")
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,
