@@ -1,8 +1,10 @@
 //! Settings every service shares, as command-line flags with environment variables.
 
+#[cfg(feature = "kafka")]
 use crate::kafka::KafkaSettings;
 
 /// Where the Kafka-compatible broker is and how the platform's topics are laid out.
+#[cfg(feature = "kafka")]
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Bootstrap servers of the Kafka-compatible broker, comma separated.
@@ -22,6 +24,7 @@ pub struct KafkaArgs {
     pub session_timeout_ms: u32,
 }
 
+#[cfg(feature = "kafka")]
 impl KafkaArgs {
     /// The client settings, when brokers are configured.
     pub fn settings(&self, client_id: &str) -> Option<KafkaSettings> {

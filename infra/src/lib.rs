@@ -1,11 +1,18 @@
 //! Adapters for the event log and the read-model store. The services use these; the domain
 //! knows nothing of them.
+//!
+//! The event log (`kafka`, `log`, `embedded` and `config::KafkaArgs`) comes with the `kafka`
+//! feature, on by default; without it infra is the HTTP side only (auth, problems, headers,
+//! config), which is all query-service needs.
 
 pub mod auth;
 pub mod config;
+#[cfg(feature = "kafka")]
 pub mod embedded;
 pub mod headers;
+#[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kafka")]
 pub mod log;
 pub mod problem;
 

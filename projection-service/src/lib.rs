@@ -8,7 +8,9 @@
 //!
 //! Each projection version lives in its own PostgreSQL schema (`rm_v1`, ...), registered in
 //! `projection.projection_versions`; a replay builds a new version while the live one serves
-//! and [`activate`] switches over atomically.
+//! and [`activate`] switches over atomically. The store's schema (control tables and
+//! read-model migrations), its versions and its reader live in the `read-store` crate, shared
+//! with query-service, and are re-exported here ([`error`], [`read`], [`reports`], [`version`]).
 //!
 //! Read models (all in business time, occurred-at): customer 360, timeline, pipeline (with
 //! stage history, funnel, win rate, sales cycle, weighted forecast), stage-duration alerts,
@@ -19,18 +21,18 @@ pub mod cli;
 pub mod clock;
 pub mod consumer;
 mod describe;
-pub mod error;
 pub mod jobs;
 pub mod metrics;
 pub mod projector;
-pub mod read;
 pub mod read_models;
 pub mod rebuild;
-pub mod reports;
 pub mod rfm;
 pub mod service;
 pub mod source;
-pub mod version;
+
+/// The read-model store's errors, reader, reports and versions, from the `read-store` crate
+/// (shared with query-service), under their former paths.
+pub use read_store::{error, read, reports, version};
 
 pub use alerts::{Alert, AlertChanges, OutboxEntry};
 pub use clock::{Clock, FixedClock, ManualClock, SystemClock};
@@ -38,8 +40,9 @@ pub use consumer::{BatchOptions, ConsumerSnapshot, PartitionProgress};
 pub use error::{ProjectionError, Result};
 pub use jobs::JobOptions;
 pub use metrics::Metrics;
-pub use projector::{ApplyOutcome, EventRef, Projectable, Projector, CHECKPOINT_CHANNEL};
+pub use projector::{ApplyOutcome, EventRef, Projectable, Projector};
 pub use read::ReadModels;
+pub use read_store::CHECKPOINT_CHANNEL;
 pub use rebuild::{rebuild_read_model, RebuildOptions, RebuildOutcome};
 pub use rfm::RfmRun;
 pub use service::{

@@ -19,10 +19,7 @@ use crate::error::Result;
 use crate::read_models::ReadModel;
 use crate::read_models::{Batch, Effects, NewEvent, REGISTRY};
 use crate::version::{begin_in, begin_in_schema, ensure_version, ProjectionVersion, VersionStatus};
-
-/// The PostgreSQL notification channel on which every committed batch is announced (no
-/// payload): query-service's read-your-writes waits wake on it instead of polling.
-pub const CHECKPOINT_CHANNEL: &str = "crm_projection_checkpoints";
+use read_store::CHECKPOINT_CHANNEL;
 
 /// One event of the customer-events topic, by reference: what [`Projectable`] yields.
 #[derive(Debug, Clone, Copy)]

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use infra::problem::Problem;
-use projection_service::ProjectionError;
+use read_store::ProjectionError;
 
 /// Why a query could not be answered (bad requests are [`Problem`]s straight away).
 #[derive(Debug, thiserror::Error)]

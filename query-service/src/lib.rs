@@ -102,7 +102,7 @@ impl App {
     ) -> Result<Arc<App>> {
         let projection = projection.into();
         // the same rule as the projection-service's names: it is spliced into SQL as a schema
-        projection_service::ProjectionVersion::new(projection.clone(), 1)?;
+        read_store::ProjectionVersion::new(projection.clone(), 1)?;
         let metrics = Metrics::new().map_err(|e| {
             QueryError::Problem(Box::new(infra::problem::Problem::new(
                 axum::http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -122,7 +122,7 @@ impl App {
 
     /// The schema of the live version, read now (a switch-over shows at the next request).
     pub async fn schema(&self) -> Result<String> {
-        match projection_service::live_version(&self.pool, &self.projection).await? {
+        match read_store::live_version(&self.pool, &self.projection).await? {
             Some(v) => Ok(v.schema()),
             None => Err(QueryError::NoLiveVersion(self.projection.clone())),
         }

@@ -41,10 +41,7 @@ impl CheckpointSignal {
                     loop {
                         match sqlx::postgres::PgListener::connect_with(&pool).await {
                             Ok(mut listener) => {
-                                match listener
-                                    .listen(projection_service::CHECKPOINT_CHANNEL)
-                                    .await
-                                {
+                                match listener.listen(read_store::CHECKPOINT_CHANNEL).await {
                                     Ok(()) => loop {
                                         match listener.recv().await {
                                             Ok(_) => notify.notify_waiters(),

@@ -15,7 +15,7 @@
 //! others skip what they have, and one read model can be rebuilt alone ([`crate::rebuild`]).
 //!
 //! Adding a read model: write its unit in a file of its own here (its tables in a migration
-//! of `migrations/read_model`), list it in [`REGISTRY`], and serve it from query-service.
+//! of `read-store/migrations/read_model`), list it in [`REGISTRY`], and serve it from query-service.
 
 mod audit_trail;
 mod churn;
@@ -178,9 +178,9 @@ mod tests {
     #[test]
     fn every_read_model_table_has_one_owner() {
         let sql = [
-            include_str!("../../migrations/read_model/0001_read_models.sql"),
-            include_str!("../../migrations/read_model/0002_teams.sql"),
-            include_str!("../../migrations/read_model/0003_visible_pipeline.sql"),
+            include_str!("../../../read-store/migrations/read_model/0001_read_models.sql"),
+            include_str!("../../../read-store/migrations/read_model/0002_teams.sql"),
+            include_str!("../../../read-store/migrations/read_model/0003_visible_pipeline.sql"),
         ]
         .join("\n");
         let mut created: Vec<&str> = sql

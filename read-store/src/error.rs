@@ -1,4 +1,6 @@
-//! Errors of the projection-service.
+//! Errors of the read-model store and of the projection-service that writes it (the
+//! projection's own variants, such as [`ProjectionError::Encode`], live here too so that one
+//! error type serves both).
 
 /// Why a projection operation failed. Database errors are transient or fatal for the batch:
 /// nothing of the batch was written (the transaction rolled back), so the caller may retry it.

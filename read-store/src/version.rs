@@ -78,8 +78,9 @@ impl VersionStatus {
 }
 
 /// Runs `migrator` on one connection whose `search_path` is `schema`, so that its tables and
-/// its `_sqlx_migrations` bookkeeping land in that schema.
-pub(crate) async fn migrate_into(
+/// its `_sqlx_migrations` bookkeeping land in that schema. For the projection-service (a
+/// rebuild migrates its staging schema).
+pub async fn migrate_into(
     pool: &PgPool,
     schema: &str,
     migrator: &sqlx::migrate::Migrator,
@@ -315,15 +316,17 @@ pub async fn drop_version(pool: &PgPool, pv: &ProjectionVersion) -> Result<()> {
 }
 
 /// Begins a transaction that reads and writes the schema of `pv` (`SET LOCAL search_path`).
-pub(crate) async fn begin_in(
+/// For the projection-service.
+pub async fn begin_in(
     pool: &PgPool,
     pv: &ProjectionVersion,
 ) -> Result<Transaction<'static, Postgres>> {
     begin_in_schema(pool, &pv.schema()).await
 }
 
-/// Begins a transaction that reads and writes `schema` (`SET LOCAL search_path`).
-pub(crate) async fn begin_in_schema(
+/// Begins a transaction that reads and writes `schema` (`SET LOCAL search_path`). For the
+/// projection-service.
+pub async fn begin_in_schema(
     pool: &PgPool,
     schema: &str,
 ) -> Result<Transaction<'static, Postgres>> {
@@ -350,5 +353,14 @@ mod tests {
             assert!(ProjectionVersion::new(bad, 1).is_err(), "{bad:?}");
         }
         assert!(ProjectionVersion::new("rm", 0).is_err());
+    }
+
+    /// The migrations are embedded from this crate's `migrations/` directory.
+    #[test]
+    fn migrations_are_embedded() {
+        let versions =
+            |m: &sqlx::migrate::Migrator| m.iter().map(|m| m.version).collect::<Vec<_>>();
+        assert_eq!(versions(&CONTROL_MIGRATOR), [1, 2, 3, 4]);
+        assert_eq!(versions(&READ_MODEL_MIGRATOR), [1, 2, 3]);
     }
 }
