@@ -15,8 +15,8 @@ use infra::kafka::{provision_topics, KafkaSettings};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
+use crate::batches::BatchOptions;
 use crate::clock::{Clock, FixedClock, SystemClock};
-use crate::consumer::BatchOptions;
 use crate::jobs::JobOptions;
 use crate::metrics::Metrics;
 use crate::rebuild::{rebuild_read_model, RebuildOptions};

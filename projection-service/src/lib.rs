@@ -17,6 +17,7 @@
 //! audit trail, RFM, churn, and the four reports. [`ReadModels`] reads them.
 
 pub mod alerts;
+pub mod batches;
 pub mod cli;
 pub mod clock;
 pub mod consumer;
@@ -35,8 +36,8 @@ pub mod source;
 pub use read_store::{error, read, reports, version};
 
 pub use alerts::{Alert, AlertChanges, OutboxEntry};
+pub use batches::{BatchOptions, ConsumerSnapshot, DeadLetterSink, PartitionProgress};
 pub use clock::{Clock, FixedClock, ManualClock, SystemClock};
-pub use consumer::{BatchOptions, ConsumerSnapshot, PartitionProgress};
 pub use error::{ProjectionError, Result};
 pub use jobs::JobOptions;
 pub use metrics::Metrics;
@@ -49,7 +50,7 @@ pub use service::{
     replay, replay_on, ProjectionService, ReplayOptions, ReplayOutcome, ReplayProgress, RunOptions,
     ServiceError, ServiceStatus,
 };
-pub use source::{AlertSink, DeadLetterSink, EmbeddedTopics, EventSource};
+pub use source::{AlertSink, EmbeddedTopics, EventSource};
 pub use version::{
     activate, drop_version, ensure_version, list_versions, live_version, migrate_control,
     version_status, ProjectionVersion, VersionInfo, VersionStatus,

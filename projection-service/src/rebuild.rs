@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
-use crate::consumer::BatchOptions;
+use crate::batches::BatchOptions;
 use crate::error::ProjectionError;
 use crate::metrics::Metrics;
 use crate::read_models::{self, ReadModel};

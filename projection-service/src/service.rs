@@ -16,8 +16,8 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::{watch, Notify};
 
+use crate::batches::{BatchOptions, ConsumerError, ConsumerSnapshot, ConsumerState};
 use crate::clock::Clock;
-use crate::consumer::{BatchOptions, ConsumerError, ConsumerSnapshot, ConsumerState};
 use crate::error::ProjectionError;
 use crate::jobs::{discard_alert_changes, run_jobs, AlertPublisher, JobOptions};
 use crate::metrics::Metrics;
@@ -337,7 +337,7 @@ async fn supervise(
 
 struct Running {
     version: ProjectionVersion,
-    consumer: crate::consumer::ConsumerHandle,
+    consumer: crate::batches::ConsumerHandle,
     jobs: tokio::task::JoinHandle<()>,
     jobs_stop: watch::Sender<bool>,
     checked: Instant,

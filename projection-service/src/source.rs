@@ -17,9 +17,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use infra::embedded::{EmbeddedLog, OwnedRecord};
@@ -31,10 +31,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
-use crate::consumer::{
-    self, group_id, load_checkpoints, update_gauges, Assignment, BatchOptions, ConsumerConfig,
-    ConsumerError, ConsumerHandle, ConsumerState, Processor, Rate,
+use crate::batches::{
+    load_checkpoints, record_topic, BatchLoop, BatchOptions, ConsumerError, ConsumerHandle,
+    ConsumerState, DeadLetterSink, Processor, RecordSource,
 };
+use crate::consumer::{self, group_id, Assignment, ConsumerConfig};
 use crate::metrics::Metrics;
 use crate::Projector;
 
@@ -115,13 +116,6 @@ impl EmbeddedTopics {
 }
 
 // ------------------------------------------------------------------ sinks
-
-/// Where records that cannot be projected go, with the reason.
-#[async_trait]
-pub trait DeadLetterSink: Send + Sync {
-    /// Writes the dead letter durably; where it went.
-    async fn send(&self, letter: &DeadLetter) -> Result<Position, LogError>;
-}
 
 #[async_trait]
 impl DeadLetterSink for DeadLetterProducer {
@@ -296,7 +290,7 @@ fn tail_embedded(
     let topic = log.topic_name().to_owned();
     let partitions: Vec<i32> = (0..log.partitions()).collect();
     // subscribed before the first read: no append between reading and waiting is missed
-    let mut appended = log.subscribe();
+    let appended = log.subscribe();
     let checkpoints = load_checkpoints(
         &handle,
         &options.projector,
@@ -306,102 +300,106 @@ fn tail_embedded(
         &state,
     )
     .ok_or(ConsumerError::Stopped)?;
-    crate::consumer::record_topic(&handle, &options.projector, &topic, partitions.len());
+    record_topic(&handle, &options.projector, &topic, partitions.len());
     let known: BTreeMap<i32, i64> = partitions
         .iter()
         .map(|p| (*p, checkpoints.get(p).copied().unwrap_or(-1)))
         .collect();
     state.assign(&known, false);
     tracing::info!(%topic, partitions = ?known, "tailing the embedded log from the checkpoints");
-    let mut next: BTreeMap<i32, i64> = known.iter().map(|(p, c)| (*p, c + 1)).collect();
-
-    let batch = options.batch;
-    let catch_up = options.catch_up;
-    let metrics = options.metrics.clone();
-    let mut processor = Processor {
-        projector: options.projector,
+    let mut source = EmbeddedRecords {
+        next: known.iter().map(|(p, c)| (*p, c + 1)).collect(),
+        log,
+        partitions,
+        appended,
         handle: handle.clone(),
         state: state.clone(),
-        metrics: metrics.clone(),
-        dead_letters,
-        alerts_closed: options.alerts_closed,
-        stop: stop.clone(),
+        first: 0,
+        replay: options.catch_up.is_some(),
     };
-    let mut pending: Vec<StoredRecord> = Vec::with_capacity(batch.max_records);
-    let mut deadline: Option<Instant> = None;
-    let mut rate = Rate::new(state.snapshot().events_applied);
-    let mut last_gauges = Instant::now();
-    let mut first = 0usize;
+    BatchLoop {
+        topic,
+        processor: Processor {
+            projector: options.projector,
+            handle,
+            state,
+            metrics: options.metrics,
+            dead_letters,
+            alerts_closed: options.alerts_closed,
+            stop,
+        },
+        batch: options.batch,
+        catch_up: options.catch_up,
+    }
+    .run(&mut source)
+}
 
-    let result = loop {
-        if stop.load(Ordering::Acquire) {
-            break Ok(());
-        }
-        appended.borrow_and_update();
-        // read what is there, starting at a different partition each round (fairness)
-        let mut all_at_end = true;
-        for i in 0..partitions.len() {
-            let p = partitions[(first + i) % partitions.len()];
-            let end = log.end_offset(p)?;
-            state.set_end(p, end);
-            let from = next.get(&p).copied().unwrap_or(0);
-            let room = batch.max_records.saturating_sub(pending.len());
-            if room > 0 && from < end {
-                let records = log.read_at_most(p, from, room)?;
-                if let Some(last) = records.last() {
-                    next.insert(p, last.position.offset + 1);
-                    state.set_read(p, last.position.offset);
-                    deadline.get_or_insert_with(|| Instant::now() + batch.max_wait);
+/// The embedded log as the batch loop's record source: every partition, from the
+/// checkpoints, woken by every append.
+struct EmbeddedRecords {
+    log: Arc<EmbeddedLog>,
+    partitions: Vec<i32>,
+    /// The next offset to read of each partition.
+    next: BTreeMap<i32, i64>,
+    appended: tokio::sync::watch::Receiver<u64>,
+    handle: Handle,
+    state: Arc<ConsumerState>,
+    /// The partition a round starts at (a different one each round: fairness).
+    first: usize,
+    /// A replay: at the end of every partition it is caught up, and does not wait.
+    replay: bool,
+}
+
+impl RecordSource for EmbeddedRecords {
+    fn read(&mut self, room: usize, wait: Duration) -> Result<Vec<StoredRecord>, ConsumerError> {
+        let mut records: Vec<StoredRecord> = Vec::new();
+        loop {
+            self.appended.borrow_and_update();
+            let mut all_at_end = true;
+            for i in 0..self.partitions.len() {
+                let p = self.partitions[(self.first + i) % self.partitions.len()];
+                let end = self.log.end_offset(p)?;
+                self.state.set_end(p, end);
+                let from = self.next.get(&p).copied().unwrap_or(0);
+                let left = room.saturating_sub(records.len());
+                if left > 0 && from < end {
+                    let read = self.log.read_at_most(p, from, left)?;
+                    if let Some(last) = read.last() {
+                        self.next.insert(p, last.position.offset + 1);
+                        self.state.set_read(p, last.position.offset);
+                    }
+                    records.extend(read);
                 }
-                pending.extend(records);
+                let at_end = self.next.get(&p).copied().unwrap_or(0) >= end;
+                self.state.set_at_end(p, at_end);
+                all_at_end &= at_end;
             }
-            let at_end = next.get(&p).copied().unwrap_or(0) >= end;
-            state.set_at_end(p, at_end);
-            all_at_end &= at_end;
-        }
-        first = first.wrapping_add(1);
-        let due = deadline.is_some_and(|d| Instant::now() >= d);
-        let full = pending.len() >= batch.max_records;
-        // read to the end of every partition: apply now (no batch wait while the log is idle)
-        if !pending.is_empty() && (full || due || all_at_end) {
-            let records = std::mem::take(&mut pending);
-            deadline = None;
-            if let Err(e) = processor.process(records) {
-                break Err(e);
+            self.first = self.first.wrapping_add(1);
+            if !records.is_empty() || !all_at_end || wait.is_zero() || self.replay {
+                return Ok(records);
             }
-        }
-        if last_gauges.elapsed() >= Duration::from_secs(1) {
-            last_gauges = Instant::now();
-            update_gauges(&topic, &state.snapshot(), &metrics, &mut rate);
-        }
-        if catch_up.is_some() && all_at_end && pending.is_empty() {
-            state.set_reached_end();
-            tracing::info!(%topic, "caught up with the end of the log");
-            break Ok(());
-        }
-        if full || (!pending.is_empty() && !all_at_end) {
-            continue;
-        }
-        // wait for an append, the batch's deadline or the stop check, whichever comes first
-        let wait = deadline
-            .map(|d| d.saturating_duration_since(Instant::now()))
-            .unwrap_or(Duration::from_millis(100))
-            .min(Duration::from_millis(100));
-        if !wait.is_zero() {
-            handle.block_on(async {
-                if let Ok(Err(_)) = tokio::time::timeout(wait, appended.changed()).await {
+            // at the end of every partition: wait for an append, at most `wait`
+            let appended = &mut self.appended;
+            let woken = self.handle.block_on(async {
+                match tokio::time::timeout(wait, appended.changed()).await {
+                    Ok(Ok(())) => true,
                     // the log is gone (shutting down): do not spin
-                    tokio::time::sleep(wait).await;
+                    Ok(Err(_)) => {
+                        tokio::time::sleep(wait).await;
+                        false
+                    }
+                    Err(_) => false,
                 }
             });
+            if !woken {
+                return Ok(records);
+            }
         }
-    };
-    // apply what was read before leaving (unless the database is away: then it is read
-    // again from the checkpoint on the next start)
-    let result = match result {
-        Ok(()) if !pending.is_empty() => processor.process(pending),
-        other => other,
-    };
-    update_gauges(&topic, &state.snapshot(), &metrics, &mut rate);
-    result
+    }
+
+    fn caught_up(&mut self, _max_lag: u64) -> bool {
+        // this process owns the log: nothing arrives that it has not read when every
+        // partition is at its end
+        self.state.all_at_end()
+    }
 }
