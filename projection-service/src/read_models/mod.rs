@@ -177,12 +177,12 @@ mod tests {
     /// table a unit claims exists.
     #[test]
     fn every_read_model_table_has_one_owner() {
-        let sql = [
-            include_str!("../../../read-store/migrations/read_model/0001_read_models.sql"),
-            include_str!("../../../read-store/migrations/read_model/0002_teams.sql"),
-            include_str!("../../../read-store/migrations/read_model/0003_visible_pipeline.sql"),
-        ]
-        .join("\n");
+        // every read-model migration, as the migrator embeds them
+        let sql = crate::version::READ_MODEL_MIGRATOR
+            .iter()
+            .map(|m| m.sql.as_ref())
+            .collect::<Vec<&str>>()
+            .join("\n");
         let mut created: Vec<&str> = sql
             .lines()
             .filter_map(|l| l.trim().strip_prefix("CREATE TABLE "))
