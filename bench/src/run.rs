@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use chrono::Utc;
 use futures::StreamExt;
-use infra::embedded::EmbeddedLog;
 use infra::kafka::{provision_topics, scan_partition, KafkaSettings, StoredRecord};
 use infra::log::CustomerLog;
-use infra::Position;
-use projection_service::{drop_version, ProjectionVersion, Projector};
+use projection_service::{
+    drop_version, BatchOptions, EmbeddedTopics, EventSource, JobOptions, ProjectionVersion,
+    Projector, ReplayOptions, SystemClock,
+};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -1032,7 +1033,7 @@ async fn copy_baseline(pool: &PgPool, events: u64) -> anyhow::Result<Value> {
     let started = Instant::now();
     let mut tx = pool.begin().await?;
     for (t, chunks) in &data {
-        // the migration's own seed rows (funnel stages, rfm_state) are not in these tables
+        // the migration's own seed rows (funnel stages, rfm_order_versions) are not in these tables
         let mut copy = tx
             .copy_in_raw(&format!("COPY rm_v2.{t} FROM STDIN (FORMAT binary)"))
             .await?;
@@ -1077,11 +1078,11 @@ async fn embedded(
     }
     let dir = work.join("embedded");
     let _ = std::fs::remove_dir_all(&dir);
-    let log = EmbeddedLog::open(&dir, topic.to_owned(), settings.partitions)?;
+    let topics = EmbeddedTopics::open(&dir, settings.partitions)?;
     let started = Instant::now();
     let mut appended = 0u64;
     for (p, recs) in &by_partition {
-        let writer = log.open_writer(*p).await?;
+        let writer = topics.customer_events.open_writer(*p).await?;
         for chunk in recs.chunks(1000) {
             writer.append(chunk).await?;
             appended += chunk.len() as u64;
@@ -1089,25 +1090,35 @@ async fn embedded(
     }
     let append_elapsed = started.elapsed();
 
+    // the embedded default's own path: its record source and batch loop, into a fresh version
     let pv = ProjectionVersion::new("rm", 3)?;
-    let (projector, _) = Projector::open(pool.clone(), pv.clone()).await?;
-    let started = Instant::now();
-    let mut applied = 0u64;
-    for p in 0..settings.partitions {
-        let stored = log.read(p, 0)?;
-        let events: Vec<(Position, domain::RecordedEvent)> = stored
-            .iter()
-            .filter_map(|r| r.decode().ok().map(|e| (r.position.clone(), e)))
-            .collect();
-        for chunk in events.chunks(1000) {
-            applied += projector.apply(chunk).await?.applied as u64;
-        }
-    }
-    let apply_elapsed = started.elapsed();
+    let mut consumed = None;
+    let outcome = projection_service::replay_on(
+        pool.clone(),
+        EventSource::Embedded(topics),
+        ReplayOptions {
+            projection: "rm".into(),
+            version: pv.version(),
+            batch: BatchOptions::default(),
+            activate: false,
+            catch_up_lag: 0,
+            jobs: JobOptions::default(),
+        },
+        Arc::new(SystemClock),
+        projection_service::Metrics::new()?,
+        |p| {
+            if p.caught_up {
+                consumed = Some(p.elapsed);
+            }
+        },
+    )
+    .await?;
+    let applied = outcome.events_applied;
+    let apply_elapsed = consumed.unwrap_or(outcome.elapsed);
     drop_version(pool, &pv).await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(json!({
-        "what": "the same events appended to the embedded log (one file per partition, fsync per append of 1000), then read back and applied by the same Projector in batches of 1000 in-process (no Kafka), into a fresh version",
+        "what": "the same events appended to the embedded log (one file per partition, fsync per append of 1000), then replayed from it by the embedded default's own record source and batch loop (default batches and lanes, in-process, no Kafka) into a fresh version",
         "events": applied,
         "append_seconds": round(append_elapsed.as_secs_f64()),
         "append_events_per_second": rate(appended, append_elapsed),

@@ -187,6 +187,10 @@ pub struct BatchOptions {
     pub max_records: usize,
     /// A batch is applied at the latest this long after its first record arrived.
     pub max_wait: Duration,
+    /// A batch's partitions are split into at most this many lanes, each applied in a
+    /// transaction of its own on a connection of its own, at the same time (each partition's
+    /// order kept: a partition is in one lane).
+    pub lanes: usize,
 }
 
 impl Default for BatchOptions {
@@ -194,6 +198,7 @@ impl Default for BatchOptions {
         BatchOptions {
             max_records: 1000,
             max_wait: Duration::from_millis(200),
+            lanes: 2,
         }
     }
 }

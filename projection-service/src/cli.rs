@@ -84,6 +84,10 @@ pub struct BatchArgs {
     /// Longest wait for a batch to fill, e.g. `200ms`.
     #[arg(long, env = "CRM_PROJECTION_BATCH_WAIT", default_value = "200ms", value_parser = parse_duration)]
     pub batch_wait: Duration,
+    /// Lanes a batch is applied in at the same time, each with its partitions, in a
+    /// transaction and on a database connection of its own.
+    #[arg(long, env = "CRM_PROJECTION_APPLY_LANES", default_value_t = 2)]
+    pub apply_lanes: usize,
 }
 
 impl BatchArgs {
@@ -91,6 +95,7 @@ impl BatchArgs {
         BatchOptions {
             max_records: self.batch_max.max(1),
             max_wait: self.batch_wait,
+            lanes: self.apply_lanes.max(1),
         }
     }
 }

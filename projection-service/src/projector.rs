@@ -76,6 +76,8 @@ pub struct Projector {
     pool: PgPool,
     version: ProjectionVersion,
     target: Target,
+    /// A batch's partitions are applied in up to this many transactions at once.
+    lanes: usize,
 }
 
 /// What a projector writes.
@@ -112,6 +114,7 @@ impl Projector {
                 pool,
                 version,
                 target: Target::Version,
+                lanes: 1,
             },
             status,
         ))
@@ -130,7 +133,15 @@ impl Projector {
             pool,
             version,
             target: Target::Rebuild { read_model, schema },
+            lanes: 1,
         }
+    }
+
+    /// The same projector, applying a batch's partitions in up to `lanes` transactions at
+    /// once, each on a connection of its own (the pool must have them); 1 by default.
+    pub fn with_lanes(mut self, lanes: usize) -> Self {
+        self.lanes = lanes.max(1);
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -251,10 +262,74 @@ impl Projector {
     /// but must not be read again. A skip never moves a checkpoint back. The caller must pass
     /// every event that precedes a skipped record in its partition (in this call or an
     /// earlier one), or those events would be skipped too.
+    ///
+    /// With lanes ([`Projector::with_lanes`]) the batch's partitions are split among them and
+    /// each lane is one transaction, run at the same time as the others: each lane is applied
+    /// exactly once or not at all, and on an error the lanes that committed are skipped when
+    /// the batch is applied again.
     pub async fn apply_with_skips<E: Projectable + Sync>(
         &self,
         batch: &[(Position, E)],
         skipped: &[Position],
+    ) -> Result<ApplyOutcome> {
+        if batch.is_empty() && skipped.is_empty() {
+            return Ok(ApplyOutcome::default());
+        }
+        let events: Vec<(&Position, EventRef<'_>)> =
+            batch.iter().map(|(p, e)| (p, e.event_ref())).collect();
+        let skipped: Vec<&Position> = skipped.iter().collect();
+        let mut partitions: Vec<(&str, i32)> = events
+            .iter()
+            .map(|(p, _)| *p)
+            .chain(skipped.iter().copied())
+            .map(|p| (p.topic.as_str(), p.partition))
+            .collect();
+        partitions.sort_unstable();
+        partitions.dedup();
+        let lanes = self.lanes.min(partitions.len());
+        if lanes <= 1 {
+            return self.apply_lane(&events, &skipped).await;
+        }
+        let lane_of = |p: &Position| {
+            partitions
+                .binary_search(&(p.topic.as_str(), p.partition))
+                .map(|i| i % lanes)
+                .unwrap_or(0)
+        };
+        let mut lane_events: Vec<Vec<(&Position, EventRef<'_>)>> = vec![Vec::new(); lanes];
+        let mut lane_skipped: Vec<Vec<&Position>> = vec![Vec::new(); lanes];
+        for (pos, event) in &events {
+            lane_events[lane_of(pos)].push((pos, *event));
+        }
+        for pos in &skipped {
+            lane_skipped[lane_of(pos)].push(pos);
+        }
+        // every lane runs to its end (none is cancelled half-way), then the first error wins
+        let results = futures::future::join_all(
+            lane_events
+                .iter()
+                .zip(&lane_skipped)
+                .map(|(events, skipped)| self.apply_lane(events, skipped)),
+        )
+        .await;
+        let mut outcome = ApplyOutcome::default();
+        for result in results {
+            let lane = result?;
+            outcome.applied += lane.applied;
+            outcome.skipped += lane.skipped;
+            outcome.alerts_closed.extend(lane.alerts_closed);
+            outcome.positions.extend(lane.positions);
+        }
+        outcome.positions.sort();
+        Ok(outcome)
+    }
+
+    /// Applies events of some partitions in one transaction (see
+    /// [`Projector::apply_with_skips`]).
+    async fn apply_lane(
+        &self,
+        batch: &[(&Position, EventRef<'_>)],
+        skipped: &[&Position],
     ) -> Result<ApplyOutcome> {
         let mut outcome = ApplyOutcome::default();
         if batch.is_empty() && skipped.is_empty() {
@@ -266,7 +341,11 @@ impl Projector {
 
         // the partitions of the batch, and the last offset of each
         let mut last: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for pos in batch.iter().map(|(pos, _)| pos).chain(skipped) {
+        for pos in batch
+            .iter()
+            .map(|(pos, _)| *pos)
+            .chain(skipped.iter().copied())
+        {
             let entry = last.entry((pos.topic.clone(), pos.partition)).or_insert(-1);
             *entry = (*entry).max(pos.offset);
         }
@@ -345,7 +424,7 @@ impl Projector {
                             at[i] = pos.offset;
                             new.events.push(NewEvent {
                                 position: pos,
-                                event: event.event_ref(),
+                                event: *event,
                             });
                         }
                     }

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 use crate::batches::BatchOptions;
 use crate::error::ProjectionError;
@@ -99,10 +99,15 @@ pub async fn rebuild_read_model(
     let retired = format!("{}_retired", live.schema());
 
     // one rebuild of a version at a time: a session lock, held on this connection
-    let mut guard = pool.acquire().await.map_err(ProjectionError::from)?;
+    // on a connection of its own, outside the pool: the switch needs the pool's connections
+    let mut guard = pool
+        .connect_options()
+        .connect()
+        .await
+        .map_err(ProjectionError::from)?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
         .bind(format!("rebuild:{}", live.schema()))
-        .fetch_one(&mut *guard)
+        .fetch_one(&mut guard)
         .await
         .map_err(ProjectionError::from)?;
     if !locked {
@@ -133,15 +138,17 @@ pub async fn rebuild_read_model(
             .await?;
         sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
             .bind(format!("rebuild:{}", live.schema()))
-            .execute(&mut *guard)
+            .execute(&mut guard)
             .await?;
         Ok::<_, sqlx::Error>(())
     }
     .await;
     if let Err(e) = cleanup {
         tracing::warn!(error = %e, %staging, "removing the staging schema of a rebuild failed");
-        // the session lock goes with the connection
-        drop(guard.detach());
+    }
+    // the session lock goes with the connection
+    if let Err(e) = guard.close().await {
+        tracing::warn!(error = %e, "closing the rebuild's lock connection failed");
     }
     outcome
 }
@@ -208,16 +215,31 @@ async fn rebuild_locked(
     .await
     .map_err(ProjectionError::from)?;
     // what the live read model applied meanwhile (and more): the end of the log is past it
-    let last = consume_until_caught_up(
-        &source,
-        &projector,
-        options.batch,
-        0,
-        metrics,
-        started,
-        on_progress,
+    // One lane (the live read model waits meanwhile, holding its connections), and bounded:
+    // on a timeout the switch is rolled back and the live read model goes on as it was.
+    let last = tokio::time::timeout(
+        options.lock_timeout,
+        consume_until_caught_up(
+            &source,
+            &projector,
+            BatchOptions {
+                lanes: 1,
+                ..options.batch
+            },
+            0,
+            metrics,
+            started,
+            on_progress,
+        ),
     )
-    .await?;
+    .await
+    .map_err(|_| {
+        ServiceError::Config(format!(
+            "the rebuilt read model {} did not catch up within {:?} while the live one waited; nothing was switched",
+            model.name(),
+            options.lock_timeout
+        ))
+    })??;
     let rebuilt: HashMap<(String, i32), i64> = sqlx::query_as(
         r#"SELECT topic, "partition", "offset" FROM projection.read_model_checkpoints
             WHERE schema_name = $1 AND read_model = $2"#,

@@ -40,9 +40,11 @@ impl Projector {
             .bind(self.version().schema())
             .execute(&mut *tx)
             .await?;
-        let (orders_version,): (i64,) = sqlx::query_as("SELECT orders_version FROM rfm_state")
-            .fetch_one(&mut *tx)
-            .await?;
+        let (orders_version,): (i64,) = sqlx::query_as(
+            "SELECT coalesce(sum(orders_version), 0)::bigint FROM rfm_order_versions",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         let orders: Vec<(Uuid, DateTime<Utc>, i64)> = sqlx::query_as(
             "SELECT customer_id, ordered_at, amount FROM orders WHERE ordered_at <= $1 AND ordered_at > $2",
         )
@@ -119,8 +121,8 @@ impl Projector {
     pub async fn rfm_stale(&self) -> Result<bool> {
         let schema = self.version().schema();
         let (stale,): (bool,) = sqlx::query_as(&format!(
-            "SELECT coalesce((SELECT r.orders_version < s.orders_version FROM {schema}.rfm_runs r), true)
-               FROM {schema}.rfm_state s"
+            "SELECT coalesce((SELECT r.orders_version FROM {schema}.rfm_runs r)
+                           < (SELECT coalesce(sum(orders_version), 0) FROM {schema}.rfm_order_versions), true)"
         ))
         .fetch_one(self.pool())
         .await?;

@@ -232,8 +232,9 @@ pub struct ConsumeOptions {
 /// Starts consuming `source` on a thread of its own. Must be called inside a tokio runtime.
 pub fn start(
     source: &EventSource,
-    options: ConsumeOptions,
+    mut options: ConsumeOptions,
 ) -> Result<ConsumerHandle, ConsumerError> {
+    options.projector = options.projector.with_lanes(options.batch.lanes);
     match source {
         EventSource::Kafka(settings) => {
             let assignment = match options.catch_up {

@@ -287,6 +287,7 @@ fn options() -> RunOptions {
     options.batch = BatchOptions {
         max_records: 50,
         max_wait: Duration::from_millis(20),
+        ..BatchOptions::default()
     };
     options.version_check_interval = Duration::from_millis(200);
     options.jobs.sweep_interval = Duration::from_secs(3600);

@@ -44,6 +44,7 @@ fn options() -> RunOptions {
     options.batch = BatchOptions {
         max_records: 100,
         max_wait: Duration::from_millis(20),
+        ..BatchOptions::default()
     };
     options.version_check_interval = Duration::from_millis(200);
     options.jobs.sweep_interval = Duration::from_secs(3600);
@@ -270,6 +271,7 @@ async fn a_restarted_projection_is_ready_only_once_it_has_applied_the_backlog() 
     slow.batch = BatchOptions {
         max_records: 50,
         max_wait: Duration::from_millis(20),
+        ..BatchOptions::default()
     };
     let service = ProjectionService::start_on(
         db.pool.clone(),

@@ -43,6 +43,7 @@ fn fast_batches() -> BatchOptions {
     BatchOptions {
         max_records: 100,
         max_wait: Duration::from_millis(50),
+        ..BatchOptions::default()
     }
 }
 
@@ -684,6 +685,7 @@ async fn a_replay_while_events_arrive_ends_equal_to_the_live_version_and_switche
             batch: BatchOptions {
                 max_records: 200,
                 max_wait: Duration::from_millis(50),
+                ..BatchOptions::default()
             },
             activate: true,
             catch_up_lag: 100,

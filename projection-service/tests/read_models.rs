@@ -1607,3 +1607,36 @@ async fn two_instances_applying_the_same_partitions_apply_each_event_once() {
         "concurrent equals rebuilt",
     );
 }
+
+#[tokio::test]
+async fn a_batch_applied_in_lanes_equals_one_applied_in_one_transaction() {
+    // partitions split among lanes, each its own transaction on its own connection; every
+    // batch delivered twice (a redelivery applies nothing)
+    let db = TestDb::new().await;
+    let world = scenario();
+    let partitions: std::collections::BTreeSet<i32> =
+        world.log.iter().map(|(p, _)| p.partition).collect();
+    assert!(partitions.len() >= 2, "the scenario spans partitions");
+    let (lanes, _) = Projector::open(db.pool.clone(), ProjectionVersion::new("rm", 1).unwrap())
+        .await
+        .unwrap();
+    let lanes = lanes.with_lanes(3);
+    let mut applied = 0;
+    for batch in batches(&world.log, &[7, 1, 12]) {
+        let first = lanes.apply(&batch).await.unwrap();
+        applied += first.applied;
+        let again = lanes.apply(&batch).await.unwrap();
+        assert_eq!((again.applied, again.skipped), (0, batch.len()));
+        assert_eq!(again.positions, first.positions);
+    }
+    assert_eq!(applied, world.log.len());
+    let (one, _) = Projector::open(db.pool.clone(), ProjectionVersion::new("rm", 2).unwrap())
+        .await
+        .unwrap();
+    one.apply(&world.log).await.unwrap();
+    assert_same(
+        &snapshot(&db.pool, "rm_v1").await,
+        &snapshot(&db.pool, "rm_v2").await,
+        "in lanes equals in one transaction",
+    );
+}

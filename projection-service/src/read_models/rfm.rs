@@ -1,6 +1,6 @@
 //! RFM scores and segments. Recomputed from the orders as of a given time by the jobs
-//! ([`crate::rfm`]); a batch with orders only bumps the version of the orders the last
-//! recompute saw, so the next check knows to recompute.
+//! ([`crate::rfm`]); a batch with orders only bumps the orders' version (a counter per
+//! partition, summed), so the next check knows to recompute.
 
 use async_trait::async_trait;
 use domain::CustomerEvent as E;
@@ -22,7 +22,7 @@ impl ReadModel for Rfm {
     }
 
     fn other_tables(&self) -> &'static [&'static str] {
-        &["rfm_state"]
+        &["rfm_order_versions"]
     }
 
     async fn apply(
@@ -31,13 +31,24 @@ impl ReadModel for Rfm {
         batch: &Batch<'_>,
         effects: &mut Effects,
     ) -> Result<()> {
-        if batch
+        // a counter per partition with orders: lanes of other partitions do not wait on it
+        let mut partitions: Vec<i32> = batch
             .customer_events()
-            .any(|(_, r)| matches!(r.event, E::OrderPlaced(_)))
-        {
-            sqlx::query("UPDATE rfm_state SET orders_version = orders_version + 1")
-                .execute(conn)
-                .await?;
+            .filter(|(_, r)| matches!(r.event, E::OrderPlaced(_)))
+            .map(|(pos, _)| pos.partition)
+            .collect();
+        if !partitions.is_empty() {
+            partitions.sort_unstable();
+            partitions.dedup();
+            sqlx::query(
+                r#"INSERT INTO rfm_order_versions ("partition", orders_version)
+                   SELECT p, 1 FROM unnest($1::int[]) AS u(p)
+                   ON CONFLICT ("partition")
+                   DO UPDATE SET orders_version = rfm_order_versions.orders_version + 1"#,
+            )
+            .bind(&partitions)
+            .execute(conn)
+            .await?;
             effects.orders_changed = true;
         }
         Ok(())
