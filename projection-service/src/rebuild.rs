@@ -126,23 +126,7 @@ pub async fn rebuild_read_model(
     )
     .await;
     // whatever happened, nothing of the rebuild is left behind but the live read model
-    let cleanup = async {
-        for schema in [&staging, &retired] {
-            sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                .execute(&pool)
-                .await?;
-        }
-        sqlx::query("DELETE FROM projection.read_model_checkpoints WHERE schema_name = $1")
-            .bind(&staging)
-            .execute(&pool)
-            .await?;
-        sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
-            .bind(format!("rebuild:{}", live.schema()))
-            .execute(&mut guard)
-            .await?;
-        Ok::<_, sqlx::Error>(())
-    }
-    .await;
+    let cleanup = remove_rebuild(&pool, &staging, &retired).await;
     if let Err(e) = cleanup {
         tracing::warn!(error = %e, %staging, "removing the staging schema of a rebuild failed");
     }
@@ -166,16 +150,8 @@ async fn rebuild_locked(
     retired: &str,
 ) -> Result<RebuildOutcome, ServiceError> {
     let started = Instant::now();
-    // a fresh staging schema, migrated as a version's is (its DDL exactly)
-    for schema in [staging, retired] {
-        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .execute(pool)
-            .await
-            .map_err(ProjectionError::from)?;
-    }
-    sqlx::query("DELETE FROM projection.read_model_checkpoints WHERE schema_name = $1")
-        .bind(staging)
-        .execute(pool)
+    // a fresh staging schema (an interrupted rebuild's is dropped), migrated as a version's is
+    remove_rebuild(pool, staging, retired)
         .await
         .map_err(ProjectionError::from)?;
     migrate_into(pool, staging, &READ_MODEL_MIGRATOR).await?;
@@ -306,6 +282,20 @@ async fn rebuild_locked(
         elapsed: started.elapsed(),
         switch,
     })
+}
+
+/// Drops a rebuild's staging and retired schemas and the staging checkpoints.
+async fn remove_rebuild(pool: &PgPool, staging: &str, retired: &str) -> Result<(), sqlx::Error> {
+    for schema in [staging, retired] {
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(pool)
+            .await?;
+    }
+    sqlx::query("DELETE FROM projection.read_model_checkpoints WHERE schema_name = $1")
+        .bind(staging)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// Moves `tables` of `live` into `retired` and those of `staging` into `live`, and re-creates

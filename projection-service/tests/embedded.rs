@@ -184,33 +184,20 @@ async fn the_embedded_log_is_projected_with_dead_letters_restarts_and_replays() 
 
     // a replay into version 2 from offset zero equals version 1 and switches over; the
     // service follows it
-    let outcome = replay_on(
-        db.pool.clone(),
+    let outcome = replay_into(
+        &db.pool,
         EventSource::Embedded(topics.clone()),
-        ReplayOptions {
-            projection: "rm".into(),
-            version: 2,
-            batch: options().batch,
-            activate: true,
-            catch_up_lag: 0,
-            jobs: JobOptions::default(),
-        },
-        Arc::new(SystemClock),
-        Metrics::new().unwrap(),
-        |_| {},
+        2,
+        options().batch,
+        true,
     )
-    .await
-    .unwrap();
+    .await;
     assert!(outcome.activated);
     assert_eq!(outcome.events_applied as i64, n + 1);
     assert_eq!(outcome.dead_letters, 1);
-    let mut v1 = snapshot(&db.pool, "rm_v1").await;
-    let mut v2 = snapshot(&db.pool, "rm_v2").await;
     // RFM runs and the sweep happen at replay time: compare the projected facts only
-    for t in ["rfm", "rfm_runs", "stage_alerts"] {
-        v1.remove(t);
-        v2.remove(t);
-    }
+    let v1 = projected_facts(&db.pool, "rm_v1").await;
+    let v2 = projected_facts(&db.pool, "rm_v2").await;
     assert_same(&v1, &v2, "replay");
     eventually(
         "the service switched to v2",
@@ -340,31 +327,20 @@ async fn wait_applied(pool: &sqlx::PgPool, events: usize) {
 
 /// Rebuilds version 2 from offset zero (not activated) and asserts version 1 equals it.
 async fn assert_equals_a_full_replay(db: &TestDb, topics: &EmbeddedTopics, what: &str) {
-    let outcome = replay_on(
-        db.pool.clone(),
+    let outcome = replay_into(
+        &db.pool,
         EventSource::Embedded(topics.clone()),
-        ReplayOptions {
-            projection: "rm".into(),
-            version: 2,
-            batch: options().batch,
-            activate: false,
-            catch_up_lag: 0,
-            jobs: JobOptions::default(),
-        },
-        Arc::new(SystemClock),
-        Metrics::new().unwrap(),
-        |_| {},
+        2,
+        options().batch,
+        false,
     )
-    .await
-    .unwrap();
+    .await;
     assert!(outcome.events_applied > 0);
-    let mut v1 = snapshot(&db.pool, "rm_v1").await;
-    let mut v2 = snapshot(&db.pool, "rm_v2").await;
-    for t in ["rfm", "rfm_runs", "stage_alerts"] {
-        v1.remove(t);
-        v2.remove(t);
-    }
-    assert_same(&v1, &v2, what);
+    assert_same(
+        &projected_facts(&db.pool, "rm_v1").await,
+        &projected_facts(&db.pool, "rm_v2").await,
+        what,
+    );
 }
 
 /// `crm replay --read-model`: one read model rebuilt from offset zero while the projection

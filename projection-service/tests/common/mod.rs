@@ -298,6 +298,44 @@ pub async fn snapshot(pool: &PgPool, schema: &str) -> BTreeMap<String, String> {
     out
 }
 
+/// As [`snapshot`], less the tables whose rows depend on when a replay ran, not on the log:
+/// RFM (recomputed as of now) and stage alerts (opened by the sweep).
+pub async fn projected_facts(pool: &PgPool, schema: &str) -> BTreeMap<String, String> {
+    let mut facts = snapshot(pool, schema).await;
+    for t in ["rfm", "rfm_runs", "stage_alerts"] {
+        facts.remove(t);
+    }
+    facts
+}
+
+/// Replays the whole log of `source` into version `version` of projection `rm` from offset
+/// zero, to its end, in batches of `batch`; activates it when told to.
+pub async fn replay_into(
+    pool: &PgPool,
+    source: projection_service::EventSource,
+    version: i32,
+    batch: projection_service::BatchOptions,
+    activate: bool,
+) -> projection_service::ReplayOutcome {
+    projection_service::replay_on(
+        pool.clone(),
+        source,
+        projection_service::ReplayOptions {
+            projection: "rm".into(),
+            version,
+            batch,
+            activate,
+            catch_up_lag: 0,
+            jobs: projection_service::JobOptions::default(),
+        },
+        std::sync::Arc::new(projection_service::SystemClock),
+        projection_service::Metrics::new().unwrap(),
+        |_| {},
+    )
+    .await
+    .unwrap()
+}
+
 /// Asserts two snapshots are equal, naming the tables that differ.
 pub fn assert_same(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>, what: &str) {
     let differ: Vec<&String> = a.keys().filter(|k| a.get(*k) != b.get(*k)).collect();
