@@ -1066,6 +1066,166 @@ async fn pipeline_matches_the_reference() {
     }
 }
 
+/// The owner of each customer when the world ends (registration, then reassignments).
+fn reference_owners(world: &World) -> BTreeMap<CustomerId, String> {
+    let mut out = BTreeMap::new();
+    for e in events(world) {
+        match &e.event {
+            CustomerEvent::CustomerRegistered(r) => {
+                out.insert(e.metadata.customer_id, r.owner.0.clone());
+            }
+            CustomerEvent::OwnerReassigned(r) => {
+                out.insert(e.metadata.customer_id, r.to.0.clone());
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// (reached, visits, ended seconds, open count, open amount, sum of open since in seconds)
+type StageTotalsRef = (i64, i64, f64, i64, i64, f64);
+/// A row of `pipeline_stage_totals`: owner, stage, then as [`StageTotalsRef`].
+type StageTotalsRow = (String, String, i64, i64, f64, i64, i64, f64);
+
+#[tokio::test]
+async fn pipeline_totals_per_customer_owner_match_the_reference() {
+    let db = TestDb::new().await;
+    let world = scenario();
+    setup(&db, &world).await;
+    let refs = reference_opportunities(&world);
+    let owners = reference_owners(&world);
+    // customer 3 moved from am-wang to am-li on day 90, with its opportunity
+    assert_eq!(owners[&cid(3)], "am-li");
+    let epoch = |t: DateTime<Utc>| t.timestamp_micros() as f64 / 1e6;
+
+    let mut stages: BTreeMap<(String, String), StageTotalsRef> = BTreeMap::new();
+    let mut per_owner: BTreeMap<String, (i64, i64, i64, f64)> = BTreeMap::new();
+    let mut forecast: BTreeMap<(String, NaiveDate, String), (i64, i64, f64)> = BTreeMap::new();
+    for o in refs.values() {
+        let owner = owners[&o.customer].clone();
+        let mut seen = BTreeSet::new();
+        for s in &o.stays {
+            let t = stages
+                .entry((owner.clone(), s.stage.clone()))
+                .or_insert((0, 0, 0.0, 0, 0, 0.0));
+            if seen.insert(s.stage.clone()) {
+                t.0 += 1;
+            }
+            t.1 += 1;
+            match s.left_at {
+                Some(left) => t.2 += secs(left - s.entered_at),
+                None => {
+                    t.3 += 1;
+                    t.4 += o.amount;
+                    t.5 += epoch(s.entered_at);
+                }
+            }
+        }
+        let t = per_owner.entry(owner.clone()).or_insert((0, 0, 0, 0.0));
+        match o.status {
+            "open" => t.0 += 1,
+            "won" => {
+                t.1 += 1;
+                t.3 += secs(o.closed_at.unwrap() - o.opened_at);
+            }
+            _ => t.2 += 1,
+        }
+        if o.status == "open" {
+            let month =
+                NaiveDate::from_ymd_opt(o.expected_close.year(), o.expected_close.month(), 1)
+                    .unwrap();
+            let f = forecast
+                .entry((owner, month, o.owner.clone().unwrap_or_default()))
+                .or_insert((0, 0, 0.0));
+            f.0 += 1;
+            f.1 += o.amount;
+            f.2 += o.amount as f64 * f64::from(o.probability) / 100.0;
+        }
+    }
+    assert!(per_owner.len() >= 2, "more than one customer owner");
+
+    let rows: Vec<StageTotalsRow> = sqlx::query_as(
+        "SELECT customer_owner, stage, reached, visits, ended_seconds::float8, open_count,
+                open_amount, open_since_seconds::float8 FROM rm_v1.pipeline_stage_totals",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), stages.len());
+    for (owner, stage, reached, visits, ended, open, amount, since) in rows {
+        let r = stages[&(owner.clone(), stage.clone())];
+        assert_eq!(
+            (reached, visits, open, amount),
+            (r.0, r.1, r.3, r.4),
+            "{owner} {stage}"
+        );
+        assert!(close_to(ended, r.2), "{owner} {stage}: {ended} vs {}", r.2);
+        assert!(close_to(since, r.5), "{owner} {stage}: {since} vs {}", r.5);
+    }
+    let rows: Vec<(String, i64, i64, i64, f64)> = sqlx::query_as(
+        "SELECT customer_owner, open_count, won_count, lost_count, won_cycle_seconds::float8
+           FROM rm_v1.pipeline_owner_totals",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), per_owner.len());
+    for (owner, open, won, lost, cycle) in rows {
+        let r = per_owner[&owner];
+        assert_eq!((open, won, lost), (r.0, r.1, r.2), "{owner}");
+        assert!(close_to(cycle, r.3), "{owner}");
+    }
+    let rows: Vec<(String, NaiveDate, String, i64, i64, f64)> = sqlx::query_as(
+        "SELECT customer_owner, month, owner, opportunities, amount, weighted_amount::float8
+           FROM rm_v1.pipeline_forecast",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), forecast.len());
+    for (customer_owner, month, owner, n, amount, weighted) in rows {
+        let r = forecast[&(customer_owner, month, owner)];
+        assert_eq!((n, amount), (r.0, r.1));
+        assert!(close_to(weighted, r.2));
+    }
+
+    // the longest time in each stage, per owner, as the index finds it, as of day 120
+    let as_of = day(120);
+    for (owner, stage) in stages.keys() {
+        let longest: Option<f64> = refs
+            .values()
+            .filter(|o| &owners[&o.customer] == owner)
+            .filter(|o| o.stays.iter().any(|s| &s.stage == stage))
+            .map(|o| {
+                o.stays
+                    .iter()
+                    .filter(|s| &s.stage == stage)
+                    .map(|s| secs(s.left_at.unwrap_or(as_of) - s.entered_at))
+                    .sum::<f64>()
+            })
+            .reduce(f64::max);
+        let (found,): (Option<f64>,) = sqlx::query_as(
+            "SELECT greatest(
+                 (SELECT max(ended_seconds) FROM rm_v1.stage_durations
+                   WHERE customer_owner = $1 AND stage = $2 AND in_stage_since IS NULL),
+                 extract(epoch FROM $3::timestamptz)
+                 + (SELECT max(open_key) FROM rm_v1.stage_durations
+                     WHERE customer_owner = $1 AND stage = $2 AND in_stage_since IS NOT NULL))::float8",
+        )
+        .bind(owner)
+        .bind(stage)
+        .bind(as_of)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert!(
+            close_to(found.unwrap(), longest.unwrap()),
+            "{owner} {stage}"
+        );
+    }
+}
+
 // ------------------------------------------------------------------ audit trail
 
 #[tokio::test]

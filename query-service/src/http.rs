@@ -309,10 +309,10 @@ async fn customers_of(
            FROM {s}.customers c LEFT JOIN {s}.rfm r USING (customer_id)"
     ));
     q.any_of("t.owner", p.list("owner"))
-        .any_of("t.segment", p.list("segment"))
         .any_of("t.level", p.list("level"))
         .any_of("t.region", p.list("region"))
         .any_of("t.churn_status", p.list("churn_status"));
+    segment_filter(&mut q, &s, p.list("segment"));
     only_visible(&mut q, &seen, &s, Some("t.owner"));
     if let Some(text) = p.text("q") {
         let ph = q.bind(Bind::Text(like_pattern(text.trim())));
@@ -323,6 +323,30 @@ async fn customers_of(
     }
     q.paginate(spec.path, &CUSTOMER_PAGING, &p)?;
     list(app, headers, &q, "customers").await
+}
+
+/// Customers of these RFM segments, said so that PostgreSQL knows how many there are (from
+/// the statistics of `rfm.segment`, which the derived `coalesce(…, 'no_purchases')` hides): a
+/// page in name order then reads the name index and stops after a page, instead of joining
+/// every customer and sorting.
+fn segment_filter(q: &mut ListQuery, s: &str, segments: Vec<String>) {
+    let (unscored, scored): (Vec<String>, Vec<String>) =
+        segments.into_iter().partition(|g| g == "no_purchases");
+    let mut terms = Vec::new();
+    if !scored.is_empty() {
+        let p = q.bind(Bind::Texts(scored));
+        terms.push(format!(
+            "EXISTS (SELECT 1 FROM {s}.rfm x WHERE x.customer_id = t.customer_id AND x.segment = ANY({p}::text[]))"
+        ));
+    }
+    if !unscored.is_empty() {
+        terms.push(format!(
+            "NOT EXISTS (SELECT 1 FROM {s}.rfm x WHERE x.customer_id = t.customer_id)"
+        ));
+    }
+    if !terms.is_empty() {
+        q.filter(format!("({})", terms.join(" OR ")));
+    }
 }
 
 fn no_customer(id: Uuid) -> QueryError {
@@ -472,29 +496,99 @@ async fn pipeline(
             let as_of = p.time("as_of")?.unwrap_or_else(Utc::now);
             let s = app.schema().await?;
             let seen = visibility(&app, &s, &caller, PIPELINE.operation).await?;
-            // $2: the owners whose customers' opportunities count (NULL: all)
+            // $2: the owners whose customers' opportunities count (NULL: all). Everything
+            // comes from the pipeline unit's totals per customer owner (a few rows each) and,
+            // for the longest time in a stage, one index probe per owner and stage.
             let v = one(
                 &app,
                 &format!(
-                    "SELECT jsonb_build_object(
+                    "WITH seen AS (
+                         SELECT t.customer_owner FROM {s}.pipeline_owner_totals t
+                          WHERE $2::text[] IS NULL
+                         UNION ALL
+                         SELECT unnest($2::text[])
+                     ),
+                     o AS (
+                         SELECT coalesce(sum(t.open_count), 0)::bigint AS open_count,
+                                coalesce(sum(t.won_count), 0)::bigint AS won_count,
+                                coalesce(sum(t.lost_count), 0)::bigint AS lost_count,
+                                sum(t.won_cycle_seconds) AS won_cycle_seconds
+                           FROM {s}.pipeline_owner_totals t
+                          WHERE $2::text[] IS NULL OR t.customer_owner = ANY($2::text[])
+                     ),
+                     st AS (
+                         SELECT fs.ord, fs.stage,
+                                coalesce(sum(t.reached), 0)::bigint AS reached,
+                                coalesce(sum(t.visits), 0)::bigint AS visits,
+                                sum(t.ended_seconds) AS ended_seconds,
+                                coalesce(sum(t.open_count), 0)::bigint AS open_count,
+                                coalesce(sum(t.open_amount), 0)::bigint AS open_amount,
+                                sum(t.open_since_seconds) AS open_since_seconds
+                           FROM {s}.funnel_stages fs
+                           LEFT JOIN {s}.pipeline_stage_totals t
+                                  ON t.stage = fs.stage
+                                 AND ($2::text[] IS NULL OR t.customer_owner = ANY($2::text[]))
+                          GROUP BY fs.ord, fs.stage
+                     ),
+                     funnel AS (
+                         SELECT st.ord, st.stage, st.open_count, st.open_amount,
+                                CASE WHEN st.stage = 'won' THEN o.won_count ELSE st.reached END
+                                    AS reached_count
+                           FROM st, o
+                     )
+                     SELECT jsonb_build_object(
                         'as_of', $1::timestamptz,
-                        'summary', (SELECT to_jsonb(p) FROM {s}.pipeline_summary_of($2) p),
-                        'funnel', coalesce((SELECT jsonb_agg(to_jsonb(f) ORDER BY f.ord) FROM {s}.funnel_of($2) f), '[]'),
-                        'forecast', coalesce((SELECT jsonb_agg(to_jsonb(w) ORDER BY w.month, w.owner NULLS FIRST)
-                                                FROM {s}.weighted_forecast_of($2) w), '[]'),
-                        'time_in_stage', coalesce((SELECT jsonb_agg(to_jsonb(x) ORDER BY x.ord) FROM (
-                            SELECT fs.ord, fs.stage,
-                                   count(st.opportunity_id) AS opportunities,
-                                   coalesce(sum(st.visits), 0)::bigint AS visits,
-                                   avg(st.cumulative_seconds) / 86400 AS avg_days,
-                                   max(st.cumulative_seconds) / 86400 AS max_days,
-                                   (SELECT avg(extract(epoch FROM $1::timestamptz - o.stage_since))::float8 / 86400
-                                      FROM {s}.visible_opportunities($2) o
-                                     WHERE o.status = 'open' AND o.stage = fs.stage) AS open_avg_days
-                              FROM {s}.funnel_stages fs
-                              LEFT JOIN {s}.stage_times_of($1, $2) st ON st.stage = fs.stage
-                             WHERE fs.stage <> 'won'
-                             GROUP BY fs.ord, fs.stage) x), '[]'),
+                        'summary', (SELECT jsonb_build_object(
+                                'open_count', o.open_count,
+                                'won_count', o.won_count,
+                                'lost_count', o.lost_count,
+                                'win_rate', CASE WHEN o.won_count + o.lost_count = 0 THEN NULL
+                                                 ELSE o.won_count::float8 / (o.won_count + o.lost_count) END,
+                                'avg_sales_cycle_days', CASE WHEN o.won_count = 0 THEN NULL
+                                                 ELSE (o.won_cycle_seconds / o.won_count / 86400)::float8 END)
+                              FROM o),
+                        'funnel', (SELECT jsonb_agg(jsonb_build_object(
+                                'ord', f.ord, 'stage', f.stage, 'open_count', f.open_count,
+                                'open_amount', f.open_amount, 'reached_count', f.reached_count,
+                                'conversion_to_next', f.conversion_to_next) ORDER BY f.ord)
+                              FROM (SELECT f.*,
+                                           CASE WHEN f.reached_count = 0 THEN NULL
+                                                ELSE (lead(f.reached_count) OVER (ORDER BY f.ord))::float8
+                                                     / f.reached_count END AS conversion_to_next
+                                      FROM funnel f) f),
+                        'forecast', coalesce((SELECT jsonb_agg(to_jsonb(w) ORDER BY w.month, w.owner NULLS FIRST) FROM (
+                                SELECT t.month, nullif(t.owner, '') AS owner,
+                                       sum(t.opportunities)::bigint AS opportunities,
+                                       sum(t.amount)::bigint AS amount,
+                                       sum(t.weighted_amount)::float8 AS weighted_amount
+                                  FROM {s}.pipeline_forecast t
+                                 WHERE $2::text[] IS NULL OR t.customer_owner = ANY($2::text[])
+                                 GROUP BY t.month, t.owner) w), '[]'),
+                        'time_in_stage', (SELECT jsonb_agg(jsonb_build_object(
+                                'ord', st.ord, 'stage', st.stage,
+                                'opportunities', st.reached,
+                                'visits', st.visits,
+                                'avg_days', CASE WHEN st.reached = 0 THEN NULL
+                                    ELSE ((st.ended_seconds + st.open_count * extract(epoch FROM $1::timestamptz)
+                                           - st.open_since_seconds) / st.reached)::float8 / 86400 END,
+                                'max_days', (SELECT max(x.seconds)::float8 / 86400 FROM (
+                                        SELECT (SELECT d.ended_seconds FROM {s}.stage_durations d
+                                                 WHERE d.customer_owner = seen.customer_owner
+                                                   AND d.stage = st.stage AND d.in_stage_since IS NULL
+                                                 ORDER BY d.ended_seconds DESC LIMIT 1) AS seconds
+                                          FROM seen
+                                        UNION ALL
+                                        SELECT extract(epoch FROM $1::timestamptz)
+                                               + (SELECT d.open_key FROM {s}.stage_durations d
+                                                   WHERE d.customer_owner = seen.customer_owner
+                                                     AND d.stage = st.stage AND d.in_stage_since IS NOT NULL
+                                                   ORDER BY d.open_key DESC LIMIT 1)
+                                          FROM seen) x),
+                                'open_avg_days', CASE WHEN st.open_count = 0 THEN NULL
+                                    ELSE ((st.open_count * extract(epoch FROM $1::timestamptz)
+                                           - st.open_since_seconds) / st.open_count)::float8 / 86400 END)
+                                ORDER BY st.ord)
+                              FROM st WHERE st.stage <> 'won'),
                         'open_alerts', (SELECT count(*) FROM {s}.stage_alerts a
                                          WHERE a.closed_at IS NULL
                                            AND ($2::text[] IS NULL OR EXISTS (

@@ -138,7 +138,9 @@ pub fn pool(database_url: &str, connections: u32) -> anyhow::Result<PgPool> {
         // PostgreSQL's JIT compiles a plan it thinks expensive with LLVM, which costs hundreds
         // of milliseconds per call for the pipeline's aggregates and saves nothing on read
         // models this size: never on the request path (docs/benchmarks.md)
-        .options([("jit", "off")])
+        // and no parallel workers either: on the request path their start-up (about 10 ms)
+        // costs more than the page they would help read
+        .options([("jit", "off"), ("max_parallel_workers_per_gather", "0")])
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
     Ok(PgPoolOptions::new()
         .max_connections(connections.max(1))

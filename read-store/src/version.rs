@@ -361,6 +361,6 @@ mod tests {
         let versions =
             |m: &sqlx::migrate::Migrator| m.iter().map(|m| m.version).collect::<Vec<_>>();
         assert_eq!(versions(&CONTROL_MIGRATOR), [1, 2, 3, 4]);
-        assert_eq!(versions(&READ_MODEL_MIGRATOR), [1, 2, 3, 4]);
+        assert_eq!(versions(&READ_MODEL_MIGRATOR), [1, 2, 3, 4, 5]);
     }
 }

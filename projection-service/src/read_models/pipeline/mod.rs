@@ -1,9 +1,13 @@
 //! The sales pipeline: opportunities (stage, status, value, owner) and their stage history
-//! (every stay in a stage, with how it ended), from which the funnel, time in stage, win rate,
-//! sales cycle and forecast are read. Folded per opportunity in memory, in event order (a stay
-//! entered and left within the batch is closed before it is written), then written with at
-//! most four statements per batch: new opportunities, their changes, the stays left that
-//! were open before the batch, and the new stays.
+//! (every stay in a stage, with how it ended), and the totals the funnel, time in stage, win
+//! rate, sales cycle and forecast are read from ([`totals`]). Folded per opportunity in memory,
+//! in event order (a stay entered and left within the batch is closed before it is written),
+//! then written with at most four statements per batch: new opportunities, their changes, the
+//! stays left that were open before the batch, and the new stays. The totals are moved by the
+//! opportunities the batch touched (and those of customers it gave another owner): their
+//! per-stage durations recomputed from their stays, one upsert per table of totals.
+
+mod totals;
 
 use std::collections::HashMap;
 
@@ -90,7 +94,15 @@ impl ReadModel for Pipeline {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["opportunities", "stage_history"]
+        &[
+            "opportunities",
+            "stage_history",
+            "pipeline_customers",
+            "stage_durations",
+            "pipeline_stage_totals",
+            "pipeline_owner_totals",
+            "pipeline_forecast",
+        ]
     }
 
     fn other_tables(&self) -> &'static [&'static str] {
@@ -104,10 +116,18 @@ impl ReadModel for Pipeline {
         _: &mut Effects,
     ) -> Result<()> {
         let mut folds: HashMap<Uuid, Fold<'_>> = HashMap::new();
+        // the customers' owners, as the batch leaves them
+        let mut owners: HashMap<Uuid, &str> = HashMap::new();
         for (_, r) in batch.customer_events() {
             let seq = to_i64(r.metadata.sequence, "sequence")?;
             let at = r.metadata.occurred_at;
             match &r.event {
+                E::CustomerRegistered(e) => {
+                    owners.insert(r.metadata.customer_id.as_uuid(), e.owner.as_str());
+                }
+                E::OwnerReassigned(e) => {
+                    owners.insert(r.metadata.customer_id.as_uuid(), e.to.as_str());
+                }
                 E::OpportunityOpened(e) => {
                     let f = folds.entry(e.opportunity_id.as_uuid()).or_default();
                     f.opened = Some(Opened {
@@ -170,50 +190,117 @@ impl ReadModel for Pipeline {
                 _ => {}
             }
         }
-        if folds.is_empty() {
+        if folds.is_empty() && owners.is_empty() {
             return Ok(());
         }
-        let mut new = NewRows::default();
-        let mut changes = Changes::default();
-        let (mut left_id, mut left_at, mut left_by) = (Vec::new(), Vec::new(), Vec::new());
-        let mut stays = Stays::default();
-        for (opportunity, mut f) in folds {
-            if let Some(o) = f.opened.take() {
-                new.push(opportunity, o);
-            }
-            changes.push(opportunity, &f);
-            if let Some((at, by)) = f.left_open {
-                left_id.push(opportunity);
-                left_at.push(at);
-                left_by.push(by);
-            }
-            for s in f.stays {
-                stays.push(opportunity, s);
-            }
+        // the opportunities whose totals move: those of the batch, and every one of a customer
+        // with another owner
+        let mut touched: Vec<Uuid> = folds.keys().copied().collect();
+        let (owned, owner): (Vec<Uuid>, Vec<&str>) = owners.into_iter().unzip();
+        if !owned.is_empty() {
+            let theirs: Vec<(Uuid,)> = sqlx::query_as(
+                "SELECT opportunity_id FROM opportunities WHERE customer_id = ANY($1)",
+            )
+            .bind(&owned)
+            .fetch_all(&mut *conn)
+            .await?;
+            touched.extend(theirs.into_iter().map(|(id,)| id));
+            touched.sort_unstable();
+            touched.dedup();
         }
-        if !new.id.is_empty() {
-            sqlx::query(
-                "INSERT INTO opportunities (opportunity_id, customer_id, title, source, amount,
+        if touched.is_empty() {
+            return remember_owners(conn, &owned, &owner).await;
+        }
+        let mut before = Vec::with_capacity(totals::ALL.len());
+        for t in totals::ALL {
+            before.push(t.before(conn, &touched).await?);
+        }
+        remember_owners(conn, &owned, &owner).await?;
+        write_opportunities(conn, folds).await?;
+        sqlx::query("DELETE FROM stage_durations WHERE opportunity_id = ANY($1)")
+            .bind(&touched)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("INSERT INTO stage_durations SELECT * FROM stage_durations_of($1)")
+            .bind(&touched)
+            .execute(&mut *conn)
+            .await?;
+        for (t, before) in totals::ALL.into_iter().zip(before) {
+            t.after(conn, &touched, before).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the owners the batch gave its customers.
+async fn remember_owners(
+    conn: &mut PgConnection,
+    customers: &[Uuid],
+    owners: &[&str],
+) -> Result<()> {
+    if !customers.is_empty() {
+        sqlx::query(
+            "INSERT INTO pipeline_customers (customer_id, owner)
+             SELECT * FROM unnest($1::uuid[], $2::text[])
+             ON CONFLICT (customer_id) DO UPDATE SET owner = excluded.owner",
+        )
+        .bind(customers)
+        .bind(owners)
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Writes what the batch did to its opportunities and their stays.
+async fn write_opportunities(
+    conn: &mut PgConnection,
+    folds: HashMap<Uuid, Fold<'_>>,
+) -> Result<()> {
+    if folds.is_empty() {
+        return Ok(());
+    }
+    let mut new = NewRows::default();
+    let mut changes = Changes::default();
+    let (mut left_id, mut left_at, mut left_by) = (Vec::new(), Vec::new(), Vec::new());
+    let mut stays = Stays::default();
+    for (opportunity, mut f) in folds {
+        if let Some(o) = f.opened.take() {
+            new.push(opportunity, o);
+        }
+        changes.push(opportunity, &f);
+        if let Some((at, by)) = f.left_open {
+            left_id.push(opportunity);
+            left_at.push(at);
+            left_by.push(by);
+        }
+        for s in f.stays {
+            stays.push(opportunity, s);
+        }
+    }
+    if !new.id.is_empty() {
+        sqlx::query(
+            "INSERT INTO opportunities (opportunity_id, customer_id, title, source, amount,
                      currency, probability, expected_close, stage, stage_since, status, opened_at)
                  SELECT id, c, t, s, a, cur, p, ec, 'qualification', at, 'open', at
                    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bigint[],
                                $6::text[], $7::smallint[], $8::date[], $9::timestamptz[])
                         AS n(id, c, t, s, a, cur, p, ec, at)",
-            )
-            .bind(&new.id)
-            .bind(&new.customer)
-            .bind(&new.title)
-            .bind(&new.source)
-            .bind(&new.amount)
-            .bind(&new.currency)
-            .bind(&new.probability)
-            .bind(&new.expected_close)
-            .bind(&new.at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        sqlx::query(
-            "UPDATE opportunities o SET
+        )
+        .bind(&new.id)
+        .bind(&new.customer)
+        .bind(&new.title)
+        .bind(&new.source)
+        .bind(&new.amount)
+        .bind(&new.currency)
+        .bind(&new.probability)
+        .bind(&new.expected_close)
+        .bind(&new.at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE opportunities o SET
                  owner = coalesce(f.owner, o.owner),
                  stage = coalesce(f.stage, o.stage),
                  stage_since = coalesce(f.stage_since, o.stage_since),
@@ -229,53 +316,52 @@ impl ReadModel for Pipeline {
                     AS f(id, owner, stage, stage_since, probability, status, amount, currency,
                          set_closed_at, closed_at, set_lost_reason, lost_reason)
               WHERE o.opportunity_id = f.id",
-        )
-        .bind(&changes.id)
-        .bind(&changes.owner)
-        .bind(&changes.stage)
-        .bind(&changes.stage_since)
-        .bind(&changes.probability)
-        .bind(&changes.status)
-        .bind(&changes.amount)
-        .bind(&changes.currency)
-        .bind(&changes.set_closed_at)
-        .bind(&changes.closed_at)
-        .bind(&changes.set_lost_reason)
-        .bind(&changes.lost_reason)
-        .execute(&mut *conn)
-        .await?;
-        // the stays open before the batch are left first: the new open stay may not coexist
-        // with them (one open stay per opportunity)
-        if !left_id.is_empty() {
-            sqlx::query(
-                "UPDATE stage_history h SET left_at = f.at, left_by = f.by
+    )
+    .bind(&changes.id)
+    .bind(&changes.owner)
+    .bind(&changes.stage)
+    .bind(&changes.stage_since)
+    .bind(&changes.probability)
+    .bind(&changes.status)
+    .bind(&changes.amount)
+    .bind(&changes.currency)
+    .bind(&changes.set_closed_at)
+    .bind(&changes.closed_at)
+    .bind(&changes.set_lost_reason)
+    .bind(&changes.lost_reason)
+    .execute(&mut *conn)
+    .await?;
+    // the stays open before the batch are left first: the new open stay may not coexist
+    // with them (one open stay per opportunity)
+    if !left_id.is_empty() {
+        sqlx::query(
+            "UPDATE stage_history h SET left_at = f.at, left_by = f.by
                    FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]) AS f(id, at, by)
                   WHERE h.opportunity_id = f.id AND h.left_at IS NULL",
-            )
-            .bind(&left_id)
-            .bind(&left_at)
-            .bind(&left_by)
-            .execute(&mut *conn)
-            .await?;
-        }
-        if !stays.id.is_empty() {
-            sqlx::query(
-                "INSERT INTO stage_history (opportunity_id, entered_sequence, stage, entered_at,
+        )
+        .bind(&left_id)
+        .bind(&left_at)
+        .bind(&left_by)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !stays.id.is_empty() {
+        sqlx::query(
+            "INSERT INTO stage_history (opportunity_id, entered_sequence, stage, entered_at,
                      left_at, left_by)
                  SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[],
                                       $5::timestamptz[], $6::text[])",
-            )
-            .bind(&stays.id)
-            .bind(&stays.sequence)
-            .bind(&stays.stage)
-            .bind(&stays.entered_at)
-            .bind(&stays.left_at)
-            .bind(&stays.left_by)
-            .execute(conn)
-            .await?;
-        }
-        Ok(())
+        )
+        .bind(&stays.id)
+        .bind(&stays.sequence)
+        .bind(&stays.stage)
+        .bind(&stays.entered_at)
+        .bind(&stays.left_at)
+        .bind(&stays.left_by)
+        .execute(conn)
+        .await?;
     }
+    Ok(())
 }
 
 #[derive(Default)]
