@@ -4,6 +4,9 @@
 //! and time, and hands each batch to the [`Processor`], which applies it to the read models
 //! with the checkpoints in one transaction.
 //!
+//! - **Two threads**: the loop's thread reads and decodes batch N+1 while an applier thread
+//!   writes batch N; a rendezvous channel hands batches over in order, so reading never runs
+//!   more than one batch ahead, and a replay or a stop waits for the last one written.
 //! - **Batches** are applied when full, when their time is up, as soon as every partition has
 //!   been read to its end, and, live, as soon as a read brings nothing more (a lone event does
 //!   not wait for a batch). A replay stops once the source says it has caught up.
@@ -68,7 +71,44 @@ impl BatchLoop {
     /// Reads, batches and applies until stopped, caught up (a replay), or failed; applies
     /// what was read before returning (unless the database is away: then it is read again
     /// from the checkpoint).
-    pub(crate) fn run(mut self, source: &mut dyn RecordSource) -> Result<(), ConsumerError> {
+    ///
+    /// Two threads: this one reads and decodes the next batch while an applier writes the
+    /// one before (batches go over a rendezvous channel, in order, so at most one waits
+    /// decoded while one is written).
+    pub(crate) fn run(self, source: &mut dyn RecordSource) -> Result<(), ConsumerError> {
+        let (to_apply, batches) = std::sync::mpsc::sync_channel::<Prepared>(0);
+        let mut applier = self.processor.clone();
+        let state = self.processor.state.clone();
+        let metrics = self.processor.metrics.clone();
+        let topic = self.topic.clone();
+        let (read, applied) = std::thread::scope(|scope| {
+            let applying = scope.spawn(move || -> Result<(), ConsumerError> {
+                for batch in batches {
+                    applier.finish(batch)?;
+                }
+                Ok(())
+            });
+            let read = self.read(source, &to_apply);
+            drop(to_apply);
+            match applying.join() {
+                Ok(applied) => (read, applied),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        });
+        // the gauges as the last batch left them (nothing applies any more: 0 events/s)
+        let last = state.snapshot();
+        update_gauges(&topic, &last, &metrics, &mut Rate::new(last.events_applied));
+        // the applier's failure first: it is why the reading stopped
+        applied.and(read)
+    }
+
+    /// The reading side of [`BatchLoop::run`]: hands each batch, decoded, to the applier.
+    /// Returns `Ok` when the applier has gone (its own result says why).
+    fn read(
+        self,
+        source: &mut dyn RecordSource,
+        to_apply: &std::sync::mpsc::SyncSender<Prepared>,
+    ) -> Result<(), ConsumerError> {
         let state = self.processor.state.clone();
         let stop = self.processor.stop.clone();
         let metrics = self.processor.metrics.clone();
@@ -119,8 +159,15 @@ impl BatchLoop {
             {
                 let records = std::mem::take(&mut pending);
                 deadline = None;
-                if let Err(e) = self.processor.process(records) {
-                    break Err(e);
+                match self.processor.prepare(records) {
+                    Ok(Some(batch)) => {
+                        if to_apply.send(batch).is_err() {
+                            // the applier failed: nothing more is applied
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => break Err(e),
                 }
             }
             if last_gauges.elapsed() >= Duration::from_secs(1) {
@@ -141,7 +188,12 @@ impl BatchLoop {
                     .into_iter()
                     .filter(|r| state.is_assigned(r.position.partition))
                     .collect();
-                self.processor.process(records)
+                self.processor.prepare(records).map(|batch| {
+                    if let Some(batch) = batch {
+                        // a failed applier has said why already
+                        let _ = to_apply.send(batch);
+                    }
+                })
             }
             other => other,
         };
@@ -585,6 +637,7 @@ fn is_permanent(e: &ProjectionError) -> bool {
 /// The batch logic, whatever the source: decode, dead-letter what does not decode, apply
 /// with the skipped positions, retry transient failures, and find (one event at a time) and
 /// dead-letter the events the read models refuse.
+#[derive(Clone)]
 pub(crate) struct Processor {
     pub(crate) projector: Projector,
     pub(crate) handle: Handle,
@@ -595,10 +648,25 @@ pub(crate) struct Processor {
     pub(crate) stop: Arc<AtomicBool>,
 }
 
+/// A batch decoded and ready to apply.
+pub(crate) struct Prepared {
+    items: Vec<Item>,
+    events: Vec<(Position, StreamEvent)>,
+    skipped: Vec<Position>,
+    records: usize,
+    redelivered: u64,
+    started: Instant,
+}
+
 impl Processor {
-    pub(crate) fn process(&mut self, records: Vec<StoredRecord>) -> Result<(), ConsumerError> {
+    /// Leaves out what the checkpoints passed, decodes the rest, and dead-letters what does
+    /// not decode. Nothing to apply: `None`.
+    pub(crate) fn prepare(
+        &self,
+        records: Vec<StoredRecord>,
+    ) -> Result<Option<Prepared>, ConsumerError> {
         if records.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let started = Instant::now();
         let count = records.len();
@@ -635,6 +703,27 @@ impl Processor {
                 Item::Event(..) => None,
             })
             .collect();
+        Ok(Some(Prepared {
+            items,
+            events,
+            skipped,
+            records: count,
+            redelivered,
+            started,
+        }))
+    }
+
+    /// Applies a prepared batch: in one transaction, or, when the read models refuse it, one
+    /// event at a time.
+    pub(crate) fn finish(&mut self, batch: Prepared) -> Result<(), ConsumerError> {
+        let Prepared {
+            items,
+            events,
+            skipped,
+            records: count,
+            redelivered,
+            started,
+        } = batch;
         let poison = skipped.len() as u64;
         match self.apply(&events, &skipped)? {
             Ok(outcome) => {
