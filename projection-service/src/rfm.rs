@@ -110,6 +110,11 @@ impl Projector {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        // every row was rewritten: the planner's statistics of the segments (which the segment
+        // pages' plans depend on) are renewed now rather than when autovacuum comes by
+        sqlx::query(&format!("ANALYZE {}.rfm", self.version().schema()))
+            .execute(self.pool())
+            .await?;
         Ok(RfmRun {
             as_of,
             window_days: window.days,

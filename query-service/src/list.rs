@@ -291,20 +291,25 @@ impl ListQuery {
             ),
             None => "ARRAY[]::text[]".to_owned(),
         };
-        let mut sql = format!(
-            "SELECT to_jsonb(t) AS row, {keys} AS keys FROM ({}) t",
-            self.inner
-        );
+        // the rows are chosen (filtered, ordered, limited) first, and only those of the page
+        // turned into JSON: whatever plan PostgreSQL picks, it serialises a page, not every
+        // row it sorted
+        let mut rows = format!("SELECT t.* FROM ({}) t", self.inner);
         if !self.filters.is_empty() {
-            sql.push_str(" WHERE ");
-            sql.push_str(&self.filters.join(" AND "));
+            rows.push_str(" WHERE ");
+            rows.push_str(&self.filters.join(" AND "));
         }
+        if !self.order.is_empty() {
+            rows.push_str(" ORDER BY ");
+            rows.push_str(&self.order);
+        }
+        if let Some(n) = limit {
+            rows.push_str(&format!(" LIMIT {n}"));
+        }
+        let mut sql = format!("SELECT to_jsonb(t) AS row, {keys} AS keys FROM ({rows}) t");
         if !self.order.is_empty() {
             sql.push_str(" ORDER BY ");
             sql.push_str(&self.order);
-        }
-        if let Some(n) = limit {
-            sql.push_str(&format!(" LIMIT {n}"));
         }
         sql
     }
