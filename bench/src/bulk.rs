@@ -23,6 +23,8 @@ const TABLES: &[&str] = &[
     "timeline",
     "opportunities",
     "stage_history",
+    "pipeline_customers",
+    "stage_durations",
     "stage_alerts",
     "audit_trail",
     "rfm",
@@ -119,6 +121,24 @@ pub async fn grow(pool: &PgPool, scale: usize) -> anyhow::Result<Value> {
             "bulk: {t}: {inserted} rows in {:.1} s",
             t0.elapsed().as_secs_f64()
         );
+    }
+    // the pipeline's totals per customer owner are sums, not rows with ids: computed again
+    // from the grown opportunities with the pipeline unit's own functions
+    for (table, of) in [
+        ("pipeline_stage_totals", "pipeline_stage_totals_of"),
+        ("pipeline_owner_totals", "pipeline_owner_totals_of"),
+        ("pipeline_forecast", "pipeline_forecast_of"),
+    ] {
+        sqlx::query(&format!("TRUNCATE rm_v1.{table}"))
+            .execute(&mut *conn)
+            .await?;
+        let n = sqlx::query(&format!(
+            "INSERT INTO rm_v1.{table} SELECT * FROM rm_v1.{of}(ARRAY(SELECT opportunity_id FROM rm_v1.opportunities))"
+        ))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        per_table.insert(table.to_owned(), json!({"recomputed": n}));
     }
     sqlx::query("ANALYZE").execute(&mut *conn).await?;
     let elapsed = started.elapsed();

@@ -10,7 +10,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use domain::{RecordedEvent, RecordedOrganisationEvent, StreamEvent};
+use domain::{
+    CustomerEvent, OrganisationEvent, RecordedEvent, RecordedOrganisationEvent, StreamEvent,
+};
 use infra::Position;
 use sqlx::PgPool;
 
@@ -26,6 +28,24 @@ use read_store::CHECKPOINT_CHANNEL;
 pub enum EventRef<'a> {
     Customer(&'a RecordedEvent),
     Organisation(&'a RecordedOrganisationEvent),
+}
+
+impl<'a> EventRef<'a> {
+    /// The customer's event, when it is one.
+    pub fn customer_event(&self) -> Option<&'a CustomerEvent> {
+        match self {
+            EventRef::Customer(r) => Some(&r.event),
+            EventRef::Organisation(_) => None,
+        }
+    }
+
+    /// The organisation's event, when it is one.
+    pub fn organisation_event(&self) -> Option<&'a OrganisationEvent> {
+        match self {
+            EventRef::Organisation(r) => Some(&r.event),
+            EventRef::Customer(_) => None,
+        }
+    }
 }
 
 /// What the projector applies: a customer's event, an organisation event, or either
@@ -447,11 +467,20 @@ impl Projector {
         // every read model writes its new events, on this transaction
         let mut effects = Effects::default();
         for (model, g) in models.iter().zip(&group_of) {
-            let new = &groups[*g].1;
+            // the events of its types only; none: it is not called
+            let new = Batch {
+                events: groups[*g]
+                    .1
+                    .events
+                    .iter()
+                    .filter(|e| model.consumes(e.event))
+                    .copied()
+                    .collect(),
+            };
             if new.events.is_empty() {
                 continue;
             }
-            if let Err(e) = model.apply(&mut tx, new, &mut effects).await {
+            if let Err(e) = model.apply(&mut tx, &new, &mut effects).await {
                 tracing::warn!(read_model = model.name(), error = %e, "a read model refused the batch");
                 return Err(e);
             }

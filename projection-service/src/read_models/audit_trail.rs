@@ -7,9 +7,8 @@ use domain::organisation::organisation_stream;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{to_i64, Batch, Effects, ReadModel};
+use super::{to_i64, Batch, Effects, EventRef, ReadModel};
 use crate::error::Result;
-use crate::projector::EventRef;
 
 pub(crate) struct AuditTrail;
 
@@ -17,6 +16,12 @@ pub(crate) struct AuditTrail;
 impl ReadModel for AuditTrail {
     fn name(&self) -> &'static str {
         "audit_trail"
+    }
+
+    /// Every event, of either stream.
+    fn consumes(&self, event: EventRef<'_>) -> bool {
+        let _ = event;
+        true
     }
 
     fn tables(&self) -> &'static [&'static str] {

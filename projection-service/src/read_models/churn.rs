@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use domain::CustomerEvent as E;
 use sqlx::PgConnection;
 
-use super::{to_i64, Batch, Effects, ReadModel};
+use super::{to_i64, Batch, Effects, EventRef, ReadModel};
 use crate::error::Result;
 
 pub(crate) struct Churn;
@@ -14,6 +14,18 @@ pub(crate) struct Churn;
 impl ReadModel for Churn {
     fn name(&self) -> &'static str {
         "churn"
+    }
+
+    fn consumes(&self, event: EventRef<'_>) -> bool {
+        matches!(
+            event.customer_event(),
+            Some(
+                E::ChurnWarningRaised(_)
+                    | E::ChurnDelayMeasureRecorded(_)
+                    | E::ChurnConfirmed(_)
+                    | E::CustomerReactivated(_)
+            )
+        )
     }
 
     fn tables(&self) -> &'static [&'static str] {

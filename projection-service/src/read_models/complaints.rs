@@ -10,7 +10,7 @@ use domain::CustomerEvent as E;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{Batch, Effects, ReadModel};
+use super::{Batch, Effects, EventRef, ReadModel};
 use crate::describe::{complaint_category, priority};
 use crate::error::Result;
 
@@ -39,6 +39,13 @@ struct Fold<'a> {
 impl ReadModel for Complaints {
     fn name(&self) -> &'static str {
         "complaints"
+    }
+
+    fn consumes(&self, event: EventRef<'_>) -> bool {
+        matches!(
+            event.customer_event(),
+            Some(E::ComplaintLodged(_) | E::ComplaintHandled(_) | E::ComplaintClosed(_))
+        )
     }
 
     fn tables(&self) -> &'static [&'static str] {

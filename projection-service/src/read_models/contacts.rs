@@ -9,7 +9,7 @@ use domain::{ContactChanges, ContactDetails, CustomerEvent as E};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{to_i64, Batch, Effects, ReadModel};
+use super::{to_i64, Batch, Effects, EventRef, ReadModel};
 use crate::describe::gender;
 use crate::error::Result;
 
@@ -46,6 +46,13 @@ fn change(row: &mut ContactDetails, c: &ContactChanges) {
 impl ReadModel for Contacts {
     fn name(&self) -> &'static str {
         "contacts"
+    }
+
+    fn consumes(&self, event: EventRef<'_>) -> bool {
+        matches!(
+            event.customer_event(),
+            Some(E::ContactAdded(_) | E::ContactChanged(_) | E::ContactRemoved(_))
+        )
     }
 
     fn tables(&self) -> &'static [&'static str] {

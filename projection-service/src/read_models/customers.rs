@@ -12,7 +12,7 @@ use domain::CustomerEvent as E;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{to_i64, Batch, Effects, ReadModel};
+use super::{to_i64, Batch, Effects, EventRef, ReadModel};
 use crate::describe::kind;
 use crate::error::Result;
 
@@ -35,6 +35,11 @@ struct Fold<'a> {
 impl ReadModel for Customers {
     fn name(&self) -> &'static str {
         "customers"
+    }
+
+    /// Every customer's event (its last sequence and activity).
+    fn consumes(&self, event: EventRef<'_>) -> bool {
+        event.customer_event().is_some()
     }
 
     fn tables(&self) -> &'static [&'static str] {

@@ -14,6 +14,9 @@
 //! transaction: a read model added to a running deployment starts from offset zero while the
 //! others skip what they have, and one read model can be rebuilt alone ([`crate::rebuild`]).
 //!
+//! A unit says which events it reads ([`ReadModel::consumes`]): it is handed only those, and
+//! not called for a batch without any.
+//!
 //! Adding a read model: write its unit in a file of its own here (its tables in a migration
 //! of `read-store/migrations/read_model`), list it in [`REGISTRY`], and serve it from query-service.
 
@@ -38,7 +41,7 @@ use sqlx::PgConnection;
 
 use crate::alerts::Alert;
 use crate::error::{ProjectionError, Result};
-use crate::projector::EventRef;
+pub(crate) use crate::projector::EventRef;
 
 /// One event of a batch that is new to the projection version.
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +100,10 @@ pub(crate) trait ReadModel: Send + Sync {
     fn other_tables(&self) -> &'static [&'static str] {
         &[]
     }
+
+    /// Whether it reads events of this type: it is handed only those (and not called for a
+    /// batch without any).
+    fn consumes(&self, event: EventRef<'_>) -> bool;
 
     /// Whether it can be rebuilt on its own from the log (`crm replay --read-model`), and if
     /// not, why: its rows must come from the events alone, not from other read models.

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use domain::CustomerEvent as E;
 use sqlx::PgConnection;
 
-use super::{to_i64, Batch, Effects, ReadModel};
+use super::{to_i64, Batch, Effects, EventRef, ReadModel};
 use crate::error::Result;
 
 pub(crate) struct Orders;
@@ -14,6 +14,10 @@ pub(crate) struct Orders;
 impl ReadModel for Orders {
     fn name(&self) -> &'static str {
         "orders"
+    }
+
+    fn consumes(&self, event: EventRef<'_>) -> bool {
+        matches!(event.customer_event(), Some(E::OrderPlaced(_)))
     }
 
     fn tables(&self) -> &'static [&'static str] {

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use domain::CustomerEvent as E;
 use sqlx::PgConnection;
 
-use super::{Batch, Effects, ReadModel};
+use super::{Batch, Effects, EventRef, ReadModel};
 use crate::error::Result;
 
 pub(crate) struct Rfm;
@@ -15,6 +15,10 @@ pub(crate) struct Rfm;
 impl ReadModel for Rfm {
     fn name(&self) -> &'static str {
         "rfm"
+    }
+
+    fn consumes(&self, event: EventRef<'_>) -> bool {
+        matches!(event.customer_event(), Some(E::OrderPlaced(_)))
     }
 
     fn tables(&self) -> &'static [&'static str] {

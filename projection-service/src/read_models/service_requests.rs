@@ -12,7 +12,7 @@ use domain::CustomerEvent as E;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{Batch, Effects, ReadModel};
+use super::{Batch, Effects, EventRef, ReadModel};
 use crate::error::Result;
 
 pub(crate) struct ServiceRequests;
@@ -41,6 +41,19 @@ struct Fold<'a> {
 impl ReadModel for ServiceRequests {
     fn name(&self) -> &'static str {
         "service_requests"
+    }
+
+    fn consumes(&self, event: EventRef<'_>) -> bool {
+        matches!(
+            event.customer_event(),
+            Some(
+                E::ServiceRequestCreated(_)
+                    | E::ServiceRequestAssigned(_)
+                    | E::ServiceRequestHandled(_)
+                    | E::ServiceFeedbackGiven(_)
+                    | E::ServiceRequestArchived(_)
+            )
+        )
     }
 
     fn tables(&self) -> &'static [&'static str] {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use domain::CustomerEvent as E;
 use sqlx::PgConnection;
 
-use super::{Batch, Effects, ReadModel};
+use super::{Batch, Effects, EventRef, ReadModel};
 use crate::alerts::close_open;
 use crate::error::Result;
 
@@ -17,6 +17,13 @@ pub(crate) struct StageAlerts;
 impl ReadModel for StageAlerts {
     fn name(&self) -> &'static str {
         "stage_alerts"
+    }
+
+    fn consumes(&self, event: EventRef<'_>) -> bool {
+        matches!(
+            event.customer_event(),
+            Some(E::OpportunityStageChanged(_) | E::OpportunityWon(_) | E::OpportunityLost(_))
+        )
     }
 
     fn tables(&self) -> &'static [&'static str] {

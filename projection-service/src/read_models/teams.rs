@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use domain::organisation::OrganisationEvent as O;
 use sqlx::PgConnection;
 
-use super::{to_i64, Batch, Effects, ReadModel};
+use super::{to_i64, Batch, Effects, EventRef, ReadModel};
 use crate::error::Result;
 
 pub(crate) struct Teams;
@@ -14,6 +14,11 @@ pub(crate) struct Teams;
 impl ReadModel for Teams {
     fn name(&self) -> &'static str {
         "teams"
+    }
+
+    /// The organisation's events.
+    fn consumes(&self, event: EventRef<'_>) -> bool {
+        event.organisation_event().is_some()
     }
 
     fn tables(&self) -> &'static [&'static str] {

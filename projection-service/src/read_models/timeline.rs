@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use sqlx::PgConnection;
 
-use super::{to_i64, Batch, Effects, ReadModel};
+use super::{to_i64, Batch, Effects, EventRef, ReadModel};
 use crate::describe::describe;
 use crate::error::Result;
 
@@ -15,6 +15,11 @@ pub(crate) struct Timeline;
 impl ReadModel for Timeline {
     fn name(&self) -> &'static str {
         "timeline"
+    }
+
+    /// Every customer's event.
+    fn consumes(&self, event: EventRef<'_>) -> bool {
+        event.customer_event().is_some()
     }
 
     fn tables(&self) -> &'static [&'static str] {

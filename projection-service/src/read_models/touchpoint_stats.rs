@@ -9,7 +9,7 @@ use domain::CustomerEvent as E;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{Batch, Effects, ReadModel};
+use super::{Batch, Effects, EventRef, ReadModel};
 use crate::error::Result;
 
 pub(crate) struct TouchpointStats;
@@ -18,6 +18,10 @@ pub(crate) struct TouchpointStats;
 impl ReadModel for TouchpointStats {
     fn name(&self) -> &'static str {
         "touchpoint_stats"
+    }
+
+    fn consumes(&self, event: EventRef<'_>) -> bool {
+        matches!(event.customer_event(), Some(E::TouchpointRecorded(_)))
     }
 
     fn tables(&self) -> &'static [&'static str] {

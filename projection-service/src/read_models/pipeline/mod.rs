@@ -17,7 +17,7 @@ use domain::CustomerEvent as E;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{to_i64, Batch, Effects, ReadModel};
+use super::{to_i64, Batch, Effects, EventRef, ReadModel};
 use crate::error::Result;
 
 pub(crate) struct Pipeline;
@@ -91,6 +91,22 @@ impl Fold<'_> {
 impl ReadModel for Pipeline {
     fn name(&self) -> &'static str {
         "pipeline"
+    }
+
+    fn consumes(&self, event: EventRef<'_>) -> bool {
+        matches!(
+            event.customer_event(),
+            Some(
+                E::CustomerRegistered(_)
+                    | E::OwnerReassigned(_)
+                    | E::OpportunityOpened(_)
+                    | E::OpportunityAssigned(_)
+                    | E::OpportunityStageChanged(_)
+                    | E::OpportunityWon(_)
+                    | E::OpportunityLost(_)
+                    | E::OpportunityReopened(_)
+            )
+        )
     }
 
     fn tables(&self) -> &'static [&'static str] {
