@@ -357,9 +357,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // ---------------------------------------------------------------- 3. replay vs COPY
     let ends = end_offsets(&settings, &topic).await?;
     let log_records: i64 = ends.iter().sum();
+    // the replay's batch size (records per transaction): `crm replay`'s default unless
+    // CRM_BENCH_REPLAY_BATCH
+    let replay_batch: usize = std::env::var("CRM_BENCH_REPLAY_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(projection_service::REPLAY_BATCH_RECORDS);
     let mut role = vec!["replay".to_owned()];
     role.extend(log_args.clone());
     role.extend(["--database-url".to_owned(), database_url.clone()]);
+    role.extend(["--max-records".to_owned(), replay_batch.to_string()]);
     let replay_proc = procs::spawn_role("replay", &role, work.join("replay.log"))?;
     let replay_out = watch_replay(replay_proc, &[&command]).await?;
     let events_applied = replay_out["events_applied"].as_u64().unwrap_or(0);
@@ -371,7 +378,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let copy = copy_baseline(&pool, events_applied).await?;
     let copy_eps = copy["events_per_second_equivalent"].as_f64().unwrap_or(0.0);
     report.replay = json!({
-        "what": "projection_service::replay (Kafka consumer, manual assignment, batches of 1000, one transaction per batch) from offset 0 into rm_v1, then RFM recompute, alert sweep and activation; a separate process",
+        "what": "projection_service::replay (Kafka consumer, manual assignment, batches of `batch` records, one transaction per lane per batch) from offset 0 into rm_v1, then RFM recompute, alert sweep and activation; a separate process",
+        "batch": replay_batch,
         "log_records": log_records,
         "events_applied": events_applied,
         "consumer_seconds": round(consumer_seconds),

@@ -182,7 +182,7 @@ pub struct ReplayArgs {
     pub db: DbArgs,
     #[arg(long, default_value_t = 1)]
     pub version: i32,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = projection_service::REPLAY_BATCH_RECORDS)]
     pub max_records: usize,
 }
 

@@ -15,7 +15,7 @@ use infra::kafka::{provision_topics, KafkaSettings};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-use crate::batches::BatchOptions;
+use crate::batches::{BatchOptions, REPLAY_BATCH_RECORDS};
 use crate::clock::{Clock, FixedClock, SystemClock};
 use crate::jobs::JobOptions;
 use crate::metrics::Metrics;
@@ -88,6 +88,29 @@ pub struct BatchArgs {
     /// transaction and on a database connection of its own.
     #[arg(long, env = "CRM_PROJECTION_APPLY_LANES", default_value_t = 2)]
     pub apply_lanes: usize,
+}
+
+/// A replay's batches: bigger than the live service's by default (fewer commits, more events
+/// folded per customer and opportunity per statement; docs/benchmarks.md).
+#[derive(Debug, Clone, Args)]
+pub struct ReplayBatchArgs {
+    /// Most records applied in one transaction while replaying.
+    #[arg(long, env = "CRM_REPLAY_BATCH_MAX", default_value_t = REPLAY_BATCH_RECORDS)]
+    pub batch_max: usize,
+    /// Lanes a batch is applied in at the same time, each with its partitions, in a
+    /// transaction and on a database connection of its own.
+    #[arg(long, env = "CRM_PROJECTION_APPLY_LANES", default_value_t = 2)]
+    pub apply_lanes: usize,
+}
+
+impl ReplayBatchArgs {
+    pub fn options(&self) -> BatchOptions {
+        BatchOptions {
+            max_records: self.batch_max.max(1),
+            lanes: self.apply_lanes.max(1),
+            ..BatchOptions::default()
+        }
+    }
 }
 
 impl BatchArgs {
@@ -203,7 +226,7 @@ pub struct ReplayArgs {
     #[arg(long, env = "CRM_REPLAY_CATCH_UP_LAG", default_value_t = 500)]
     pub catch_up_lag: u64,
     #[command(flatten)]
-    pub batch: BatchArgs,
+    pub batch: ReplayBatchArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
 }

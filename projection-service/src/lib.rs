@@ -36,7 +36,9 @@ pub mod source;
 pub use read_store::{error, read, reports, version};
 
 pub use alerts::{Alert, AlertChanges, OutboxEntry};
-pub use batches::{BatchOptions, ConsumerSnapshot, DeadLetterSink, PartitionProgress};
+pub use batches::{
+    BatchOptions, ConsumerSnapshot, DeadLetterSink, PartitionProgress, REPLAY_BATCH_RECORDS,
+};
 pub use clock::{Clock, FixedClock, ManualClock, SystemClock};
 pub use error::{ProjectionError, Result};
 pub use jobs::JobOptions;
