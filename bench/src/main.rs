@@ -9,8 +9,9 @@
 //! PostgreSQL database, and the services as separate processes (this binary in its `serve-*`
 //! and `replay` roles), then measures: ingest through the HTTP batch endpoint vs. a bare
 //! producer, command latency at a fixed rate, a full replay vs. a bare `COPY` of the same rows,
-//! the embedded default, freshness (append to visible in the 360 view), query latency and
-//! throughput, and the peak memory of each process.
+//! the embedded default, freshness (append to visible in the 360 view) on the Kafka-backed
+//! services and on the real `crm up` binary (the embedded default as a user runs it: build
+//! `-p crm` too), query latency and throughput, and the peak memory of each process.
 
 mod bulk;
 mod gen;
@@ -19,6 +20,7 @@ mod run;
 mod serve;
 mod soak;
 mod stats;
+mod up;
 
 use clap::{Parser, Subcommand};
 

@@ -43,6 +43,29 @@ impl Proc {
         self.kill();
     }
 
+    /// SIGTERM, then its exit status within `timeout` (else SIGKILL and an error).
+    pub fn terminate(mut self, timeout: Duration) -> anyhow::Result<String> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(format!("had exited: {status}"));
+        }
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .context("running kill -TERM")?;
+        if !sent.success() {
+            bail!("kill -TERM {} failed: {sent}", self.pid());
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.to_string());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+        bail!("{} did not stop within {timeout:?} of SIGTERM", self.name)
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -68,9 +91,21 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// Starts `program args...` with stdout and stderr to `log`.
 pub fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Proc> {
+    spawn_command(name, Command::new(program), args, log)
+}
+
+/// Starts `command args...` (its program and environment set by the caller) with stdout and
+/// stderr to `log`.
+pub fn spawn_command(
+    name: &str,
+    mut command: Command,
+    args: &[String],
+    log: PathBuf,
+) -> anyhow::Result<Proc> {
+    let program = command.get_program().to_owned();
     let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
-    let child = Command::new(program)
+    let child = command
         .args(args)
         .env(
             "RUST_LOG",
@@ -80,7 +115,7 @@ pub fn spawn(name: &str, program: &Path, args: &[String], log: PathBuf) -> anyho
         .stdout(out)
         .stderr(err)
         .spawn()
-        .with_context(|| format!("starting {}", program.display()))?;
+        .with_context(|| format!("starting {}", program.to_string_lossy()))?;
     Ok(Proc {
         name: name.to_owned(),
         child,

@@ -44,6 +44,8 @@ pub struct Preset {
     pub latency_seconds: u64,
     pub freshness_rate: u64,
     pub freshness_seconds: u64,
+    /// Customers loaded into `crm up` for the freshness of the embedded default.
+    pub embedded_freshness_customers: usize,
     pub query_seconds: u64,
     pub query_concurrency: usize,
     /// Grow the read models in bulk to this many times the loaded data before the freshness
@@ -64,6 +66,7 @@ impl Preset {
             latency_seconds: 15,
             freshness_rate: 20,
             freshness_seconds: 15,
+            embedded_freshness_customers: 50,
             query_seconds: 10,
             query_concurrency: 4,
             scale: 1,
@@ -77,6 +80,7 @@ impl Preset {
                 latency_seconds: 2,
                 freshness_rate: 5,
                 freshness_seconds: 2,
+                embedded_freshness_customers: 10,
                 query_seconds: 1,
                 ..base
             },
@@ -135,6 +139,9 @@ pub struct RunArgs {
     /// Override the preset's bulk scale factor.
     #[arg(long)]
     pub scale: Option<usize>,
+    /// The `crm` binary for the embedded default's freshness (default: beside crm-bench).
+    #[arg(long, env = "CRM_BENCH_CRM_BIN")]
+    pub crm_bin: Option<PathBuf>,
 }
 
 /// Everything measured, as written to the JSON file.
@@ -151,6 +158,7 @@ struct Report {
     embedded: Value,
     bulk: Value,
     freshness: Value,
+    freshness_embedded: Value,
     queries: Value,
     queries_jit_off: Value,
     memory: Value,
@@ -327,7 +335,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     // ---------------------------------------------------------------- load (single commands)
-    let scripts = gen::scripts(args.seed, preset.customers, preset.touchpoints, Utc::now());
+    let now = Utc::now();
+    let scripts = gen::scripts(args.seed, preset.customers, preset.touchpoints, now);
     report.load = load(&ctx, &scripts, preset.load_concurrency).await?;
     eprintln!("load: {}", report.load);
 
@@ -413,7 +422,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     projection.check_alive()?;
 
     // ---------------------------------------------------------------- 4. freshness
-    report.freshness = freshness(&ctx, &query_url, &scripts, &preset).await?;
+    let ids: Vec<Uuid> = scripts.iter().map(|s| s.customer_id).collect();
+    report.freshness = freshness(&ctx, &query_url, &ids, &preset).await?;
     eprintln!("freshness: {}", report.freshness);
     projection.check_alive()?;
 
@@ -453,7 +463,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // ---------------------------------------------------------------- 6. memory
     report.memory = json!({
-        "what": "VmHWM (peak resident set) of each process over the whole run; the replay process's own figure is the replay",
+        "what": "VmHWM (peak resident set) of each process over the whole run; the replay process's own figure is the replay; crm up's is in freshness_embedded",
         "command_service_kib": command.peak_kib(),
         "projection_replay_kib": report.replay["peak_rss_kib"],
         "projection_service_live_kib": projection.peak_kib(),
@@ -461,15 +471,38 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "broker_kib": broker.as_ref().and_then(Proc::peak_kib),
         "harness_kib": crate::stats::vm_hwm_kib(std::process::id()),
     });
-    report.targets = targets(&report);
-    report.wall_seconds = round(wall.elapsed().as_secs_f64());
-
     query.stop();
     projection.stop();
     command.stop();
     if let Some(b) = broker {
         b.stop();
     }
+
+    // ---------------------------------------------------------------- 7. the embedded default's freshness
+    report.freshness_embedded = match crate::up::freshness(crate::up::Embedded {
+        crm_bin: args.crm_bin.as_deref(),
+        work: &work,
+        postgres: &args.bed.postgres,
+        database: &format!("{database}_up"),
+        seed: args.seed,
+        now,
+        preset: &preset,
+    })
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("crm-bench: the embedded default's freshness failed: {e:#}");
+            json!({"error": format!("{e:#}")})
+        }
+    };
+    eprintln!(
+        "freshness (embedded default): {}",
+        report.freshness_embedded
+    );
+
+    report.targets = targets(&report);
+    report.wall_seconds = round(wall.elapsed().as_secs_f64());
     pool.close().await;
 
     let text = serde_json::to_string_pretty(&report)?;
@@ -497,11 +530,16 @@ fn targets(r: &Report) -> Value {
     let fresh = r.freshness["latency"]["p99_ms"]
         .as_f64()
         .unwrap_or(f64::MAX);
+    // null (and not met) when the phase failed or measured nothing
+    let embedded = r.freshness_embedded["latency"]["p99_ms"]
+        .as_f64()
+        .filter(|_| r.freshness_embedded["measured"].as_u64() > Some(0));
     json!({
         "replay_events_per_second": {"target": 50000, "measured": replay, "met": replay >= 50000.0},
         "ingest_touchpoints_per_second": {"target": 20000, "measured": ingest, "met": ingest >= 20000.0},
         "customer_360_p99_ms": {"target": 20, "measured": view, "met": view <= 20.0},
         "freshness_p99_ms": {"target": 500, "measured": fresh, "met": fresh <= 500.0},
+        "freshness_embedded_p99_ms": {"target": 100, "measured": embedded, "met": embedded.is_some_and(|p| p <= 100.0)},
     })
 }
 
@@ -1151,53 +1189,63 @@ async fn data_size(pool: &PgPool, schema: &str) -> anyhow::Result<Value> {
 
 // -------------------------------------------------------------------- freshness
 
-/// Open loop: a command, then the 360 view with `CRM-Min-Position` set to the command's
-/// position; freshness is from the command's answer to the view's answer (the query-service
-/// polls the checkpoint every 20 ms while it waits).
-async fn freshness(
-    ctx: &Ctx,
-    query_url: &str,
-    scripts: &[Script],
-    preset: &Preset,
+/// Where freshness is measured: a command API, a query API, and a token for both.
+pub(crate) struct Target {
+    pub http: reqwest::Client,
+    pub command_url: String,
+    pub token: String,
+    pub query_url: String,
+}
+
+/// Open loop at `rate` for `seconds`: a touchpoint command on a random one of `customers`,
+/// then the 360 view with `CRM-Min-Position` set to the command's position; freshness is from
+/// the command's answer to the view's answer. First a warm-up until one command is visible
+/// within a second (the projection has caught up), for at most 120 s.
+pub(crate) async fn measure_freshness(
+    target: Arc<Target>,
+    customers: &[Uuid],
+    rate_per_second: u64,
+    seconds: u64,
 ) -> anyhow::Result<Value> {
     let mut rng = Rng(11);
-    // warm-up: the live projection-service joins its group and catches up
+    let first = *customers
+        .first()
+        .context("no customer to measure freshness on")?;
     let warm = Instant::now();
     let mut warmed = false;
+    let mut last_error = None;
     while warm.elapsed() < Duration::from_secs(120) {
-        let Some(s) = scripts.first() else { break };
-        if let Ok(Some(d)) = fresh_once(ctx, query_url, s.customer_id, &mut rng).await {
-            if d < Duration::from_secs(1) {
+        match fresh(&target, first, touchpoint_command(&mut rng)).await {
+            Ok((_, Some(d))) if d < Duration::from_secs(1) => {
                 warmed = true;
                 break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                last_error = Some(format!("{e:#}"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
     if !warmed {
-        bail!("the live projection did not catch up within 120 s");
+        bail!(
+            "the live projection did not catch up within 120 s (last error: {})",
+            last_error.unwrap_or_else(|| "none".into())
+        );
     }
-    let total = preset.freshness_rate * preset.freshness_seconds;
-    let period = Duration::from_secs_f64(1.0 / preset.freshness_rate.max(1) as f64);
+    let warm_up = warm.elapsed();
+    let total = rate_per_second * seconds;
+    let period = Duration::from_secs_f64(1.0 / rate_per_second.max(1) as f64);
     let mut tasks = JoinSet::new();
     let started = tokio::time::Instant::now();
-    let shared = Arc::new((
-        ctx.http.clone(),
-        ctx.command_url.clone(),
-        ctx.admin.clone(),
-        query_url.to_owned(),
-    ));
     for i in 0..total {
         tokio::time::sleep_until(started + period.mul_f64(i as f64)).await;
-        let Some(s) = scripts.get(rng.below(scripts.len() as u64) as usize) else {
+        let Some(customer) = customers.get(rng.below(customers.len() as u64) as usize) else {
             continue;
         };
         let body = touchpoint_command(&mut rng);
-        let customer = s.customer_id;
-        let shared = shared.clone();
-        tasks.spawn(async move {
-            let (http, command_url, admin, query_url) = &*shared;
-            fresh(http, command_url, admin, query_url, customer, body).await
-        });
+        let (target, customer) = (target.clone(), *customer);
+        tasks.spawn(async move { fresh(&target, customer, body).await });
     }
     let (mut lat, mut command_lat, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     while let Some(r) = tasks.join_next().await {
@@ -1207,14 +1255,14 @@ async fn freshness(
                 lat.push(d);
             }
             Ok(Ok((_, None))) => errors.push("not visible within 10 s".to_owned()),
-            Ok(Err(e)) => errors.push(e.to_string()),
+            Ok(Err(e)) => errors.push(format!("{e:#}")),
             Err(e) => errors.push(e.to_string()),
         }
     }
     Ok(json!({
-        "what": "POST a touchpoint, then GET /v1/customers/{id} (360 view) with CRM-Min-Position = the answer's crm-position; from the command's answer to the view's 200 (projection-service following the live version in its own process, default batches: 1000 records or 200 ms)",
-        "rate_per_second": preset.freshness_rate,
-        "seconds": preset.freshness_seconds,
+        "rate_per_second": rate_per_second,
+        "seconds": seconds,
+        "warm_up_seconds": round(warm_up.as_secs_f64()),
         "measured": lat.len(),
         "errors": errors.len(),
         "first_error": errors.first(),
@@ -1223,33 +1271,69 @@ async fn freshness(
     }))
 }
 
-async fn fresh_once(
+/// The live consumer's `fetch.wait.max.ms`, as projection-service's group consumer is
+/// configured in this run (`CRM_BENCH_KAFKA_EXTRA` over librdkafka's default).
+fn consumer_fetch_wait() -> Value {
+    let extra = std::env::var("CRM_BENCH_KAFKA_EXTRA").unwrap_or_default();
+    let log = crate::serve::LogArgs {
+        brokers: "127.0.0.1:9092".into(),
+        prefix: "bench.".into(),
+        partitions: 12,
+        kafka_extra: extra,
+    };
+    let settings = log.settings("bench-projection-service");
+    let set = settings.extra.iter().any(|(k, _)| k == "fetch.wait.max.ms");
+    let in_effect = settings
+        .group_consumer_config("bench.projection")
+        .create_native_config()
+        .and_then(|c| c.get("fetch.wait.max.ms"));
+    match in_effect {
+        Ok(v) => json!({
+            "fetch_wait_max_ms": v.parse::<u64>().ok(),
+            "set_by": if set { "CRM_BENCH_KAFKA_EXTRA" } else { "librdkafka's default" },
+        }),
+        Err(e) => json!({"error": e.to_string()}),
+    }
+}
+
+/// The Kafka-backed services: command-service, the live projection-service and query-service,
+/// each in its own process.
+async fn freshness(
     ctx: &Ctx,
     query_url: &str,
-    customer: Uuid,
-    rng: &mut Rng,
-) -> anyhow::Result<Option<Duration>> {
-    let body = touchpoint_command(rng);
-    let (_, d) = fresh(
-        &ctx.http,
-        &ctx.command_url,
-        &ctx.admin,
-        query_url,
-        customer,
-        body,
+    customers: &[Uuid],
+    preset: &Preset,
+) -> anyhow::Result<Value> {
+    let target = Arc::new(Target {
+        http: ctx.http.clone(),
+        command_url: ctx.command_url.clone(),
+        token: ctx.admin.clone(),
+        query_url: query_url.to_owned(),
+    });
+    let mut v = measure_freshness(
+        target,
+        customers,
+        preset.freshness_rate,
+        preset.freshness_seconds,
     )
     .await?;
-    Ok(d)
+    v["what"] = json!("POST a touchpoint, then GET /v1/customers/{id} (360 view) with CRM-Min-Position = the answer's crm-position, polling on 503; from the command's answer to the view's 200 (projection-service following the live version in its own process, default batches: 1000 records or 200 ms, applied early when the consumer is caught up)");
+    v["consumer"] = consumer_fetch_wait();
+    v["consumer_note"] = json!("part of this figure is the broker's: a fetch waiting for data is answered at the latest after fetch.wait.max.ms, and nisshi answers it only then (not when data arrives, as Apache Kafka does), so up to that long of every sample is the test broker's wait");
+    Ok(v)
 }
 
 async fn fresh(
-    http: &reqwest::Client,
-    command_url: &str,
-    token: &str,
-    query_url: &str,
+    target: &Target,
     customer: Uuid,
     body: Value,
 ) -> anyhow::Result<(Duration, Option<Duration>)> {
+    let Target {
+        http,
+        command_url,
+        token,
+        query_url,
+    } = target;
     let t0 = Instant::now();
     let r = http
         .post(format!("{command_url}/v1/customers/{customer}/touchpoints"))

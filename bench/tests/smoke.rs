@@ -34,6 +34,30 @@ fn the_tiny_preset_runs_end_to_end_and_reports_every_figure() {
     assert_eq!(report["embedded"]["events"].as_u64(), Some(events));
     assert!(report["replay"]["copy_baseline"]["rows"].as_u64() > Some(events));
     assert_eq!(report["freshness"]["errors"], 0);
+    assert!(report["freshness"]["consumer"]["fetch_wait_max_ms"].as_u64() > Some(0));
+    // the embedded default's freshness needs the `crm` binary beside crm-bench: measured
+    // when it is there, else the phase says why it is not
+    let embedded = &report["freshness_embedded"];
+    match embedded["error"].as_str() {
+        None => {
+            assert_eq!(embedded["errors"], 0, "{embedded}");
+            assert!(embedded["measured"].as_u64() > Some(0), "{embedded}");
+        }
+        Some(e) => assert!(e.contains("no `crm` binary"), "{e}"),
+    }
+    for phase in [
+        "generate",
+        "load",
+        "ingest",
+        "replay",
+        "freshness",
+        "queries",
+    ] {
+        assert!(
+            report["phase_seconds"][phase].as_f64().is_some(),
+            "no wall time for {phase}"
+        );
+    }
     for q in [
         "customer_360",
         "timeline_page",
@@ -45,8 +69,10 @@ fn the_tiny_preset_runs_end_to_end_and_reports_every_figure() {
     }
     assert!(report["memory"]["projection_replay_kib"].as_u64() > Some(0));
     let _ = std::fs::remove_file(&out);
-    let _ = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"])
-        .arg(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .status();
+    for db in [database.clone(), format!("{database}_up")] {
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc"])
+            .arg(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .status();
+    }
 }
