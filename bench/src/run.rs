@@ -579,6 +579,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(b) = broker {
         b.stop();
     }
+    // the SQLite broker's files (tens of GB at large); its log stays
+    if let Ok(entries) = std::fs::read_dir(work.join("broker")) {
+        for e in entries.filter_map(Result::ok) {
+            if e.file_name().to_string_lossy().starts_with("nisshi.db") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 
     // ---------------------------------------------------------------- 7. the embedded default's freshness
     let t = Instant::now();
