@@ -150,17 +150,68 @@ impl Builder {
 
 /// The scripts of `customers` customers; `touchpoints` is the range of touchpoints per
 /// customer (the demo: 5 to 34).
+#[cfg(test)]
 pub fn scripts(
     seed: u64,
     customers: usize,
     touchpoints: (u64, u64),
     now: DateTime<Utc>,
 ) -> Vec<Script> {
-    use reqwest::Method as M;
-    let mut rng = Rng(seed);
-    let start = now - TimeDelta::days(730);
-    let mut out = Vec::with_capacity(customers);
-    for n in 0..customers {
+    Generator::new(seed, customers, touchpoints, now).collect()
+}
+
+/// The scripts one customer at a time, in the data set's order: a data set of any size is
+/// generated with bounded memory (the same seed and `now` give the same scripts).
+pub struct Generator {
+    rng: Rng,
+    n: usize,
+    customers: usize,
+    touchpoints: (u64, u64),
+    now: DateTime<Utc>,
+    start: DateTime<Utc>,
+}
+
+impl Generator {
+    pub fn new(
+        seed: u64,
+        customers: usize,
+        touchpoints: (u64, u64),
+        now: DateTime<Utc>,
+    ) -> Generator {
+        Generator {
+            rng: Rng(seed),
+            n: 0,
+            customers,
+            touchpoints,
+            now,
+            start: now - TimeDelta::days(730),
+        }
+    }
+}
+
+impl Iterator for Generator {
+    type Item = Script;
+
+    fn next(&mut self) -> Option<Script> {
+        if self.n >= self.customers {
+            return None;
+        }
+        let n = self.n;
+        self.n += 1;
+        Some(self.script(n))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.customers.saturating_sub(self.n);
+        (left, Some(left))
+    }
+}
+
+impl Generator {
+    fn script(&mut self, n: usize) -> Script {
+        use reqwest::Method as M;
+        let (now, start, touchpoints) = (self.now, self.start, self.touchpoints);
+        let rng = &mut self.rng;
         let customer = rng.uuid();
         let (city, region) = rng.pick(CITIES).unwrap_or(("上海", "华东"));
         let (trade, industry) = rng.pick(TRADES).unwrap_or(("贸易", "wholesale"));
@@ -202,7 +253,7 @@ pub fn scripts(
                 + TimeDelta::days(rng.below(active_days) as i64)
                 + TimeDelta::minutes(rng.below(600) as i64 + 480);
             let contact = rng.pick(&contacts);
-            let tp = touchpoint(&mut rng, city, contact);
+            let tp = touchpoint(rng, city, contact);
             tps.push(
                 json!({"customer_id": customer, "occurred_at": at.to_rfc3339(),
                             "idempotency_key": format!("bench-{}", rng.uuid()), "touchpoint": tp}),
@@ -369,13 +420,12 @@ pub fn scripts(
                 _ => {}
             }
         }
-        out.push(Script {
+        Script {
             customer_id: customer,
             commands: b.commands,
             touchpoints: tps,
-        });
+        }
     }
-    out
 }
 
 #[cfg(test)]

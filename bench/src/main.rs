@@ -7,18 +7,19 @@
 //!
 //! `run` starts a private broker (nisshi with its memory engine, unless `--brokers`), a fresh
 //! PostgreSQL database, and the services as separate processes (this binary in its `serve-*`
-//! and `replay` roles), then measures: ingest through the HTTP batch endpoint vs. a bare
-//! producer, command latency at a fixed rate, a full replay vs. a bare `COPY` of the same rows,
-//! the embedded default, freshness (append to visible in the 360 view) on the Kafka-backed
-//! services and on the real `crm up` binary (the embedded default as a user runs it: build
-//! `-p crm` too), query latency and throughput, and the peak memory of each process.
+//! and `replay` roles), generates the data set into files and loads it for real, then
+//! measures: ingest through the HTTP batch endpoint vs. a bare producer, command latency at a
+//! fixed rate, a full replay vs. a bare `COPY` of the same rows, the embedded default,
+//! freshness (append to visible in the 360 view) on the Kafka-backed services and on the real
+//! `crm up` binary (the embedded default as a user runs it: build `-p crm` too), query latency
+//! and throughput, the peak memory of each process, and the wall time of each phase.
 
-mod bulk;
 mod gen;
 mod procs;
 mod run;
 mod serve;
 mod soak;
+mod spool;
 mod stats;
 mod up;
 

@@ -147,8 +147,32 @@ pub fn wait_for_port(p: &mut Proc, port: u16, timeout: Duration) -> anyhow::Resu
     )
 }
 
-/// A private nisshi/tansu broker with its memory engine on a free port.
-pub fn start_broker(binary: &Path, dir: &Path) -> anyhow::Result<(Proc, String)> {
+/// Where a private broker keeps the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerStorage {
+    /// nisshi's memory engine: the whole log in the broker's memory (about 3 KB a record).
+    Memory,
+    /// nisshi's SQLite engine: one file in the broker's directory, on disk.
+    Sqlite,
+}
+
+impl BrokerStorage {
+    fn url(self) -> &'static str {
+        match self {
+            BrokerStorage::Memory => "memory://tansu/",
+            // relative to the broker's working directory
+            BrokerStorage::Sqlite => "sqlite://nisshi.db",
+        }
+    }
+}
+
+/// A private nisshi/tansu broker on a free port, its log kept as `storage` says.
+pub fn start_broker(
+    binary: &Path,
+    dir: &Path,
+    storage: BrokerStorage,
+) -> anyhow::Result<(Proc, String)> {
     std::fs::create_dir_all(dir)?;
     let port = free_port()?;
     let url = format!("tcp://127.0.0.1:{port}");
@@ -162,7 +186,7 @@ pub fn start_broker(binary: &Path, dir: &Path) -> anyhow::Result<(Proc, String)>
             "--advertised-listener-url",
             &url,
         ])
-        .args(["--storage-engine", "memory://tansu/"])
+        .args(["--storage-engine", storage.url()])
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(out)

@@ -1,5 +1,10 @@
 //! The orchestrator: starts the broker and the services, loads the data set, and measures
 //! each figure beside its physical limit in the same run.
+//!
+//! The data set is generated once into files (`spool`) and every phase streams its part from
+//! there, so that the harness's memory stays bounded at any size: every event of every preset
+//! goes through the real path (the command API, the batch endpoint, the inbound topic, the
+//! log, the projection's replay), none is copied into the read models in SQL.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,24 +14,27 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use chrono::Utc;
 use futures::StreamExt;
-use infra::kafka::{provision_topics, scan_partition, KafkaSettings, StoredRecord};
+use infra::kafka::{provision_topics, KafkaSettings, StoredRecord};
 use infra::log::CustomerLog;
 use projection_service::{
     drop_version, BatchOptions, EmbeddedTopics, EventSource, JobOptions, ProjectionVersion,
     Projector, ReplayOptions, SystemClock,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::gen::{self, Rng, Script};
-use crate::procs::{self, Proc};
+use crate::gen::{self, Rng};
+use crate::procs::{self, BrokerStorage, Proc};
 use crate::serve::connect;
+use crate::spool::{self, Spool};
 use crate::stats::{rate, ratio, round, Latency, Machine};
 
 /// Sizes and rates of one run.
@@ -40,6 +48,14 @@ pub struct Preset {
     pub load_concurrency: usize,
     pub ingest_batch: usize,
     pub ingest_concurrency: usize,
+    /// At most this many of the records the batch endpoint appended are read back and sent by
+    /// the bare producer (the limit): the first ones of each partition.
+    pub bare_producer_records: usize,
+    /// At most this many events go into the embedded log for its figure (the first ones of
+    /// each partition): the embedded log keeps every record in memory (infra::embedded).
+    pub embedded_records: usize,
+    /// At most this many rows in the COPY baseline (the same share of every table).
+    pub copy_baseline_rows: usize,
     pub latency_rate: u64,
     pub latency_seconds: u64,
     pub freshness_rate: u64,
@@ -48,9 +64,8 @@ pub struct Preset {
     pub embedded_freshness_customers: usize,
     pub query_seconds: u64,
     pub query_concurrency: usize,
-    /// Grow the read models in bulk to this many times the loaded data before the freshness
-    /// and query phases (1: as loaded).
-    pub scale: usize,
+    /// Where the private broker keeps the log (nothing when `--brokers` is given).
+    pub broker_storage: BrokerStorage,
 }
 
 impl Preset {
@@ -62,6 +77,9 @@ impl Preset {
             load_concurrency: 48,
             ingest_batch: 1000,
             ingest_concurrency: 4,
+            bare_producer_records: 100_000,
+            embedded_records: 1_000_000,
+            copy_baseline_rows: 5_000_000,
             latency_rate: 200,
             latency_seconds: 15,
             freshness_rate: 20,
@@ -69,7 +87,7 @@ impl Preset {
             embedded_freshness_customers: 50,
             query_seconds: 10,
             query_concurrency: 4,
-            scale: 1,
+            broker_storage: BrokerStorage::Memory,
         };
         Ok(match name {
             "tiny" => Preset {
@@ -85,11 +103,12 @@ impl Preset {
                 ..base
             },
             "small" => base,
-            // 100k customers, ~10M events: 2,000 customers with ~100 touchpoints each loaded for
-            // real, then the read models replicated 50 times in SQL with new ids.
+            // 100k customers, ~12.6M events, every one through the real path
+            // (the memory engine would need ~3 KB a record: ~45 GB for this log)
             "large" => Preset {
+                customers: 100_000,
                 touchpoints: (50, 110),
-                scale: 50,
+                broker_storage: BrokerStorage::Sqlite,
                 ..base
             },
             other => bail!("unknown preset `{other}` (tiny, small, large)"),
@@ -106,6 +125,10 @@ pub struct BedArgs {
     /// The nisshi (or tansu) binary for the private broker.
     #[arg(long, env = "CRM_BENCH_BROKER_BIN")]
     pub broker_bin: Option<PathBuf>,
+    /// Where the private broker keeps the log (default: the preset's; `memory` for tiny and
+    /// small, `sqlite` for large, whose log does not fit in memory).
+    #[arg(long, env = "CRM_BENCH_BROKER_STORAGE", value_enum)]
+    pub broker_storage: Option<BrokerStorage>,
     /// PostgreSQL server (the run's database is created afresh on it).
     #[arg(
         long,
@@ -119,7 +142,8 @@ pub struct BedArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// tiny (smoke test), small (under 5 minutes), large (100k customers / ~10M events).
+    /// tiny (smoke test), small (about 5 minutes), large (100k customers / ~12.6M events, about
+    /// an hour).
     #[arg(long, default_value = "small")]
     pub preset: String,
     /// Where to write the figures as JSON.
@@ -127,8 +151,8 @@ pub struct RunArgs {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub bed: BedArgs,
-    /// The database to create afresh (default `crm_bench_<preset>`); left in place afterwards
-    /// for inspection.
+    /// The database to create afresh (default `crm_bench_<preset>`; the embedded default's
+    /// freshness uses `<database>_up`); left in place afterwards for inspection.
     #[arg(long)]
     pub database: Option<String>,
     #[arg(long, default_value_t = 2026)]
@@ -136,9 +160,15 @@ pub struct RunArgs {
     /// Override the preset's customer count.
     #[arg(long)]
     pub customers: Option<usize>,
-    /// Override the preset's bulk scale factor.
+    /// Override the preset's load concurrency (customers loaded at once).
     #[arg(long)]
-    pub scale: Option<usize>,
+    pub load_concurrency: Option<usize>,
+    /// Override the preset's cap on the events of the embedded default's figure.
+    #[arg(long)]
+    pub embedded_records: Option<usize>,
+    /// Override the preset's cap on the rows of the COPY baseline.
+    #[arg(long)]
+    pub copy_baseline_rows: Option<usize>,
     /// The `crm` binary for the embedded default's freshness (default: beside crm-bench).
     #[arg(long, env = "CRM_BENCH_CRM_BIN")]
     pub crm_bin: Option<PathBuf>,
@@ -150,20 +180,42 @@ struct Report {
     preset: Value,
     machine: Value,
     started_at: String,
+    data_set: Value,
     data: Value,
     load: Value,
     ingest: Value,
     command_latency: Value,
     replay: Value,
     embedded: Value,
-    bulk: Value,
     freshness: Value,
     freshness_embedded: Value,
     queries: Value,
     queries_jit_off: Value,
     memory: Value,
     targets: Value,
+    /// Wall time of each phase, in seconds.
+    phase_seconds: serde_json::Map<String, Value>,
+    /// The phases in the order they ran.
+    phase_order: Vec<String>,
+    /// The harness's own peak resident set (VmHWM) at the end of each phase, in KiB: it
+    /// stays bounded whatever the data set's size.
+    harness_peak_kib: serde_json::Map<String, Value>,
     wall_seconds: f64,
+}
+
+impl Report {
+    /// Records and prints the wall time of a phase that started at `started`.
+    fn phase(&mut self, name: &str, started: Instant) {
+        let s = round(started.elapsed().as_secs_f64());
+        let peak = crate::stats::vm_hwm_kib(std::process::id());
+        eprintln!(
+            "crm-bench: phase {name}: {s:.1} s (harness peak {} MiB)",
+            peak.unwrap_or(0) / 1024
+        );
+        self.phase_seconds.insert(name.to_owned(), json!(s));
+        self.phase_order.push(name.to_owned());
+        self.harness_peak_kib.insert(name.to_owned(), json!(peak));
+    }
 }
 
 struct Ctx {
@@ -204,6 +256,7 @@ pub(crate) async fn fresh_database(
 pub(crate) fn broker(
     brokers: Option<&str>,
     broker_bin: Option<PathBuf>,
+    storage: BrokerStorage,
     dir: &std::path::Path,
 ) -> anyhow::Result<(Option<Proc>, String)> {
     if let Some(b) = brokers {
@@ -216,7 +269,7 @@ pub(crate) fn broker(
             bin.display()
         );
     }
-    let (p, b) = procs::start_broker(&bin, dir)?;
+    let (p, b) = procs::start_broker(&bin, dir, storage)?;
     Ok((Some(p), b))
 }
 
@@ -250,8 +303,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(c) = args.customers {
         preset.customers = c;
     }
-    if let Some(s) = args.scale {
-        preset.scale = s.max(1);
+    if let Some(c) = args.load_concurrency {
+        preset.load_concurrency = c.max(1);
+    }
+    if let Some(n) = args.embedded_records {
+        preset.embedded_records = n.max(1);
+    }
+    if let Some(n) = args.copy_baseline_rows {
+        preset.copy_baseline_rows = n.max(1);
+    }
+    if let Some(s) = args.bed.broker_storage {
+        preset.broker_storage = s;
     }
     let work =
         std::env::temp_dir().join(format!("crm-bench-{}-{}", preset.name, std::process::id()));
@@ -280,6 +342,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (broker, brokers) = broker(
         args.bed.brokers.as_deref(),
         args.bed.broker_bin.clone(),
+        preset.broker_storage,
         &work.join("broker"),
     )?;
     let prefix = format!("bench-{}-{}.", preset.name, Utc::now().timestamp_millis());
@@ -316,7 +379,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     procs::wait_for_port(&mut command, command_port, Duration::from_secs(120))?;
     let ctx = Ctx {
         http: reqwest::Client::builder()
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(1024)
             .timeout(Duration::from_secs(60))
             .build()?,
         command_url: format!("http://127.0.0.1:{command_port}"),
@@ -334,27 +397,56 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ..Report::default()
     };
 
-    // ---------------------------------------------------------------- load (single commands)
+    // ---------------------------------------------------------------- the data set, on disk
+    let t = Instant::now();
     let now = Utc::now();
-    let scripts = gen::scripts(args.seed, preset.customers, preset.touchpoints, now);
-    report.load = load(&ctx, &scripts, preset.load_concurrency).await?;
+    let data_set = {
+        let (dir, seed, preset) = (work.join("data-set"), args.seed, preset.clone());
+        tokio::task::spawn_blocking(move || {
+            spool::write(
+                &dir,
+                seed,
+                preset.customers,
+                preset.touchpoints,
+                now,
+                preset.ingest_batch,
+            )
+        })
+        .await??
+    };
+    report.data_set = data_set.summary();
+    eprintln!("data set: {}", report.data_set);
+    report.phase("generate", t);
+
+    // ---------------------------------------------------------------- load (single commands)
+    let t = Instant::now();
+    report.load = load(&ctx, &data_set, preset.load_concurrency).await?;
     eprintln!("load: {}", report.load);
+    report.phase("load", t);
 
     // ---------------------------------------------------------------- 1. ingest vs bare producer
-    report.ingest = ingest(&ctx, &settings, &topic, &scripts, &preset).await?;
+    let t = Instant::now();
+    report.ingest = ingest(&ctx, &settings, &topic, &data_set, &preset).await?;
     eprintln!("ingest: {}", report.ingest);
+    report.phase("ingest", t);
     let bare = report.ingest["bare_producer"]["records_per_second"]
         .as_f64()
         .unwrap_or(0.0);
-    report.ingest["inbound_topic"] = inbound(&ctx, &settings, &scripts, bare).await?;
+    let t = Instant::now();
+    report.ingest["inbound_topic"] = inbound(&ctx, &settings, &data_set, bare).await?;
     eprintln!("inbound: {}", report.ingest["inbound_topic"]);
+    report.phase("inbound", t);
 
     // ---------------------------------------------------------------- 2. command latency
-    report.command_latency = command_latency(&ctx, &scripts, &preset).await?;
+    let t = Instant::now();
+    report.command_latency = command_latency(&ctx, &data_set.customers, &preset).await?;
     eprintln!("command latency: {}", report.command_latency);
     command.check_alive()?;
+    report.phase("command_latency", t);
+    data_set.remove();
 
     // ---------------------------------------------------------------- 3. replay vs COPY
+    let t = Instant::now();
     let ends = end_offsets(&settings, &topic).await?;
     let log_records: i64 = ends.iter().sum();
     // the replay's batch size (records per transaction): `crm replay`'s default unless
@@ -375,8 +467,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .as_f64()
         .unwrap_or(replay_seconds);
     let replay_eps = events_applied as f64 / consumer_seconds.max(1e-9);
-    let copy = copy_baseline(&pool, events_applied).await?;
+    report.phase("replay", t);
+    let t = Instant::now();
+    let copy = copy_baseline(
+        &pool,
+        events_applied,
+        &work.join("copy"),
+        preset.copy_baseline_rows,
+    )
+    .await?;
     let copy_eps = copy["events_per_second_equivalent"].as_f64().unwrap_or(0.0);
+    report.phase("copy_baseline", t);
     report.replay = json!({
         "what": "projection_service::replay (Kafka consumer, manual assignment, batches of `batch` records, one transaction per lane per batch) from offset 0 into rm_v1, then RFM recompute, alert sweep and activation; a separate process",
         "batch": replay_batch,
@@ -393,18 +494,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     eprintln!("replay: {}", report.replay);
 
     // ---------------------------------------------------------------- embedded default
-    report.embedded = embedded(&pool, &settings, &topic, &work).await?;
+    let t = Instant::now();
+    report.embedded = embedded(&pool, &settings, &topic, &work, preset.embedded_records).await?;
     eprintln!("embedded: {}", report.embedded);
-
-    // ---------------------------------------------------------------- bulk growth (large)
-    if preset.scale > 1 {
-        report.bulk = crate::bulk::grow(&pool, preset.scale).await?;
-        eprintln!("bulk: {}", report.bulk);
-    }
+    report.phase("embedded", t);
     let sizes = data_size(&pool, "rm_v1").await?;
     report.data = sizes.clone();
 
     // ---------------------------------------------------------------- live projection + query
+    let t = Instant::now();
     let mut role = vec!["serve-projection".to_owned()];
     role.extend(log_args.clone());
     role.extend(["--database-url".to_owned(), database_url.clone()]);
@@ -430,12 +528,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     projection.check_alive()?;
 
     // ---------------------------------------------------------------- 4. freshness
-    let ids: Vec<Uuid> = scripts.iter().map(|s| s.customer_id).collect();
-    report.freshness = freshness(&ctx, &query_url, &ids, &preset).await?;
+    report.freshness = freshness(&ctx, &query_url, &data_set.customers, &preset).await?;
     eprintln!("freshness: {}", report.freshness);
     projection.check_alive()?;
+    report.phase("freshness", t);
 
     // ---------------------------------------------------------------- 5. queries
+    let t = Instant::now();
     report.queries = queries(&ctx, &query_url, &pool, &preset).await?;
     eprintln!("queries: {}", report.queries);
 
@@ -468,6 +567,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     sqlx::query(&format!("ALTER DATABASE {database} RESET jit"))
         .execute(&pool)
         .await?;
+    report.phase("queries", t);
 
     // ---------------------------------------------------------------- 6. memory
     report.memory = json!({
@@ -477,6 +577,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "projection_service_live_kib": projection.peak_kib(),
         "query_service_kib": query.peak_kib(),
         "broker_kib": broker.as_ref().and_then(Proc::peak_kib),
+        "broker_storage": if broker.is_some() { json!(preset.broker_storage) } else { json!("--brokers") },
+        "broker_directory_bytes": dir_bytes(&work.join("broker")),
         "harness_kib": crate::stats::vm_hwm_kib(std::process::id()),
     });
     query.stop();
@@ -485,8 +587,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(b) = broker {
         b.stop();
     }
+    // the SQLite broker's files (tens of GB at large); its log stays
+    if let Ok(entries) = std::fs::read_dir(work.join("broker")) {
+        for e in entries.filter_map(Result::ok) {
+            if e.file_name().to_string_lossy().starts_with("nisshi.db") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 
     // ---------------------------------------------------------------- 7. the embedded default's freshness
+    let t = Instant::now();
     report.freshness_embedded = match crate::up::freshness(crate::up::Embedded {
         crm_bin: args.crm_bin.as_deref(),
         work: &work,
@@ -508,6 +619,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "freshness (embedded default): {}",
         report.freshness_embedded
     );
+    report.phase("freshness_embedded", t);
 
     report.targets = targets(&report);
     report.wall_seconds = round(wall.elapsed().as_secs_f64());
@@ -523,8 +635,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", out.display()))?;
         eprintln!("crm-bench: wrote {}", out.display());
     }
+    eprintln!("crm-bench: wall time of each phase (s):");
+    for name in &report.phase_order {
+        if let Some(s) = report.phase_seconds.get(name) {
+            eprintln!("  {name:<20} {s}");
+        }
+    }
+    eprintln!("  {:<20} {}", "whole run", report.wall_seconds);
     let _ = std::fs::remove_dir_all(work.join("embedded"));
     Ok(())
+}
+
+/// The bytes of the files under `dir` (the private broker's SQLite file and its journal).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 fn targets(r: &Report) -> Value {
@@ -553,66 +688,95 @@ fn targets(r: &Report) -> Value {
 
 // -------------------------------------------------------------------- load
 
-/// Every customer's single commands through the HTTP API, `concurrency` customers at a time.
-async fn load(ctx: &Ctx, scripts: &[Script], concurrency: usize) -> anyhow::Result<Value> {
+/// What loading one customer gave.
+#[derive(Default)]
+struct Loaded {
+    ok: usize,
+    failed: usize,
+    lat: Vec<Duration>,
+    first_error: Option<String>,
+}
+
+/// Every customer's single commands through the HTTP API, `concurrency` customers at a time,
+/// read from the data set's file as they go.
+async fn load(ctx: &Ctx, data_set: &Spool, concurrency: usize) -> anyhow::Result<Value> {
+    let customers = spool::Commands::open(data_set)?;
+    let total_customers = data_set.customers.len();
     let started = Instant::now();
-    let results: Vec<(usize, usize, Vec<Duration>, Option<String>)> =
-        futures::stream::iter(scripts.iter().map(|s| async move {
-            let (mut ok, mut failed, mut lat, mut first_error) = (0, 0, Vec::new(), None);
-            for r in &s.commands {
-                let t = Instant::now();
-                let sent = ctx
-                    .http
-                    .request(r.method.clone(), format!("{}{}", ctx.command_url, r.path))
-                    .bearer_auth(&ctx.admin)
-                    .json(&r.body)
-                    .send()
-                    .await;
-                match sent {
-                    Ok(a) if a.status().is_success() => {
-                        let _ = a.bytes().await;
-                        ok += 1;
-                        lat.push(t.elapsed());
-                    }
-                    Ok(a) => {
-                        failed += 1;
-                        let status = a.status();
-                        let body = a.text().await.unwrap_or_default();
-                        first_error
-                            .get_or_insert(format!("{} {}: {status} {body}", r.method, r.path));
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        first_error.get_or_insert(e.to_string());
-                    }
+    let mut outcomes = futures::stream::iter(customers.map(|commands| async move {
+        let commands = commands?;
+        let mut l = Loaded::default();
+        for r in &commands {
+            let t = Instant::now();
+            let sent = ctx
+                .http
+                .request(r.method.clone(), format!("{}{}", ctx.command_url, r.path))
+                .bearer_auth(&ctx.admin)
+                .header("content-type", "application/json")
+                .body(r.body.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(a) if a.status().is_success() => {
+                    let _ = a.bytes().await;
+                    l.ok += 1;
+                    l.lat.push(t.elapsed());
+                }
+                Ok(a) => {
+                    l.failed += 1;
+                    let status = a.status();
+                    let body = a.text().await.unwrap_or_default();
+                    l.first_error
+                        .get_or_insert(format!("{} {}: {status} {body}", r.method, r.path));
+                }
+                Err(e) => {
+                    l.failed += 1;
+                    l.first_error.get_or_insert(e.to_string());
                 }
             }
-            (ok, failed, lat, first_error)
-        }))
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
+        }
+        anyhow::Ok(l)
+    }))
+    .buffer_unordered(concurrency.max(1));
+    let mut all = Loaded::default();
+    let mut done = 0usize;
+    let mut next_report = Instant::now() + Duration::from_secs(30);
+    while let Some(l) = outcomes.next().await {
+        let l = l?;
+        all.ok += l.ok;
+        all.failed += l.failed;
+        all.lat.extend(l.lat);
+        if all.first_error.is_none() {
+            all.first_error = l.first_error;
+        }
+        done += 1;
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(30);
+            eprintln!(
+                "load: {done}/{total_customers} customers, {} commands ({:.0}/s), {} failed",
+                all.ok,
+                all.ok as f64 / started.elapsed().as_secs_f64(),
+                all.failed
+            );
+        }
+    }
     let elapsed = started.elapsed();
-    let ok: usize = results.iter().map(|r| r.0).sum();
-    let failed: usize = results.iter().map(|r| r.1).sum();
-    let lat: Vec<Duration> = results.iter().flat_map(|r| r.2.iter().copied()).collect();
-    let first_error = results.iter().find_map(|r| r.3.clone());
-    if ok == 0 {
+    if all.ok == 0 {
         bail!(
             "no command was accepted: {}",
-            first_error.unwrap_or_default()
+            all.first_error.unwrap_or_default()
         );
     }
     Ok(json!({
         "what": "the data set's single commands over HTTP (register, contacts, orders, opportunities, service requests, complaints, churn), each customer's in order, customers concurrently",
-        "customers": scripts.len(),
-        "commands_accepted": ok,
-        "commands_failed": failed,
-        "first_error": first_error,
+        "customers": done,
+        "commands_accepted": all.ok,
+        "commands_failed": all.failed,
+        "first_error": all.first_error,
         "concurrency": concurrency,
         "seconds": round(elapsed.as_secs_f64()),
-        "commands_per_second": rate(ok as u64, elapsed),
-        "latency": Latency::of(&lat),
+        "commands_per_second": rate(all.ok as u64, elapsed),
+        "latency": Latency::of(&all.lat),
     }))
 }
 
@@ -634,98 +798,153 @@ async fn end_offsets(settings: &KafkaSettings, topic: &str) -> anyhow::Result<Ve
     .await?
 }
 
-/// Committed records of every partition from `from[p]` on.
-async fn read_all(
+/// A consumer for [`scan`]: committed records, partitions assigned by hand; a fetch that finds
+/// nothing comes back after 10 ms (the end of a partition is seen when a fetch comes back
+/// empty: the transaction's marker follows the last record).
+fn scanner(settings: &KafkaSettings) -> anyhow::Result<BaseConsumer> {
+    let mut config = settings.reader_config();
+    config.set("fetch.wait.max.ms", "10");
+    Ok(config.create()?)
+}
+
+/// The committed records of one partition from offset `from` up to (not including) `until`
+/// (its end when `None`), to `f` one at a time; `f` answering `false` stops the scan. Blocking.
+fn scan(
+    consumer: &BaseConsumer,
     settings: &KafkaSettings,
     topic: &str,
-    from: &[i64],
-) -> anyhow::Result<Vec<StoredRecord>> {
-    let settings = settings.clone();
-    let topic = topic.to_owned();
-    let from = from.to_vec();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<StoredRecord>> {
-        let mut out = Vec::new();
-        for p in 0..settings.partitions {
-            let start = from.get(p as usize).copied().unwrap_or(0);
-            scan_partition(&settings, &topic, p, start, |r| {
-                out.push(r);
-                Ok(())
-            })?;
+    partition: i32,
+    from: i64,
+    until: Option<i64>,
+    mut f: impl FnMut(StoredRecord) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let timeout = settings.operation_timeout();
+    // read_committed: the high watermark is the last stable offset
+    let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+    let end = until.map_or(high, |u| u.min(high));
+    let start = from.max(low);
+    if start >= end {
+        return Ok(());
+    }
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
+    consumer.assign(&assignment)?;
+    let mut idle_deadline = Instant::now() + timeout;
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {
+                if Instant::now() >= idle_deadline {
+                    bail!("reading {topic}/{partition} from {start} to {end}: nothing for {timeout:?}");
+                }
+            }
+            Some(Ok(message)) => {
+                use rdkafka::Message;
+                idle_deadline = Instant::now() + timeout;
+                let offset = message.offset();
+                if offset >= end {
+                    return Ok(());
+                }
+                if !f(StoredRecord::from_message(&message))? || offset + 1 >= end {
+                    return Ok(());
+                }
+            }
+            // the end of what is readable (transaction markers may sit before `high`)
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(()),
+            Some(Err(e)) => return Err(e.into()),
         }
-        Ok(out)
-    })
-    .await?
+    }
 }
 
 async fn ingest(
     ctx: &Ctx,
     settings: &KafkaSettings,
     topic: &str,
-    scripts: &[Script],
+    data_set: &Spool,
     preset: &Preset,
 ) -> anyhow::Result<Value> {
-    // the batch endpoint, as channel adapters use it
-    let items: Vec<&Value> = scripts.iter().flat_map(|s| s.touchpoints.iter()).collect();
-    let bodies: Vec<Vec<u8>> = items
-        .chunks(preset.ingest_batch.max(1))
-        .map(|chunk| {
-            let mut body = Vec::new();
-            for item in chunk {
-                if serde_json::to_writer(&mut body, item).is_ok() {
-                    body.push(b'\n');
-                }
-            }
-            body
-        })
-        .collect();
-    let body_bytes: usize = bodies.iter().map(Vec::len).sum();
+    // the batch endpoint, as channel adapters use it, its bodies read from the data set's file
+    let batches = spool::Batches::open(data_set)?;
     let before = end_offsets(settings, topic).await?;
     let started = Instant::now();
-    let answers: Vec<anyhow::Result<(u64, u64, Duration)>> =
-        futures::stream::iter(bodies.into_iter().map(|body| async move {
-            let t = Instant::now();
-            let r = ctx
-                .http
-                .post(format!("{}/v1/touchpoints:batch", ctx.command_url))
-                .bearer_auth(&ctx.adapter)
-                .header("content-type", "application/x-ndjson")
-                .body(body)
-                .send()
-                .await?;
-            let status = r.status();
-            let v: Value = r.json().await?;
-            if !status.is_success() {
-                bail!("batch answered {status}: {v}");
-            }
-            Ok((
-                v["accepted"].as_u64().unwrap_or(0),
-                v["rejected"].as_u64().unwrap_or(0),
-                t.elapsed(),
-            ))
-        }))
-        .buffer_unordered(preset.ingest_concurrency.max(1))
-        .collect()
-        .await;
-    let http_elapsed = started.elapsed();
-    let (mut accepted, mut rejected, mut lat) = (0u64, 0u64, Vec::new());
-    for a in answers {
-        let (ok, no, d) = a?;
+    let mut answers = futures::stream::iter(batches.map(|batch| async move {
+        let (items, body) = batch?;
+        let bytes = body.len();
+        let t = Instant::now();
+        let r = ctx
+            .http
+            .post(format!("{}/v1/touchpoints:batch", ctx.command_url))
+            .bearer_auth(&ctx.adapter)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value = r.json().await?;
+        if !status.is_success() {
+            bail!("batch answered {status}: {v}");
+        }
+        Ok((
+            items,
+            bytes,
+            v["accepted"].as_u64().unwrap_or(0),
+            v["rejected"].as_u64().unwrap_or(0),
+            t.elapsed(),
+        ))
+    }))
+    .buffer_unordered(preset.ingest_concurrency.max(1));
+    let (mut items, mut body_bytes, mut accepted, mut rejected, mut lat) =
+        (0u64, 0usize, 0u64, 0u64, Vec::new());
+    let mut next_report = Instant::now() + Duration::from_secs(30);
+    while let Some(a) = answers.next().await {
+        let (n, b, ok, no, d) = a?;
+        items += n;
+        body_bytes += b;
         accepted += ok;
         rejected += no;
         lat.push(d);
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(30);
+            eprintln!(
+                "ingest: {accepted}/{} touchpoints ({:.0}/s)",
+                data_set.touchpoints,
+                accepted as f64 / started.elapsed().as_secs_f64()
+            );
+        }
     }
+    drop(answers);
+    let http_elapsed = started.elapsed();
     let after = end_offsets(settings, topic).await?;
 
-    // the same records, read back, written by a bare producer to a topic of their own
-    let records = read_all(settings, topic, &before).await?;
-    let records: Vec<StoredRecord> = records
-        .into_iter()
-        .filter(|r| {
-            after
-                .get(r.position.partition as usize)
-                .is_some_and(|end| r.position.offset < *end)
+    // the same records (the first of each partition, up to the preset's count), read back and
+    // written by a bare producer to a topic of their own
+    let per_partition =
+        (preset.bare_producer_records / (settings.partitions.max(1) as usize)).max(1);
+    let records = {
+        let (settings, topic, before, after) = (
+            settings.clone(),
+            topic.to_owned(),
+            before.clone(),
+            after.clone(),
+        );
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<StoredRecord>> {
+            let mut out = Vec::new();
+            let consumer = scanner(&settings)?;
+            for p in 0..settings.partitions {
+                let (from, until) = (
+                    before.get(p as usize).copied().unwrap_or(0),
+                    after.get(p as usize).copied().unwrap_or(0),
+                );
+                let mut n = 0;
+                scan(&consumer, &settings, &topic, p, from, Some(until), |r| {
+                    out.push(r);
+                    n += 1;
+                    Ok(n < per_partition)
+                })?;
+            }
+            Ok(out)
         })
-        .collect();
+        .await??
+    };
     let record_bytes: usize = records
         .iter()
         .map(|r| {
@@ -780,10 +999,11 @@ async fn ingest(
     let bare_ok = delivered.iter().filter(|d| **d).count() as u64;
     let http_rate = rate(accepted, http_elapsed);
     let bare_rate = rate(bare_ok, bare_elapsed);
+    let sample = (records.len() as u64) < accepted;
     Ok(json!({
         "http_batch": {
-            "what": "POST /v1/touchpoints:batch (NDJSON, minted channel_adapter token) to command-service in its own process: parse, authorize, decide against the customer's state, one Kafka transaction per partition per batch",
-            "touchpoints": items.len(),
+            "what": "POST /v1/touchpoints:batch (NDJSON, minted channel_adapter token) to command-service in its own process: parse, authorize, decide against the customer's state, one Kafka transaction per partition per batch; the bodies read from the data set's file as they are sent",
+            "touchpoints": items,
             "accepted": accepted,
             "rejected": rejected,
             "batch_size": preset.ingest_batch,
@@ -794,7 +1014,12 @@ async fn ingest(
             "batch_latency": Latency::of(&lat),
         },
         "bare_producer": {
-            "what": "the very records the batch endpoint appended (key, CloudEvents headers, JSON body), read back and produced by one idempotent rdkafka producer (acks=all, librdkafka defaults) to a topic with the same partitions on the same broker",
+            "what": if sample {
+                format!("a sample: the first {per_partition} records the batch endpoint appended to each partition (key, CloudEvents headers, JSON body; {} of {accepted}), read back and produced by one idempotent rdkafka producer (acks=all, librdkafka defaults) to a topic with the same partitions on the same broker", records.len())
+            } else {
+                "the very records the batch endpoint appended (key, CloudEvents headers, JSON body), read back and produced by one idempotent rdkafka producer (acks=all, librdkafka defaults) to a topic with the same partitions on the same broker".to_owned()
+            },
+            "sample": sample,
             "records": records.len(),
             "delivered": bare_ok,
             "record_bytes": record_bytes,
@@ -822,9 +1047,6 @@ async fn inbound_appended(ctx: &Ctx) -> anyhow::Result<u64> {
         .sum())
 }
 
-/// An inbound record: key (the customer id), body, CloudEvents headers.
-type InboundRecord = (String, Vec<u8>, Vec<(&'static str, String)>);
-
 /// A third of the data set's touchpoints again (new ids), published by one bare producer on
 /// the inbound topic as channel adapters do (CloudEvents binary mode), while command-service's
 /// inbound readers validate, decide and append them; timed from the first record produced to
@@ -832,40 +1054,11 @@ type InboundRecord = (String, Vec<u8>, Vec<(&'static str, String)>);
 async fn inbound(
     ctx: &Ctx,
     settings: &KafkaSettings,
-    scripts: &[Script],
+    data_set: &Spool,
     bare_rate: f64,
 ) -> anyhow::Result<Value> {
     use domain::envelope::header;
-    let items: Vec<&Value> = scripts.iter().flat_map(|s| s.touchpoints.iter()).collect();
-    let mut records: Vec<InboundRecord> = Vec::new();
-    for item in items.iter().step_by(3) {
-        let customer = item["customer_id"].as_str().unwrap_or_default().to_owned();
-        let body = serde_json::to_vec(&json!({
-            "customer_id": customer,
-            "touchpoint_id": Uuid::now_v7(),
-            "touchpoint": item["touchpoint"],
-        }))?;
-        let time = item["occurred_at"].as_str().unwrap_or_default().to_owned();
-        let headers = vec![
-            (
-                header::SPEC_VERSION,
-                domain::envelope::SPEC_VERSION.to_owned(),
-            ),
-            (header::ID, Uuid::now_v7().to_string()),
-            (header::SOURCE, crate::serve::INBOUND_SOURCE.to_owned()),
-            (
-                header::TYPE,
-                command_service::inbound::INBOUND_TYPE.to_owned(),
-            ),
-            (header::TIME, time),
-            (header::SUBJECT, customer.clone()),
-            (
-                header::CONTENT_TYPE,
-                domain::envelope::CONTENT_TYPE.to_owned(),
-            ),
-        ];
-        records.push((customer, body, headers));
-    }
+    let records = spool::InboundRecords::open(data_set)?;
     let topic = settings.topics().inbound();
     let producer: FutureProducer = settings.producer_config().create()?;
     // metadata before timing (no warm-up record: the readers would take it)
@@ -883,35 +1076,52 @@ async fn inbound(
     }
     let before = inbound_appended(ctx).await?;
     let started = Instant::now();
-    let delivered: Vec<bool> = futures::stream::iter(records.iter().map(|(key, body, hs)| {
+    let mut delivered = futures::stream::iter(records.map(|r| {
         let producer = &producer;
         let topic = &topic;
         async move {
-            let headers = hs.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+            let r = r?;
+            let headers = [
+                (header::SPEC_VERSION, domain::envelope::SPEC_VERSION),
+                (header::ID, r.id.as_str()),
+                (header::SOURCE, crate::serve::INBOUND_SOURCE),
+                (header::TYPE, command_service::inbound::INBOUND_TYPE),
+                (header::TIME, r.time.as_str()),
+                (header::SUBJECT, r.key.as_str()),
+                (header::CONTENT_TYPE, domain::envelope::CONTENT_TYPE),
+            ]
+            .iter()
+            .fold(OwnedHeaders::new_with_capacity(7), |h, (k, v)| {
                 h.insert(Header {
                     key: k,
                     value: Some(v.as_bytes()),
                 })
             });
-            producer
+            let sent = producer
                 .send(
                     FutureRecord::to(topic)
-                        .key(key.as_bytes())
-                        .payload(body.as_slice())
+                        .key(r.key.as_bytes())
+                        .payload(r.body.as_slice())
                         .headers(headers),
                     Duration::from_secs(60),
                 )
                 .await
-                .is_ok()
+                .is_ok();
+            anyhow::Ok(sent)
         }
     }))
-    .buffer_unordered(50_000)
-    .collect()
-    .await;
+    .buffer_unordered(50_000);
+    let (mut produced_records, mut sent) = (0u64, 0u64);
+    while let Some(d) = delivered.next().await {
+        produced_records += 1;
+        sent += u64::from(d?);
+    }
+    drop(delivered);
     let produced = started.elapsed();
-    let sent = delivered.iter().filter(|d| **d).count() as u64;
     let mut appended = 0;
-    while started.elapsed() < Duration::from_secs(300) {
+    // the readers may lag the producer: at least 5 minutes, more for a large data set
+    let patience = Duration::from_secs(300.max(sent / 1000));
+    while started.elapsed() < patience {
         appended = inbound_appended(ctx).await?.saturating_sub(before);
         if appended >= sent {
             break;
@@ -921,8 +1131,8 @@ async fn inbound(
     let elapsed = started.elapsed();
     let inbound_rate = rate(appended, elapsed);
     Ok(json!({
-        "what": "a third of the touchpoints again (new ids), produced by one bare producer on the inbound topic as CloudEvents (binary mode); command-service's inbound readers (one per partition, batches of up to 500) validate, decide and append them; from the first record produced to the last one appended; compared with the bare producer figure above",
-        "records": records.len(),
+        "what": "a third of the touchpoints again (new ids), read from the data set's file and produced by one bare producer on the inbound topic as CloudEvents (binary mode); command-service's inbound readers (one per partition, batches of up to 500) validate, decide and append them; from the first record produced to the last one appended; compared with the bare producer figure above",
+        "records": produced_records,
         "produced": sent,
         "produce_seconds": round(produced.as_secs_f64()),
         "appended": appended,
@@ -958,7 +1168,7 @@ pub(crate) fn touchpoint_command(rng: &mut Rng) -> Value {
 
 /// Open loop: one command every 1/rate s whatever the answers do; latency from the moment the
 /// command was due (so a stall counts for every command it delays).
-async fn command_latency(ctx: &Ctx, scripts: &[Script], preset: &Preset) -> anyhow::Result<Value> {
+async fn command_latency(ctx: &Ctx, customers: &[Uuid], preset: &Preset) -> anyhow::Result<Value> {
     let mut rng = Rng(7);
     let total = preset.latency_rate * preset.latency_seconds;
     let period = Duration::from_secs_f64(1.0 / preset.latency_rate.max(1) as f64);
@@ -967,13 +1177,10 @@ async fn command_latency(ctx: &Ctx, scripts: &[Script], preset: &Preset) -> anyh
     for i in 0..total {
         let due = started + period.mul_f64(i as f64);
         tokio::time::sleep_until(due).await;
-        let Some(s) = scripts.get(rng.below(scripts.len() as u64) as usize) else {
+        let Some(customer) = customers.get(rng.below(customers.len() as u64) as usize) else {
             continue;
         };
-        let url = format!(
-            "{}/v1/customers/{}/touchpoints",
-            ctx.command_url, s.customer_id
-        );
+        let url = format!("{}/v1/customers/{customer}/touchpoints", ctx.command_url);
         let body = touchpoint_command(&mut rng);
         let request = ctx.http.post(url).bearer_auth(&ctx.admin).json(&body);
         tasks.spawn(async move {
@@ -1047,58 +1254,105 @@ async fn watch_replay(mut replay: Proc, others: &[&Proc]) -> anyhow::Result<Valu
 
 /// The rows the replay wrote into rm_v1, copied with a bare `COPY ... FROM STDIN (binary)`
 /// into the same tables of a fresh version (same schema, same indexes), in one transaction.
-async fn copy_baseline(pool: &PgPool, events: u64) -> anyhow::Result<Value> {
+/// The rows are first copied out to files in `dir` (not timed), then streamed from there.
+/// More rows than `cap` in all: the same share of every table (its first rows), and the events
+/// counted in the same share.
+async fn copy_baseline(
+    pool: &PgPool,
+    events: u64,
+    dir: &std::path::Path,
+    cap: usize,
+) -> anyhow::Result<Value> {
+    use std::io::{Read, Write};
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
     let mut conn = pool.acquire().await?;
-    let mut data: Vec<(&str, Vec<bytes::Bytes>)> = Vec::new();
+    let mut files: Vec<(&str, PathBuf)> = Vec::new();
     let mut rows_total = 0i64;
+    let mut bytes = 0u64;
     let mut per_table = serde_json::Map::new();
     // the tables a rebuild reproduces, as the registry of read models lists them
+    let mut counts: Vec<(&str, i64)> = Vec::new();
     for t in projection_service::read_models::tables() {
         let (rows,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM rm_v1.{t}"))
             .fetch_one(&mut *conn)
             .await?;
-        rows_total += rows;
-        per_table.insert((*t).to_owned(), json!(rows));
-        let mut chunks = Vec::new();
+        counts.push((t, rows));
+    }
+    let all: i64 = counts.iter().map(|(_, r)| r).sum();
+    let share = if all as f64 > cap as f64 {
+        cap as f64 / all as f64
+    } else {
+        1.0
+    };
+    for (t, rows) in counts {
+        let taken = (rows as f64 * share).ceil() as i64;
+        rows_total += taken;
+        per_table.insert(t.to_owned(), json!(taken));
+        let path = dir.join(format!("{t}.copy"));
+        let mut out = std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        let source = if share < 1.0 {
+            format!("(SELECT * FROM rm_v1.{t} LIMIT {taken})")
+        } else {
+            format!("rm_v1.{t}")
+        };
         let mut stream = conn
-            .copy_out_raw(&format!("COPY rm_v1.{t} TO STDOUT (FORMAT binary)"))
+            .copy_out_raw(&format!("COPY {source} TO STDOUT (FORMAT binary)"))
             .await?;
         while let Some(chunk) = stream.next().await {
-            chunks.push(chunk?);
+            let chunk = chunk?;
+            bytes += chunk.len() as u64;
+            out.write_all(&chunk)?;
         }
         drop(stream);
-        data.push((t, chunks));
+        out.flush()?;
+        files.push((t, path));
     }
     drop(conn);
     let pv = ProjectionVersion::new("rm", 2)?;
     Projector::open(pool.clone(), pv.clone()).await?;
-    let bytes: usize = data
-        .iter()
-        .flat_map(|(_, c)| c.iter().map(|b| b.len()))
-        .sum();
     let started = Instant::now();
     let mut tx = pool.begin().await?;
-    for (t, chunks) in &data {
+    let mut buf = vec![0u8; 1 << 20];
+    for (t, path) in &files {
         // the migration's own seed rows (funnel stages, rfm_order_versions) are not in these tables
         let mut copy = tx
             .copy_in_raw(&format!("COPY rm_v2.{t} FROM STDIN (FORMAT binary)"))
             .await?;
-        for c in chunks {
-            copy.send(c.as_ref()).await?;
+        let mut file = std::fs::File::open(path)?;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            copy.send(&buf[..n]).await?;
         }
         copy.finish().await?;
     }
     tx.commit().await?;
     let elapsed = started.elapsed();
     drop_version(pool, &pv).await?;
+    let _ = std::fs::remove_dir_all(dir);
+    let what = "COPY ... FROM STDIN (FORMAT binary) into the same tables of a fresh version (same DDL and indexes), one transaction; the same PostgreSQL; the rows copied out to files first (not timed) and streamed from them";
+    let equivalent = (events as f64 * share).round() as u64;
     Ok(json!({
-        "what": "the rows the replay wrote (every read-model table of rm_v1), COPY ... FROM STDIN (FORMAT binary) into the same tables of a fresh version (same DDL and indexes), one transaction; the same PostgreSQL",
+        "what": if share < 1.0 {
+            format!("a sample: the first {:.1} % of the rows of every read-model table the replay wrote (rm_v1), {what}; events counted in the same share", share * 100.0)
+        } else {
+            format!("the rows the replay wrote (every read-model table of rm_v1), {what}")
+        },
+        "share_of_rows": round(share),
+        "rows_in_rm_v1": all,
         "rows": rows_total,
         "rows_per_table": per_table,
         "bytes": bytes,
         "seconds": round(elapsed.as_secs_f64()),
         "rows_per_second": rate(rows_total as u64, elapsed),
-        "events_per_second_equivalent": rate(events, elapsed),
+        "events_equivalent": equivalent,
+        "events_per_second_equivalent": rate(equivalent, elapsed),
     }))
 }
 
@@ -1106,37 +1360,66 @@ async fn copy_baseline(pool: &PgPool, events: u64) -> anyhow::Result<Value> {
 
 /// The same events in the embedded log (files, fsync per transaction), then the same
 /// Projector fed from it in-process (what `crm up` without Kafka runs), into a fresh version.
+/// The log is read from Kafka a partition at a time, in chunks of 1000 records; only the
+/// appends are timed. At most `cap` records: the first of each partition (a prefix of every
+/// partition is a consistent history: each customer's events are in one partition, in order).
 async fn embedded(
     pool: &PgPool,
     settings: &KafkaSettings,
     topic: &str,
     work: &std::path::Path,
+    cap: usize,
 ) -> anyhow::Result<Value> {
-    let records = read_all(settings, topic, &[]).await?;
-    let mut by_partition: HashMap<i32, Vec<domain::KafkaRecord>> = HashMap::new();
-    for r in &records {
-        if let Ok(e) = r.decode() {
-            by_partition
-                .entry(r.position.partition)
-                .or_default()
-                .push(e.to_kafka()?);
-        }
-    }
+    let per_partition = (cap / (settings.partitions.max(1) as usize)).max(1);
+    let ends = end_offsets(settings, topic).await?;
+    let mut prefix = false;
     let dir = work.join("embedded");
     let _ = std::fs::remove_dir_all(&dir);
     let topics = EmbeddedTopics::open(&dir, settings.partitions)?;
-    let started = Instant::now();
-    let mut appended = 0u64;
-    for (p, recs) in &by_partition {
-        let writer = topics.customer_events.open_writer(*p).await?;
-        for chunk in recs.chunks(1000) {
-            writer.append(chunk).await?;
+    let (mut appended, mut append_elapsed) = (0u64, Duration::ZERO);
+    for p in 0..settings.partitions {
+        let writer = topics.customer_events.open_writer(p).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<domain::KafkaRecord>>(4);
+        let reader = {
+            let (settings, topic) = (settings.clone(), topic.to_owned());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<(usize, i64)> {
+                let mut chunk = Vec::with_capacity(1000);
+                let consumer = scanner(&settings)?;
+                let (mut n, mut last) = (0, -1);
+                scan(&consumer, &settings, &topic, p, 0, None, |r| {
+                    let r_offset = r.position.offset;
+                    // what is not an event (none expected) is left out, as the projection does
+                    if let Ok(e) = r.decode() {
+                        chunk.push(e.to_kafka()?);
+                    }
+                    if chunk.len() == 1000 {
+                        tx.blocking_send(std::mem::take(&mut chunk))
+                            .map_err(|_| anyhow::anyhow!("the appender stopped"))?;
+                    }
+                    n += 1;
+                    last = r_offset;
+                    Ok(n < per_partition)
+                })?;
+                if !chunk.is_empty() {
+                    tx.blocking_send(chunk)
+                        .map_err(|_| anyhow::anyhow!("the appender stopped"))?;
+                }
+                Ok((n, last))
+            })
+        };
+        while let Some(chunk) = rx.recv().await {
+            let t = Instant::now();
+            writer.append(&chunk).await?;
+            append_elapsed += t.elapsed();
             appended += chunk.len() as u64;
         }
+        let (n, last) = reader.await??;
+        // stopped at the cap with records after the last one taken (beyond its commit marker)
+        prefix |= n >= per_partition && last + 2 < ends.get(p as usize).copied().unwrap_or(0);
     }
-    let append_elapsed = started.elapsed();
 
     // the embedded default's own path: its record source and batch loop, into a fresh version
+    let started = Instant::now();
     let pv = ProjectionVersion::new("rm", 3)?;
     let mut consumed = None;
     let outcome = projection_service::replay_on(
@@ -1161,15 +1444,24 @@ async fn embedded(
     .await?;
     let applied = outcome.events_applied;
     let apply_elapsed = consumed.unwrap_or(outcome.elapsed);
+    let replay_seconds = started.elapsed();
     drop_version(pool, &pv).await?;
     let _ = std::fs::remove_dir_all(&dir);
+    let what = "appended to the embedded log (one file per partition, fsync per append of 1000; read from Kafka a partition at a time, only the appends timed), then replayed from it by the embedded default's own record source and batch loop (default batches and lanes, in-process, no Kafka) into a fresh version";
     Ok(json!({
-        "what": "the same events appended to the embedded log (one file per partition, fsync per append of 1000), then replayed from it by the embedded default's own record source and batch loop (default batches and lanes, in-process, no Kafka) into a fresh version",
+        "what": if prefix {
+            format!("a prefix: the first {per_partition} records of each partition of the log (the embedded log keeps every record in memory), {what}")
+        } else {
+            format!("the same events {what}")
+        },
+        "prefix": prefix,
         "events": applied,
+        "appended": appended,
         "append_seconds": round(append_elapsed.as_secs_f64()),
         "append_events_per_second": rate(appended, append_elapsed),
         "projection_seconds": round(apply_elapsed.as_secs_f64()),
         "projection_events_per_second": rate(applied, apply_elapsed),
+        "replay_seconds_with_rfm_sweep": round(replay_seconds.as_secs_f64()),
     }))
 }
 
@@ -1391,7 +1683,7 @@ async fn queries(
     pool: &PgPool,
     preset: &Preset,
 ) -> anyhow::Result<Value> {
-    // ids from the read model: after a bulk growth most customers are not in the scripts
+    // ids from the read model (a random sample of every customer loaded)
     let ids: Vec<(Uuid,)> =
         sqlx::query_as("SELECT customer_id FROM rm_v1.customers ORDER BY random() LIMIT 20000")
             .fetch_all(pool)

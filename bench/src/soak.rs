@@ -107,6 +107,9 @@ pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
     let (broker_proc, brokers) = broker(
         args.bed.brokers.as_deref(),
         args.bed.broker_bin.clone(),
+        args.bed
+            .broker_storage
+            .unwrap_or(crate::procs::BrokerStorage::Memory),
         &work.join("broker"),
     )?;
     let prefix = format!("soak-{}.", Utc::now().timestamp_millis());

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::gen::Generator;
 use crate::procs;
 use crate::run::{fresh_database, measure_freshness, Preset, Target};
 use crate::stats::round;
@@ -161,8 +162,7 @@ pub async fn freshness(e: Embedded<'_>) -> anyhow::Result<Value> {
     // a few customers, through its command API
     let loading = Instant::now();
     let customers = e.preset.embedded_freshness_customers.max(1);
-    // the data set's first customers (the same seed and time: the same scripts)
-    let scripts = crate::gen::scripts(e.seed, customers, e.preset.touchpoints, e.now);
+    let scripts: Vec<_> = Generator::new(e.seed, customers, e.preset.touchpoints, e.now).collect();
     let outcomes: Vec<anyhow::Result<usize>> = futures::stream::iter(scripts.iter().map(|s| {
         let (http, command_url, admin) = (&http, &command_url, &admin);
         async move {

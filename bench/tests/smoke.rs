@@ -45,6 +45,19 @@ fn the_tiny_preset_runs_end_to_end_and_reports_every_figure() {
         }
         Some(e) => assert!(e.contains("no `crm` binary"), "{e}"),
     }
+    for phase in [
+        "generate",
+        "load",
+        "ingest",
+        "replay",
+        "freshness",
+        "queries",
+    ] {
+        assert!(
+            report["phase_seconds"][phase].as_f64().is_some(),
+            "no wall time for {phase}"
+        );
+    }
     for q in [
         "customer_360",
         "timeline_page",
