@@ -855,6 +855,29 @@ fn scan(
     }
 }
 
+/// One NDJSON batch to `POST /v1/touchpoints:batch`, as a channel adapter sends it: its answer
+/// (`accepted`, `rejected`, ...), or why it failed.
+pub(crate) async fn post_touchpoints(
+    http: &reqwest::Client,
+    command_url: &str,
+    token: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<Value> {
+    let r = http
+        .post(format!("{command_url}/v1/touchpoints:batch"))
+        .bearer_auth(token)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await?;
+    let status = r.status();
+    let v: Value = r.json().await?;
+    if !status.is_success() {
+        bail!("{command_url}'s batch endpoint answered {status}: {v}");
+    }
+    Ok(v)
+}
+
 async fn ingest(
     ctx: &Ctx,
     settings: &KafkaSettings,
@@ -870,20 +893,8 @@ async fn ingest(
         let (items, body) = batch?;
         let bytes = body.len();
         let t = Instant::now();
-        let r = ctx
-            .http
-            .post(format!("{}/v1/touchpoints:batch", ctx.command_url))
-            .bearer_auth(&ctx.adapter)
-            .header("content-type", "application/x-ndjson")
-            .body(body)
-            .send()
-            .await?;
-        let status = r.status();
-        let v: Value = r.json().await?;
-        if !status.is_success() {
-            bail!("batch answered {status}: {v}");
-        }
-        Ok((
+        let v = post_touchpoints(&ctx.http, &ctx.command_url, &ctx.adapter, body).await?;
+        anyhow::Ok((
             items,
             bytes,
             v["accepted"].as_u64().unwrap_or(0),

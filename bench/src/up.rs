@@ -198,18 +198,7 @@ pub async fn freshness(e: Embedded<'_>) -> anyhow::Result<Value> {
             serde_json::to_writer(&mut body, item)?;
             body.push(b'\n');
         }
-        let r = http
-            .post(format!("{command_url}/v1/touchpoints:batch"))
-            .bearer_auth(&adapter)
-            .header("content-type", "application/x-ndjson")
-            .body(body)
-            .send()
-            .await?;
-        let status = r.status();
-        let v: Value = r.json().await?;
-        if !status.is_success() {
-            bail!("crm up's batch endpoint answered {status}: {v}");
-        }
+        let v = crate::run::post_touchpoints(&http, &command_url, &adapter, body).await?;
         touchpoints += v["accepted"].as_u64().unwrap_or(0);
     }
     let load_seconds = loading.elapsed().as_secs_f64();

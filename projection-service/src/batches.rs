@@ -622,7 +622,8 @@ pub(crate) fn update_gauges(
 
 /// One record of a batch, decoded or not.
 enum Item {
-    Event(StoredRecord, Box<StreamEvent>),
+    /// Decoded: its event is the next of the batch's events.
+    Event(StoredRecord),
     /// Not an event: already dead-lettered, to be checkpointed.
     Poison(Position),
 }
@@ -677,6 +678,8 @@ impl Processor {
         let count = records.len();
         let mut redelivered = 0u64;
         let mut items = Vec::with_capacity(count);
+        // decoded once: the batch applies these; one at a time, the items take them in order
+        let mut events: Vec<(Position, StreamEvent)> = Vec::with_capacity(count);
         for record in records {
             // at or below the checkpoint: applied (or dead-lettered) before
             let checkpoint = self.state.checkpoint(record.position.partition);
@@ -686,7 +689,10 @@ impl Processor {
             }
             // either stream of the topic: customers' and the organisation's (teams)
             match record.decode_stream() {
-                Ok(event) => items.push(Item::Event(record, Box::new(event))),
+                Ok(event) => {
+                    events.push((record.position.clone(), event));
+                    items.push(Item::Event(record));
+                }
                 Err(e) => {
                     let reason = format!("undecodable event: {e}");
                     self.dead_letter(&record, &reason, "decode")?;
@@ -694,18 +700,11 @@ impl Processor {
                 }
             }
         }
-        let events: Vec<(Position, StreamEvent)> = items
-            .iter()
-            .filter_map(|item| match item {
-                Item::Event(record, event) => Some((record.position.clone(), (**event).clone())),
-                Item::Poison(_) => None,
-            })
-            .collect();
         let skipped: Vec<Position> = items
             .iter()
             .filter_map(|item| match item {
                 Item::Poison(pos) => Some(pos.clone()),
-                Item::Event(..) => None,
+                Item::Event(_) => None,
             })
             .collect();
         Ok(Some(Prepared {
@@ -739,7 +738,7 @@ impl Processor {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the batch cannot be applied; applying it one event at a time");
-                self.one_at_a_time(items, redelivered)?;
+                self.one_at_a_time(items, events, redelivered)?;
             }
         }
         tracing::debug!(records = count, elapsed = ?started.elapsed(), "batch applied");
@@ -765,7 +764,13 @@ impl Processor {
     }
 
     /// Each event in its own transaction: the ones the read models refuse are dead-lettered.
-    fn one_at_a_time(&mut self, items: Vec<Item>, redelivered: u64) -> Result<(), ConsumerError> {
+    fn one_at_a_time(
+        &mut self,
+        items: Vec<Item>,
+        events: Vec<(Position, StreamEvent)>,
+        redelivered: u64,
+    ) -> Result<(), ConsumerError> {
+        let mut events = events.into_iter();
         let mut first = true;
         for item in items {
             // the redelivered records of the batch count once, with its first item
@@ -779,10 +784,14 @@ impl Processor {
                         Err(e) => return Err(e.into()),
                     }
                 }
-                Item::Event(record, event) => {
-                    let pos = record.position.clone();
+                Item::Event(record) => {
+                    let Some((pos, event)) = events.next() else {
+                        return Err(ConsumerError::Thread(
+                            "a decoded record without its event".to_owned(),
+                        ));
+                    };
                     let metadata = event.metadata().clone();
-                    match self.apply(&[(pos.clone(), *event)], &[])? {
+                    match self.apply(&[(pos.clone(), event)], &[])? {
                         Ok(outcome) => self.done(&outcome, records, 0),
                         Err(e) if self.already_recorded(&metadata)? => {
                             // the same event appended twice (a producer's retry): its first
