@@ -52,7 +52,7 @@ pub struct Preset {
     /// the bare producer (the limit): the first ones of each partition.
     pub bare_producer_records: usize,
     /// At most this many events go into the embedded log for its figure (the first ones of
-    /// each partition): the embedded log keeps every record in memory (infra::embedded).
+    /// each partition), to bound the phase's time.
     pub embedded_records: usize,
     /// At most this many rows in the COPY baseline (the same share of every table).
     pub copy_baseline_rows: usize,
@@ -1461,7 +1461,7 @@ async fn embedded(
     let what = "appended to the embedded log (one file per partition, fsync per append of 1000; read from Kafka a partition at a time, only the appends timed), then replayed from it by the embedded default's own record source and batch loop (default batches and lanes, in-process, no Kafka) into a fresh version";
     Ok(json!({
         "what": if prefix {
-            format!("a prefix: the first {per_partition} records of each partition of the log (the embedded log keeps every record in memory), {what}")
+            format!("a prefix: the first {per_partition} records of each partition of the log (the cap `embedded_records` bounds the phase's time), {what}")
         } else {
             format!("the same events {what}")
         },

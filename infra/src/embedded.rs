@@ -5,10 +5,15 @@
 //! Each partition is one append-only file. A transaction is written as its records followed by
 //! a commit marker and flushed with `fsync`; on open, records after the last commit marker (a
 //! torn write) are cut off, so a transaction is visible whole or not at all.
+//!
+//! The records stay on disk: memory holds where each committed record starts in its file
+//! (8 bytes a record), and a read takes the byte range of the records it returns with one
+//! positioned read, so memory does not grow with history (the page cache keeps what is hot).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,9 +36,12 @@ fn io(context: &str, e: std::io::Error) -> LogError {
 
 /// One partition's file and what is known of it.
 struct PartitionFile {
-    path: PathBuf,
-    /// Committed records, in order: the partition's history.
-    records: Vec<StoredRecord>,
+    /// Opened to read and to append (`O_APPEND`): reads are positioned, so they need no lock.
+    file: Arc<File>,
+    /// Where each committed record starts in the file, in offset order.
+    starts: Vec<u64>,
+    /// The length of the committed part of the file: where the next record will start.
+    committed: u64,
     /// Bumped by every new writer: an older writer sees a newer generation and is fenced.
     generation: Arc<AtomicU64>,
 }
@@ -108,10 +116,17 @@ impl EmbeddedLog {
             return Ok(f.clone());
         }
         let path = self.dir.join(format!("{}-{partition}.log", self.topic));
-        let records = recover(&path, &self.topic, partition)?;
+        let (starts, committed) = recover(&path)?;
+        let handle = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io("opening a partition file", e))?;
         let file = Arc::new(Mutex::new(PartitionFile {
-            path,
-            records,
+            file: Arc::new(handle),
+            starts,
+            committed,
             generation: Arc::new(AtomicU64::new(0)),
         }));
         files.insert(partition, file.clone());
@@ -130,70 +145,147 @@ impl EmbeddedLog {
         offset: i64,
         max: usize,
     ) -> Result<Vec<StoredRecord>, LogError> {
-        let file = self.partition(partition)?;
-        let file = file.lock().unwrap_or_else(PoisonError::into_inner);
         let from = usize::try_from(offset.max(0)).unwrap_or(usize::MAX);
-        Ok(file
-            .records
-            .get(from..)
-            .map(|r| r.iter().take(max).cloned().collect())
-            .unwrap_or_default())
+        // what to read, taken under the lock; the read itself needs none (committed bytes
+        // never change)
+        let (handle, begin, end, count) = {
+            let file = self.partition(partition)?;
+            let f = file.lock().unwrap_or_else(PoisonError::into_inner);
+            if from >= f.starts.len() || max == 0 {
+                return Ok(Vec::new());
+            }
+            let to = from.saturating_add(max).min(f.starts.len());
+            let end = f.starts.get(to).copied().unwrap_or(f.committed);
+            (f.file.clone(), f.starts[from], end, to - from)
+        };
+        let len = usize::try_from(end - begin)
+            .map_err(|_| LogError::Task("a read larger than memory".into()))?;
+        let mut bytes = vec![0u8; len];
+        handle
+            .read_exact_at(&mut bytes, begin)
+            .map_err(|e| io("reading a partition file", e))?;
+        let mut cursor = Cursor {
+            bytes: &bytes,
+            at: 0,
+        };
+        let mut records = Vec::with_capacity(count);
+        while records.len() < count {
+            match cursor.u8() {
+                Some(RECORD) => {}
+                Some(COMMIT) => continue,
+                _ => break,
+            }
+            let offset = offset.max(0) + records.len() as i64;
+            match cursor.record(&self.topic, partition, offset) {
+                Some(r) => records.push(r),
+                None => break,
+            }
+        }
+        if records.len() != count {
+            return Err(LogError::Task(format!(
+                "partition file {partition} changed under its index: {} of {count} records readable from byte {begin}",
+                records.len()
+            )));
+        }
+        Ok(records)
     }
 
     /// Where the next record of `partition` will go.
     pub fn end_offset(&self, partition: i32) -> Result<i64, LogError> {
         let file = self.partition(partition)?;
         let file = file.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(file.records.len() as i64)
+        Ok(file.starts.len() as i64)
     }
 }
 
-/// Reads a partition file, cutting off anything after the last commit marker.
-fn recover(path: &Path, topic: &str, partition: i32) -> Result<Vec<StoredRecord>, LogError> {
+/// Reads a partition file through once, cutting off anything after the last commit marker;
+/// returns where each committed record starts and the committed length.
+fn recover(path: &Path) -> Result<(Vec<u64>, u64), LogError> {
     let file = match File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(io("opening a partition file", e)),
     };
-    let mut bytes = Vec::new();
-    BufReader::new(file)
-        .read_to_end(&mut bytes)
-        .map_err(|e| io("reading a partition file", e))?;
-    let mut committed: Vec<StoredRecord> = Vec::new();
-    let mut pending: Vec<StoredRecord> = Vec::new();
-    let mut cursor = Cursor {
-        bytes: &bytes,
+    let length = file
+        .metadata()
+        .map_err(|e| io("reading a partition file's length", e))?
+        .len();
+    let mut scan = Scan {
+        reader: BufReader::with_capacity(1 << 20, file),
         at: 0,
     };
-    let mut committed_len = 0usize;
-    while cursor.at < bytes.len() {
-        let Some(kind) = cursor.u8() else { break };
-        match kind {
-            RECORD => {
-                let Some(r) =
-                    cursor.record(topic, partition, (committed.len() + pending.len()) as i64)
-                else {
+    let mut starts: Vec<u64> = Vec::new();
+    let mut pending = 0usize;
+    let mut committed = 0u64;
+    loop {
+        let start = scan.at;
+        match scan.u8() {
+            Some(RECORD) => {
+                if scan.skip_record().is_none() {
                     break;
-                };
-                pending.push(r);
+                }
+                starts.push(start);
+                pending += 1;
             }
-            COMMIT => {
-                committed.append(&mut pending);
-                committed_len = cursor.at;
+            Some(COMMIT) => {
+                pending = 0;
+                committed = scan.at;
             }
             _ => break,
         }
     }
-    if committed_len < bytes.len() {
-        tracing::warn!(path = %path.display(), cut = bytes.len() - committed_len, "cutting an uncommitted tail off the partition file");
+    starts.truncate(starts.len() - pending);
+    if committed < length {
+        tracing::warn!(path = %path.display(), cut = length - committed, "cutting an uncommitted tail off the partition file");
         let f = OpenOptions::new()
             .write(true)
             .open(path)
             .map_err(|e| io("opening a partition file", e))?;
-        f.set_len(committed_len as u64)
+        f.set_len(committed)
             .map_err(|e| io("truncating a torn tail", e))?;
     }
-    Ok(committed)
+    Ok((starts, committed))
+}
+
+/// A pass over a partition file that reads lengths and skips what they cover.
+struct Scan {
+    reader: BufReader<File>,
+    at: u64,
+}
+
+impl Scan {
+    fn exact<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let mut b = [0u8; N];
+        self.reader.read_exact(&mut b).ok()?;
+        self.at += N as u64;
+        Some(b)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.exact::<1>().map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.exact::<4>().map(u32::from_le_bytes)
+    }
+    fn skip(&mut self, n: u64) -> Option<()> {
+        let skipped = std::io::copy(&mut (&mut self.reader).take(n), &mut std::io::sink()).ok()?;
+        self.at += skipped;
+        (skipped == n).then_some(())
+    }
+    fn skip_blob(&mut self) -> Option<()> {
+        let n = self.u32()?;
+        self.skip(u64::from(n))
+    }
+    /// Skips a record's fields (after its kind byte), as [`Cursor::record`] reads them.
+    fn skip_record(&mut self) -> Option<()> {
+        self.skip(8)?; // timestamp
+        self.skip_blob()?; // key
+        let headers = self.u32()?;
+        for _ in 0..headers {
+            self.skip_blob()?;
+            self.skip_blob()?;
+        }
+        self.skip_blob() // value
+    }
 }
 
 struct Cursor<'a> {
@@ -275,9 +367,10 @@ fn write_committed(
 ) -> Result<Vec<Position>, LogError> {
     let now = Utc::now();
     let mut bytes = Vec::new();
-    let mut stored = Vec::with_capacity(records.len());
-    let first = f.records.len() as i64;
-    for (i, r) in records.iter().enumerate() {
+    let mut starts = Vec::with_capacity(records.len());
+    let first = f.starts.len() as i64;
+    for r in records {
+        starts.push(bytes.len() as u64);
         bytes.push(RECORD);
         bytes.extend_from_slice(&now.timestamp_millis().to_le_bytes());
         put_blob(&mut bytes, &r.key);
@@ -287,41 +380,25 @@ fn write_committed(
             put_blob(&mut bytes, value);
         }
         put_blob(&mut bytes, &r.value);
-        stored.push(StoredRecord {
-            position: Position {
-                topic: topic.to_owned(),
-                partition,
-                offset: first + i as i64,
-            },
-            key: Some(r.key.clone()),
-            headers: r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), Some(v.clone())))
-                .collect(),
-            value: Some(r.value.clone()),
-            timestamp: Some(now),
-        });
     }
     bytes.push(COMMIT);
-    let mut out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&f.path)
-        .map_err(|e| io("opening a partition file", e))?;
-    let before = out
-        .metadata()
-        .map_err(|e| io("reading a partition file's length", e))?
-        .len();
+    let before = f.committed;
+    let mut out: &File = &f.file;
     if let Err(e) = out.write_all(&bytes).and_then(|()| out.sync_data()) {
         // leave no torn tail for the next append to follow
         let _ = out.set_len(before);
         return Err(io("appending", e));
     }
-    let positions = stored.iter().map(|s| s.position.clone()).collect();
-    f.records.extend(stored);
+    f.starts.extend(starts.into_iter().map(|s| before + s));
+    f.committed = before + bytes.len() as u64;
     appended.send_modify(|n| *n += 1);
-    Ok(positions)
+    Ok((0..records.len())
+        .map(|i| Position {
+            topic: topic.to_owned(),
+            partition,
+            offset: first + i as i64,
+        })
+        .collect())
 }
 
 #[async_trait]
@@ -446,6 +523,57 @@ mod tests {
         assert_eq!(
             h[0].headers,
             vec![("ce_type".to_owned(), Some(b"t".to_vec()))]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn any_range_reads_back_what_was_appended_across_transactions_and_reopening() {
+        let dir = std::env::temp_dir().join(format!("crm-embedded-{}", uuid::Uuid::now_v7()));
+        let key = key_for(0, 2);
+        let mut appended = Vec::new();
+        {
+            let log = EmbeddedLog::open(&dir, "events".into(), 2).unwrap();
+            let w = log.open_writer(0).await.unwrap();
+            // transactions of 1, 2, 3, ... records, values of growing length
+            for size in 1..=6 {
+                let batch: Vec<KafkaRecord> = (0..size)
+                    .map(|i| {
+                        let v = format!("{size}-{i}-{}", "x".repeat(appended.len() * 7));
+                        appended.push(v.clone().into_bytes());
+                        record(&key, &v)
+                    })
+                    .collect();
+                w.append(&batch).await.unwrap();
+            }
+        }
+        let log = EmbeddedLog::open(&dir, "events".into(), 2).unwrap();
+        let total = appended.len() as i64;
+        assert_eq!(log.end_offset(0).unwrap(), total);
+        for from in 0..=total + 1 {
+            for max in [0usize, 1, 2, 5, usize::MAX] {
+                let got = log.read_at_most(0, from, max).unwrap();
+                let want: Vec<&Vec<u8>> = appended.iter().skip(from as usize).take(max).collect();
+                assert_eq!(
+                    got.iter()
+                        .map(|r| r.value.as_ref().unwrap())
+                        .collect::<Vec<_>>(),
+                    want,
+                    "from {from}, at most {max}"
+                );
+                for (i, r) in got.iter().enumerate() {
+                    assert_eq!(r.position.offset, from + i as i64);
+                    assert_eq!(r.key.as_deref(), Some(key.as_bytes()));
+                }
+            }
+        }
+        // appending after reopening goes on from the recovered end
+        let w = log.open_writer(0).await.unwrap();
+        let p = w.append(&[record(&key, "last")]).await.unwrap();
+        assert_eq!(p[0].offset, total);
+        assert_eq!(
+            log.read(0, total).unwrap()[0].value.as_deref(),
+            Some(&b"last"[..])
         );
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -5,8 +5,7 @@
 //! same transaction.
 //!
 //! A unit writes with a few statements per batch where it can: rows that only accumulate
-//! (the audit trail, the timeline) go in with one multi-row `INSERT … SELECT FROM unnest(…)`;
-//! counters and "latest" columns are folded per customer in memory first and written with one
+//! (the audit trail, the timeline) go in with one binary `COPY` ([`copy_rows`]); counters and "latest" columns are folded per customer in memory first and written with one
 //! statement. Units whose rows depend on the order of events inside a batch (a stage entered
 //! then left) still write event by event; each such unit says so.
 //!
@@ -24,6 +23,7 @@ mod audit_trail;
 mod churn;
 mod complaints;
 mod contacts;
+mod copy_rows;
 mod customers;
 mod orders;
 mod pipeline;
