@@ -22,6 +22,7 @@ mod soak;
 mod spool;
 mod stats;
 mod up;
+mod up_path;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +40,9 @@ enum Cmd {
     /// The services at a steady load for minutes, sampled for memory, descriptors and
     /// PostgreSQL connections (what must stay flat).
     Soak(soak::SoakArgs),
+    /// A preset through the real `crm up` (command API -> embedded log -> projection), then
+    /// `crm replay` of the whole log: the large preset's real path on one machine.
+    EmbeddedPath(up_path::EmbeddedPathArgs),
     /// (role) command-service on the given broker, every partition owned.
     ServeCommand(serve::CommandArgs),
     /// (role) projection-service following the live version.
@@ -58,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Cmd::Run(a) => run::run(a).await,
             Cmd::Soak(a) => soak::soak(a).await,
+            Cmd::EmbeddedPath(a) => up_path::embedded_path(a).await,
             Cmd::ServeCommand(a) => {
                 init_logs();
                 serve::command(a).await

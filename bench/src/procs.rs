@@ -39,6 +39,11 @@ impl Proc {
         Ok(())
     }
 
+    /// Its exit status if it has exited.
+    pub fn exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
     pub fn stop(mut self) {
         self.kill();
     }

@@ -218,11 +218,11 @@ impl Report {
     }
 }
 
-struct Ctx {
-    http: reqwest::Client,
-    command_url: String,
-    admin: String,
-    adapter: String,
+pub(crate) struct Ctx {
+    pub http: reqwest::Client,
+    pub command_url: String,
+    pub admin: String,
+    pub adapter: String,
 }
 
 fn default_broker_bin() -> PathBuf {
@@ -647,7 +647,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// The bytes of the files under `dir` (the private broker's SQLite file and its journal).
-fn dir_bytes(dir: &std::path::Path) -> u64 {
+pub(crate) fn dir_bytes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| {
             entries
@@ -699,7 +699,7 @@ struct Loaded {
 
 /// Every customer's single commands through the HTTP API, `concurrency` customers at a time,
 /// read from the data set's file as they go.
-async fn load(ctx: &Ctx, data_set: &Spool, concurrency: usize) -> anyhow::Result<Value> {
+pub(crate) async fn load(ctx: &Ctx, data_set: &Spool, concurrency: usize) -> anyhow::Result<Value> {
     let customers = spool::Commands::open(data_set)?;
     let total_customers = data_set.customers.len();
     let started = Instant::now();
@@ -878,16 +878,24 @@ pub(crate) async fn post_touchpoints(
     Ok(v)
 }
 
-async fn ingest(
+/// What [`post_batches`] sent and what the batch endpoint answered.
+pub(crate) struct Posted {
+    pub items: u64,
+    pub body_bytes: usize,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub lat: Vec<Duration>,
+    pub elapsed: Duration,
+}
+
+/// The data set's touchpoints through the batch endpoint, as channel adapters use it,
+/// `concurrency` batches in flight, the bodies read from the data set's file as they go.
+pub(crate) async fn post_batches(
     ctx: &Ctx,
-    settings: &KafkaSettings,
-    topic: &str,
     data_set: &Spool,
-    preset: &Preset,
-) -> anyhow::Result<Value> {
-    // the batch endpoint, as channel adapters use it, its bodies read from the data set's file
+    concurrency: usize,
+) -> anyhow::Result<Posted> {
     let batches = spool::Batches::open(data_set)?;
-    let before = end_offsets(settings, topic).await?;
     let started = Instant::now();
     let mut answers = futures::stream::iter(batches.map(|batch| async move {
         let (items, body) = batch?;
@@ -902,7 +910,7 @@ async fn ingest(
             t.elapsed(),
         ))
     }))
-    .buffer_unordered(preset.ingest_concurrency.max(1));
+    .buffer_unordered(concurrency.max(1));
     let (mut items, mut body_bytes, mut accepted, mut rejected, mut lat) =
         (0u64, 0usize, 0u64, 0u64, Vec::new());
     let mut next_report = Instant::now() + Duration::from_secs(30);
@@ -922,8 +930,33 @@ async fn ingest(
             );
         }
     }
-    drop(answers);
-    let http_elapsed = started.elapsed();
+    Ok(Posted {
+        items,
+        body_bytes,
+        accepted,
+        rejected,
+        lat,
+        elapsed: started.elapsed(),
+    })
+}
+
+async fn ingest(
+    ctx: &Ctx,
+    settings: &KafkaSettings,
+    topic: &str,
+    data_set: &Spool,
+    preset: &Preset,
+) -> anyhow::Result<Value> {
+    let before = end_offsets(settings, topic).await?;
+    let posted = post_batches(ctx, data_set, preset.ingest_concurrency).await?;
+    let Posted {
+        items,
+        body_bytes,
+        accepted,
+        rejected,
+        ref lat,
+        elapsed: http_elapsed,
+    } = posted;
     let after = end_offsets(settings, topic).await?;
 
     // the same records (the first of each partition, up to the preset's count), read back and
@@ -1022,7 +1055,7 @@ async fn ingest(
             "request_bytes": body_bytes,
             "seconds": round(http_elapsed.as_secs_f64()),
             "touchpoints_per_second": http_rate,
-            "batch_latency": Latency::of(&lat),
+            "batch_latency": Latency::of(lat),
         },
         "bare_producer": {
             "what": if sample {
@@ -1268,7 +1301,7 @@ async fn watch_replay(mut replay: Proc, others: &[&Proc]) -> anyhow::Result<Valu
 /// The rows are first copied out to files in `dir` (not timed), then streamed from there.
 /// More rows than `cap` in all: the same share of every table (its first rows), and the events
 /// counted in the same share.
-async fn copy_baseline(
+pub(crate) async fn copy_baseline(
     pool: &PgPool,
     events: u64,
     dir: &std::path::Path,
@@ -1476,7 +1509,7 @@ async fn embedded(
     }))
 }
 
-async fn data_size(pool: &PgPool, schema: &str) -> anyhow::Result<Value> {
+pub(crate) async fn data_size(pool: &PgPool, schema: &str) -> anyhow::Result<Value> {
     let (customers,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {schema}.customers"))
         .fetch_one(pool)
         .await?;

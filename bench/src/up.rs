@@ -44,7 +44,7 @@ pub fn crm_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// Environment variables `crm up` and `crm token` read that would change what runs (another
 /// backend, another authentication, other batches): a user's plain `crm up` has none of them.
-fn clean_env(cmd: &mut std::process::Command) {
+pub(crate) fn clean_env(cmd: &mut std::process::Command) {
     for (k, _) in std::env::vars_os() {
         let Some(k) = k.to_str() else { continue };
         if k.starts_with("CRM_") || k == "KAFKA_BROKERS" || k == "DATABASE_URL" {
@@ -96,16 +96,42 @@ pub struct Embedded<'a> {
     pub preset: &'a Preset,
 }
 
-/// Starts `crm up`, loads the data set's first customers through its command API (their
-/// single commands, then their touchpoints through the batch endpoint), then measures
-/// freshness at the preset's rate; `crm up` is stopped (SIGTERM) at the end.
-pub async fn freshness(e: Embedded<'_>) -> anyhow::Result<Value> {
-    let crm = crm_binary(e.crm_bin)?;
-    let (database_url, _) = fresh_database(e.postgres, e.database).await?;
-    let data_dir = e.work.join("crm-up");
+/// A running `crm up` and what talks to it.
+pub(crate) struct Running {
+    pub up: procs::Proc,
+    pub crm: PathBuf,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub http: reqwest::Client,
+    pub command_url: String,
+    pub query_url: String,
+    /// The projection's /metrics.
+    pub projection_url: String,
+    pub admin: String,
+    pub adapter: String,
+    /// From the start to the query API serving.
+    pub ready_seconds: f64,
+}
+
+/// Starts `crm up` on a fresh `database` and a fresh data directory `work/crm-up`, mints an
+/// administrator's and a channel adapter's token with `crm token --data-dir`, and waits until
+/// the query API serves.
+pub(crate) async fn start(
+    crm_bin: Option<&Path>,
+    work: &Path,
+    postgres: &str,
+    database: &str,
+) -> anyhow::Result<Running> {
+    let crm = crm_binary(crm_bin)?;
+    let (database_url, _) = fresh_database(postgres, database).await?;
+    let data_dir = work.join("crm-up");
     let _ = std::fs::remove_dir_all(&data_dir);
     std::fs::create_dir_all(&data_dir)?;
-    let (command_port, query_port) = (procs::free_port()?, procs::free_port()?);
+    let (command_port, query_port, projection_port) = (
+        procs::free_port()?,
+        procs::free_port()?,
+        procs::free_port()?,
+    );
     let args: Vec<String> = vec![
         "up".into(),
         "--data-dir".into(),
@@ -114,12 +140,14 @@ pub async fn freshness(e: Embedded<'_>) -> anyhow::Result<Value> {
         format!("127.0.0.1:{command_port}"),
         "--query-listen".into(),
         format!("127.0.0.1:{query_port}"),
+        "--projection-listen".into(),
+        format!("127.0.0.1:{projection_port}"),
         "--database-url".into(),
         database_url.clone(),
     ];
     let mut cmd = std::process::Command::new(&crm);
     clean_env(&mut cmd);
-    let mut up = procs::spawn_command("crm up", cmd, &args, e.work.join("crm-up.log"))?;
+    let mut up = procs::spawn_command("crm up", cmd, &args, work.join("crm-up.log"))?;
     let started = Instant::now();
     procs::wait_for_port(&mut up, command_port, Duration::from_secs(120))?;
     procs::wait_for_port(&mut up, query_port, Duration::from_secs(60))?;
@@ -127,7 +155,7 @@ pub async fn freshness(e: Embedded<'_>) -> anyhow::Result<Value> {
     let admin = token(&crm, &data_dir, "bench-admin", "administrator").await?;
     let adapter = token(&crm, &data_dir, "adapter:bench", "channel_adapter").await?;
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(1024)
         .timeout(Duration::from_secs(60))
         .build()?;
     let command_url = format!("http://127.0.0.1:{command_port}");
@@ -157,7 +185,37 @@ pub async fn freshness(e: Embedded<'_>) -> anyhow::Result<Value> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let ready_seconds = started.elapsed().as_secs_f64();
+    Ok(Running {
+        up,
+        crm,
+        data_dir,
+        database_url,
+        http,
+        command_url,
+        query_url,
+        projection_url: format!("http://127.0.0.1:{projection_port}"),
+        admin,
+        adapter,
+        ready_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Starts `crm up`, loads the data set's first customers through its command API (their
+/// single commands, then their touchpoints through the batch endpoint), then measures
+/// freshness at the preset's rate; `crm up` is stopped (SIGTERM) at the end.
+pub async fn freshness(e: Embedded<'_>) -> anyhow::Result<Value> {
+    let Running {
+        mut up,
+        crm,
+        data_dir,
+        http,
+        command_url,
+        query_url,
+        admin,
+        adapter,
+        ready_seconds,
+        ..
+    } = start(e.crm_bin, e.work, e.postgres, e.database).await?;
 
     // a few customers, through its command API
     let loading = Instant::now();
