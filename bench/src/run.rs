@@ -400,20 +400,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // ---------------------------------------------------------------- the data set, on disk
     let t = Instant::now();
     let now = Utc::now();
-    let data_set = {
-        let (dir, seed, preset) = (work.join("data-set"), args.seed, preset.clone());
-        tokio::task::spawn_blocking(move || {
-            spool::write(
-                &dir,
-                seed,
-                preset.customers,
-                preset.touchpoints,
-                now,
-                preset.ingest_batch,
-            )
-        })
-        .await??
-    };
+    let data_set = generate(work.join("data-set"), args.seed, &preset, now).await?;
     report.data_set = data_set.summary();
     eprintln!("data set: {}", report.data_set);
     report.phase("generate", t);
@@ -625,16 +612,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     report.wall_seconds = round(wall.elapsed().as_secs_f64());
     pool.close().await;
 
-    let text = serde_json::to_string_pretty(&report)?;
-    println!("{text}");
-    if let Some(out) = &args.out {
-        if let Some(dir) = out.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(out, format!("{text}\n"))
-            .with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("crm-bench: wrote {}", out.display());
-    }
+    publish(&report, args.out.as_deref())?;
     eprintln!("crm-bench: wall time of each phase (s):");
     for name in &report.phase_order {
         if let Some(s) = report.phase_seconds.get(name) {
@@ -699,6 +677,45 @@ struct Loaded {
 
 /// Every customer's single commands through the HTTP API, `concurrency` customers at a time,
 /// read from the data set's file as they go.
+/// Prints a run's figures as JSON, and writes them to `out` too when given.
+pub(crate) fn publish(
+    report: &impl Serialize,
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    println!("{text}");
+    if let Some(out) = out {
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(out, format!("{text}\n"))
+            .with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("crm-bench: wrote {}", out.display());
+    }
+    Ok(())
+}
+
+/// The preset's data set, generated from `seed` into files under `dir` (off the async threads).
+pub(crate) async fn generate(
+    dir: PathBuf,
+    seed: u64,
+    preset: &Preset,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<Spool> {
+    let preset = preset.clone();
+    tokio::task::spawn_blocking(move || {
+        spool::write(
+            &dir,
+            seed,
+            preset.customers,
+            preset.touchpoints,
+            now,
+            preset.ingest_batch,
+        )
+    })
+    .await?
+}
+
 pub(crate) async fn load(ctx: &Ctx, data_set: &Spool, concurrency: usize) -> anyhow::Result<Value> {
     let customers = spool::Commands::open(data_set)?;
     let total_customers = data_set.customers.len();

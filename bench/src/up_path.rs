@@ -102,20 +102,7 @@ pub async fn embedded_path(args: EmbeddedPathArgs) -> anyhow::Result<()> {
     };
 
     let t = Instant::now();
-    let data_set = {
-        let (dir, seed, preset) = (work.join("data-set"), args.seed, preset.clone());
-        tokio::task::spawn_blocking(move || {
-            spool::write(
-                &dir,
-                seed,
-                preset.customers,
-                preset.touchpoints,
-                Utc::now(),
-                preset.ingest_batch,
-            )
-        })
-        .await??
-    };
+    let data_set = run::generate(work.join("data-set"), args.seed, &preset, Utc::now()).await?;
     eprintln!("data set: {}", data_set.summary());
     phase("generate", t);
 
@@ -279,16 +266,7 @@ pub async fn embedded_path(args: EmbeddedPathArgs) -> anyhow::Result<()> {
         "phase_seconds": phases,
         "wall_seconds": round(wall.elapsed().as_secs_f64()),
     });
-    let text = serde_json::to_string_pretty(&report)?;
-    println!("{text}");
-    if let Some(out) = &args.out {
-        if let Some(dir) = out.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(out, format!("{text}\n"))
-            .with_context(|| format!("writing {}", out.display()))?;
-        eprintln!("crm-bench: wrote {}", out.display());
-    }
+    run::publish(&report, args.out.as_deref())?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }
