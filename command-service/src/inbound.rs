@@ -66,7 +66,8 @@ pub fn inbound_request(
     };
     let event_type = text(header::TYPE)?;
     let body = record.value.as_deref().ok_or("record has no body")?;
-    let event = domain::upcast::decode(event_type, body).map_err(|e| e.to_string())?;
+    let event = domain::upcast::decode::<domain::CustomerEvent>(event_type, body)
+        .map_err(|e| e.to_string())?;
     let CustomerEvent::TouchpointRecorded(t) = event else {
         return Err(format!(
             "`{event_type}` cannot be published on the inbound topic; only `{INBOUND_TYPE}`"

@@ -17,10 +17,10 @@ use domain::access::{
 use domain::envelope::{envelope_time, is_organisation_key};
 use domain::limits::BusinessTimeWindow;
 use domain::{
-    apply_recorded, apply_recorded_organisation, decide, decide_organisation, organisation_stream,
-    Command, CustomerId, CustomerState, DomainError, EventMetadata, KafkaRecord,
-    OrganisationCommand, OrganisationEvent, OrganisationState, RecordedEvent,
-    RecordedOrganisationEvent, ORGANISATION_STREAM_ID,
+    decide, decide_organisation, organisation_stream, Aggregate, Command, Customer, CustomerId,
+    CustomerState, DomainError, EventMetadata, KafkaRecord, Organisation, OrganisationCommand,
+    OrganisationEvent, OrganisationState, RecordedEvent, RecordedOrganisationEvent,
+    ORGANISATION_STREAM_ID,
 };
 use infra::kafka::{partition_for, LogError, RecordAppender};
 use infra::Position;
@@ -31,14 +31,7 @@ use uuid::Uuid;
 use crate::metrics::Metrics;
 use infra::log::CustomerLog;
 
-/// How a command came in: what the permission table is asked about it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    /// Its own route: the command's row of the permission table.
-    Command,
-    /// A channel (batch endpoint, inbound topic): the `ingest_touchpoints` row.
-    Ingest,
-}
+pub use domain::access::Via;
 
 /// The authenticated caller of a command and how it came in. The caller's subject becomes
 /// the `actor` of every event the command causes.
@@ -373,7 +366,7 @@ impl CustomerStreams {
         if m.sequence <= view.state.version || view.broken.is_some() {
             return;
         }
-        match apply_recorded_organisation(view.state.clone(), m.sequence, &recorded.event) {
+        match Organisation::apply_recorded(view.state.clone(), m.sequence, &recorded.event) {
             Ok(next) => view.state = next,
             Err(e) => {
                 tracing::error!(error = %e, "the organisation stream breaks the sequence rule");
@@ -447,7 +440,7 @@ impl CustomerStreams {
                 if entry.broken.is_some() {
                     continue;
                 }
-                match apply_recorded(entry.state.clone(), m.sequence, &recorded.event) {
+                match Customer::apply_recorded(entry.state.clone(), m.sequence, &recorded.event) {
                     Ok(next) => entry.state = next,
                     Err(e) => {
                         tracing::error!(partition, customer = %m.customer_id, error = %e, "customer stream breaks the sequence rule");

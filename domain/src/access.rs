@@ -1,9 +1,9 @@
 //! Who may do what, and see which customers. Pure: the services authenticate a caller into a
 //! [`Principal`] and ask these functions.
 //!
-//! - [`PERMISSIONS`] is the one permission table: for every command (by [`crate::Command::name`]
-//!   and [`crate::OrganisationCommand::name`]), ingest channel and query, the roles that may use
-//!   it. Anything not in it is refused (closed by default).
+//! - [`PERMISSIONS`] is the one permission table: for every command (by its name,
+//!   [`CommandName::NAME`]), ingest channel and query, the roles that may use it. Anything not
+//!   in it is refused (closed by default).
 //! - [`Reach`] says which customers a role sees: an account manager their own, a sales director
 //!   those owned by the members of the teams they direct (and their own), everyone else all.
 //! - [`authorize_command`] and [`authorize_organisation`] combine both for one command;
@@ -19,9 +19,13 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::command::Command;
+use crate::command::*;
 use crate::ids::UserId;
-use crate::organisation::{OrganisationCommand, OrganisationState};
+use crate::organisation::{
+    AddTeamMember, AssignTeamDirector, CreateTeam, OrganisationCommand, OrganisationState,
+    RemoveTeamMember,
+};
+use crate::stream::CommandName;
 
 /// The roles of DOMAIN.md.
 #[derive(
@@ -186,9 +190,9 @@ const SERVICE: &[Role] = &[ADMIN, DIRECTOR, AM, AGENT];
 const READERS: &[Role] = &[ADMIN, DIRECTOR, AM, EXEC];
 const DESK_READERS: &[Role] = &[ADMIN, DIRECTOR, AM, EXEC, AGENT];
 
-const fn command(operation: &'static str, roles: &'static [Role]) -> Permission {
+const fn command<C: CommandName>(roles: &'static [Role]) -> Permission {
     Permission {
-        operation,
+        operation: C::NAME,
         kind: OperationKind::Command,
         scope: Scope::Customer,
         roles,
@@ -204,9 +208,9 @@ const fn query(operation: &'static str, scope: Scope, roles: &'static [Role]) ->
     }
 }
 
-const fn organisation(operation: &'static str, scope: Scope, roles: &'static [Role]) -> Permission {
+const fn organisation<C: CommandName>(scope: Scope, roles: &'static [Role]) -> Permission {
     Permission {
-        operation,
+        operation: C::NAME,
         kind: OperationKind::OrganisationCommand,
         scope,
         roles,
@@ -220,38 +224,38 @@ pub const INGEST_TOUCHPOINTS: &str = "ingest_touchpoints";
 pub const PERMISSIONS: &[Permission] = &[
     // ---- customer stream
     Permission {
-        operation: "register_customer",
+        operation: RegisterCustomer::NAME,
         kind: OperationKind::Command,
         scope: Scope::NewCustomer,
         roles: CUSTOMER_STAFF,
     },
-    command("change_profile", CUSTOMER_STAFF),
-    command("reassign_owner", DIRECTORS),
-    command("add_contact", CUSTOMER_STAFF),
-    command("change_contact", CUSTOMER_STAFF),
-    command("remove_contact", CUSTOMER_STAFF),
-    command("record_touchpoint", SERVICE),
-    command("lodge_complaint", SERVICE),
-    command("handle_complaint", SERVICE),
-    command("close_complaint", SERVICE),
-    command("open_opportunity", DIRECTORS),
-    command("assign_opportunity", DIRECTORS),
-    command("change_stage", CUSTOMER_STAFF),
-    command("add_plan_item", DIRECTORS),
-    command("record_plan_result", CUSTOMER_STAFF),
-    command("win_opportunity", CUSTOMER_STAFF),
-    command("lose_opportunity", CUSTOMER_STAFF),
-    command("reopen_opportunity", DIRECTORS),
-    command("place_order", CUSTOMER_STAFF),
-    command("create_service_request", SERVICE),
-    command("assign_service_request", DIRECTORS),
-    command("handle_service_request", SERVICE),
-    command("give_service_feedback", SERVICE),
-    command("archive_service_request", SERVICE),
-    command("raise_churn_warning", CUSTOMER_STAFF),
-    command("record_delay_measure", CUSTOMER_STAFF),
-    command("confirm_churn", CUSTOMER_STAFF),
-    command("reactivate_customer", CUSTOMER_STAFF),
+    command::<ChangeProfile>(CUSTOMER_STAFF),
+    command::<ReassignOwner>(DIRECTORS),
+    command::<AddContact>(CUSTOMER_STAFF),
+    command::<ChangeContact>(CUSTOMER_STAFF),
+    command::<RemoveContact>(CUSTOMER_STAFF),
+    command::<RecordTouchpoint>(SERVICE),
+    command::<LodgeComplaint>(SERVICE),
+    command::<HandleComplaint>(SERVICE),
+    command::<CloseComplaint>(SERVICE),
+    command::<OpenOpportunity>(DIRECTORS),
+    command::<AssignOpportunity>(DIRECTORS),
+    command::<ChangeStage>(CUSTOMER_STAFF),
+    command::<AddPlanItem>(DIRECTORS),
+    command::<RecordPlanResult>(CUSTOMER_STAFF),
+    command::<WinOpportunity>(CUSTOMER_STAFF),
+    command::<LoseOpportunity>(CUSTOMER_STAFF),
+    command::<ReopenOpportunity>(DIRECTORS),
+    command::<PlaceOrder>(CUSTOMER_STAFF),
+    command::<CreateServiceRequest>(SERVICE),
+    command::<AssignServiceRequest>(DIRECTORS),
+    command::<HandleServiceRequest>(SERVICE),
+    command::<GiveServiceFeedback>(SERVICE),
+    command::<ArchiveServiceRequest>(SERVICE),
+    command::<RaiseChurnWarning>(CUSTOMER_STAFF),
+    command::<RecordDelayMeasure>(CUSTOMER_STAFF),
+    command::<ConfirmChurn>(CUSTOMER_STAFF),
+    command::<ReactivateCustomer>(CUSTOMER_STAFF),
     // ---- channels
     Permission {
         operation: INGEST_TOUCHPOINTS,
@@ -260,13 +264,13 @@ pub const PERMISSIONS: &[Permission] = &[
         roles: &[ADMIN, ADAPTER],
     },
     // ---- organisation stream
-    organisation("create_team", Scope::Organisation, &[ADMIN]),
-    organisation("assign_team_director", Scope::Organisation, &[ADMIN]),
+    organisation::<CreateTeam>(Scope::Organisation, &[ADMIN]),
+    organisation::<AssignTeamDirector>(Scope::Organisation, &[ADMIN]),
     // only administrators add members (a director adding others' account managers, or
     // directors and administrators, to their team would take over their customers);
     // a director removes members of the teams they direct
-    organisation("add_team_member", Scope::Team, &[ADMIN]),
-    organisation("remove_team_member", Scope::Team, DIRECTORS),
+    organisation::<AddTeamMember>(Scope::Team, &[ADMIN]),
+    organisation::<RemoveTeamMember>(Scope::Team, DIRECTORS),
     // ---- queries
     query("customers.list", Scope::Customers, DESK_READERS),
     query("customers.read", Scope::Customer, DESK_READERS),
@@ -288,6 +292,15 @@ pub fn permission(operation: &str) -> Option<&'static Permission> {
 /// Whether `role` may use `operation` at all.
 pub fn role_may(role: Role, operation: &str) -> bool {
     permission(operation).is_some_and(|p| p.roles.contains(&role))
+}
+
+/// How a command came in: what the permission table is asked about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Its own route: the command's row of the permission table.
+    Command,
+    /// A channel (batch endpoint, inbound topic): the [`INGEST_TOUCHPOINTS`] row.
+    Ingest,
 }
 
 /// How the caller proved who they are.

@@ -236,117 +236,38 @@ pub struct ReactivateCustomer {
     pub reason: String,
 }
 
-/// Every command a customer stream accepts. Each variant's name is also its name in
-/// metrics, the audit trail (`command`) and the inbound topic's `ce_type`
-/// (`crm.command.<snake_name>`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "command", rename_all = "snake_case")]
-pub enum Command {
-    RegisterCustomer(RegisterCustomer),
-    ChangeProfile(ChangeProfile),
-    ReassignOwner(ReassignOwner),
-    AddContact(AddContact),
-    ChangeContact(ChangeContact),
-    RemoveContact(RemoveContact),
-    RecordTouchpoint(RecordTouchpoint),
-    LodgeComplaint(LodgeComplaint),
-    HandleComplaint(HandleComplaint),
-    CloseComplaint(CloseComplaint),
-    OpenOpportunity(OpenOpportunity),
-    AssignOpportunity(AssignOpportunity),
-    ChangeStage(ChangeStage),
-    AddPlanItem(AddPlanItem),
-    RecordPlanResult(RecordPlanResult),
-    WinOpportunity(WinOpportunity),
-    LoseOpportunity(LoseOpportunity),
-    ReopenOpportunity(ReopenOpportunity),
-    PlaceOrder(PlaceOrder),
-    CreateServiceRequest(CreateServiceRequest),
-    AssignServiceRequest(AssignServiceRequest),
-    HandleServiceRequest(HandleServiceRequest),
-    GiveServiceFeedback(GiveServiceFeedback),
-    ArchiveServiceRequest(ArchiveServiceRequest),
-    RaiseChurnWarning(RaiseChurnWarning),
-    RecordDelayMeasure(RecordDelayMeasure),
-    ConfirmChurn(ConfirmChurn),
-    ReactivateCustomer(ReactivateCustomer),
-}
-
-impl Command {
-    /// The command's name, as in metrics and the audit trail.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Command::RegisterCustomer(_) => "register_customer",
-            Command::ChangeProfile(_) => "change_profile",
-            Command::ReassignOwner(_) => "reassign_owner",
-            Command::AddContact(_) => "add_contact",
-            Command::ChangeContact(_) => "change_contact",
-            Command::RemoveContact(_) => "remove_contact",
-            Command::RecordTouchpoint(_) => "record_touchpoint",
-            Command::LodgeComplaint(_) => "lodge_complaint",
-            Command::HandleComplaint(_) => "handle_complaint",
-            Command::CloseComplaint(_) => "close_complaint",
-            Command::OpenOpportunity(_) => "open_opportunity",
-            Command::AssignOpportunity(_) => "assign_opportunity",
-            Command::ChangeStage(_) => "change_stage",
-            Command::AddPlanItem(_) => "add_plan_item",
-            Command::RecordPlanResult(_) => "record_plan_result",
-            Command::WinOpportunity(_) => "win_opportunity",
-            Command::LoseOpportunity(_) => "lose_opportunity",
-            Command::ReopenOpportunity(_) => "reopen_opportunity",
-            Command::PlaceOrder(_) => "place_order",
-            Command::CreateServiceRequest(_) => "create_service_request",
-            Command::AssignServiceRequest(_) => "assign_service_request",
-            Command::HandleServiceRequest(_) => "handle_service_request",
-            Command::GiveServiceFeedback(_) => "give_service_feedback",
-            Command::ArchiveServiceRequest(_) => "archive_service_request",
-            Command::RaiseChurnWarning(_) => "raise_churn_warning",
-            Command::RecordDelayMeasure(_) => "record_delay_measure",
-            Command::ConfirmChurn(_) => "confirm_churn",
-            Command::ReactivateCustomer(_) => "reactivate_customer",
-        }
+crate::stream_commands! {
+    /// Every command a customer stream accepts. Each command's name is also its name in
+    /// metrics, the audit trail (`command`) and the inbound topic's `ce_type`
+    /// (`crm.command.<name>`).
+    pub enum Command {
+        RegisterCustomer = "register_customer",
+        ChangeProfile = "change_profile",
+        ReassignOwner = "reassign_owner",
+        AddContact = "add_contact",
+        ChangeContact = "change_contact",
+        RemoveContact = "remove_contact",
+        RecordTouchpoint = "record_touchpoint",
+        LodgeComplaint = "lodge_complaint",
+        HandleComplaint = "handle_complaint",
+        CloseComplaint = "close_complaint",
+        OpenOpportunity = "open_opportunity",
+        AssignOpportunity = "assign_opportunity",
+        ChangeStage = "change_stage",
+        AddPlanItem = "add_plan_item",
+        RecordPlanResult = "record_plan_result",
+        WinOpportunity = "win_opportunity",
+        LoseOpportunity = "lose_opportunity",
+        ReopenOpportunity = "reopen_opportunity",
+        PlaceOrder = "place_order",
+        CreateServiceRequest = "create_service_request",
+        AssignServiceRequest = "assign_service_request",
+        HandleServiceRequest = "handle_service_request",
+        GiveServiceFeedback = "give_service_feedback",
+        ArchiveServiceRequest = "archive_service_request",
+        RaiseChurnWarning = "raise_churn_warning",
+        RecordDelayMeasure = "record_delay_measure",
+        ConfirmChurn = "confirm_churn",
+        ReactivateCustomer = "reactivate_customer",
     }
 }
-
-macro_rules! into_command {
-    ($($name:ident),* $(,)?) => {
-        $(
-            impl From<$name> for Command {
-                fn from(c: $name) -> Self {
-                    Command::$name(c)
-                }
-            }
-        )*
-    };
-}
-
-into_command!(
-    RegisterCustomer,
-    ChangeProfile,
-    ReassignOwner,
-    AddContact,
-    ChangeContact,
-    RemoveContact,
-    RecordTouchpoint,
-    LodgeComplaint,
-    HandleComplaint,
-    CloseComplaint,
-    OpenOpportunity,
-    AssignOpportunity,
-    ChangeStage,
-    AddPlanItem,
-    RecordPlanResult,
-    WinOpportunity,
-    LoseOpportunity,
-    ReopenOpportunity,
-    PlaceOrder,
-    CreateServiceRequest,
-    AssignServiceRequest,
-    HandleServiceRequest,
-    GiveServiceFeedback,
-    ArchiveServiceRequest,
-    RaiseChurnWarning,
-    RecordDelayMeasure,
-    ConfirmChurn,
-    ReactivateCustomer
-);

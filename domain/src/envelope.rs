@@ -7,7 +7,8 @@ use uuid::Uuid;
 
 use crate::event::{CustomerEvent, EventDecodeError};
 use crate::ids::CustomerId;
-use crate::organisation::{organisation_stream, OrganisationEvent};
+use crate::organisation::OrganisationEvent;
+use crate::stream::Events;
 
 pub const SPEC_VERSION: &str = "1.0";
 pub const CONTENT_TYPE: &str = "application/json";
@@ -63,12 +64,20 @@ pub struct EventMetadata {
     pub recorded_at: DateTime<Utc>,
 }
 
-/// An event with its envelope.
+/// An event of any stream with its envelope. The stream's id is `metadata.customer_id`: the
+/// Kafka key and the CloudEvents subject.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordedEvent {
+pub struct Recorded<E> {
     pub metadata: EventMetadata,
-    pub event: CustomerEvent,
+    pub event: E,
 }
+
+/// A customer's event with its envelope.
+pub type RecordedEvent = Recorded<CustomerEvent>;
+
+/// An event of the organisation stream with its envelope (key and subject
+/// [`crate::organisation::ORGANISATION_STREAM_ID`]).
+pub type RecordedOrganisationEvent = Recorded<OrganisationEvent>;
 
 /// A record as Kafka carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +105,7 @@ pub enum EnvelopeError {
     MissingBody,
     #[error("key `{key}` and subject `{subject}` differ")]
     KeyMismatch { key: String, subject: String },
-    #[error("body names customer {body} but the subject is {subject}")]
+    #[error("the body belongs to stream {body} but the subject is {subject}")]
     SubjectMismatch { body: String, subject: String },
     #[error(transparent)]
     Event(#[from] EventDecodeError),
@@ -115,9 +124,16 @@ fn rfc3339(t: &DateTime<Utc>) -> Vec<u8> {
     t.to_rfc3339_opts(SecondsFormat::Micros, true).into_bytes()
 }
 
-impl RecordedEvent {
-    /// Binary-mode record: key = customer id, `ce_*` headers, JSON body.
+impl<E: Events> Recorded<E> {
+    /// Binary-mode record: key = the stream's id, `ce_*` headers, JSON body.
     pub fn to_kafka(&self) -> Result<KafkaRecord, EnvelopeError> {
+        if self.event.stream() != self.metadata.customer_id {
+            return Err(EnvelopeError::Encode(format!(
+                "the event belongs to the stream {}, not {}",
+                self.event.stream(),
+                self.metadata.customer_id
+            )));
+        }
         let value = self
             .event
             .to_json()
@@ -130,65 +146,18 @@ impl RecordedEvent {
         key: Option<&'a [u8]>,
         headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
         value: Option<&'a [u8]>,
-    ) -> Result<RecordedEvent, EnvelopeError> {
-        let (metadata, event) = decode(key, headers, value, |event_type, body, customer_id| {
-            let event = crate::upcast::decode(event_type, body)?;
-            if event.customer_id() != customer_id {
+    ) -> Result<Self, EnvelopeError> {
+        let (metadata, event) = decode(key, headers, value, |event_type, body, subject| {
+            let event = E::decode(event_type, body)?;
+            if event.stream() != subject {
                 return Err(EnvelopeError::SubjectMismatch {
-                    body: event.customer_id().to_string(),
-                    subject: customer_id.to_string(),
+                    body: event.stream().to_string(),
+                    subject: subject.to_string(),
                 });
             }
             Ok(event)
         })?;
-        Ok(RecordedEvent { metadata, event })
-    }
-}
-
-/// An event of the organisation stream with its envelope. The stream's subject (and Kafka
-/// key) is [`crate::organisation::ORGANISATION_STREAM_ID`]; `metadata.customer_id` carries it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordedOrganisationEvent {
-    pub metadata: EventMetadata,
-    pub event: OrganisationEvent,
-}
-
-impl RecordedOrganisationEvent {
-    /// Binary-mode record: key = the organisation stream id, `ce_*` headers, JSON body.
-    pub fn to_kafka(&self) -> Result<KafkaRecord, EnvelopeError> {
-        if self.metadata.customer_id != organisation_stream() {
-            return Err(EnvelopeError::Encode(format!(
-                "an organisation event belongs to the stream {}, not {}",
-                organisation_stream(),
-                self.metadata.customer_id
-            )));
-        }
-        let value = self
-            .event
-            .to_json()
-            .map_err(|e| EnvelopeError::Encode(e.to_string()))?;
-        Ok(encode(&self.metadata, self.event.event_type(), value))
-    }
-
-    /// Decodes a binary-mode record of the organisation stream.
-    pub fn from_kafka<'a>(
-        key: Option<&'a [u8]>,
-        headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
-        value: Option<&'a [u8]>,
-    ) -> Result<RecordedOrganisationEvent, EnvelopeError> {
-        let (metadata, event) = decode(key, headers, value, |event_type, body, subject| {
-            if subject != organisation_stream() {
-                return Err(EnvelopeError::InvalidHeader {
-                    name: header::SUBJECT,
-                    reason: format!(
-                        "organisation events belong to the stream {}",
-                        organisation_stream()
-                    ),
-                });
-            }
-            Ok(OrganisationEvent::from_json(event_type, body)?)
-        })?;
-        Ok(RecordedOrganisationEvent { metadata, event })
+        Ok(Recorded { metadata, event })
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! The list at the bottom of this file is the one place that names every event with its
 //! CloudEvents type (`crm.<aggregate>.<fact>.v<N>`): the enum, the type names, decoding and the
-//! JSON Schemas are all generated from it.
+//! JSON Schemas are all generated from it ([`crate::stream_events!`]).
 
 use chrono::NaiveDate;
 use schemars::JsonSchema;
@@ -285,65 +285,10 @@ pub struct CustomerReactivated {
 
 // ---------------------------------------------------------------- the list
 
-/// Names every event once: variant, payload and CloudEvents type.
-macro_rules! customer_events {
-    ($( $variant:ident($payload:ident) = $type_name:literal; )*) => {
-        /// Every fact that can happen in a customer's stream.
-        #[derive(Debug, Clone, PartialEq, Eq)]
-        pub enum CustomerEvent {
-            $( $variant($payload), )*
-        }
-
-        impl CustomerEvent {
-            /// The CloudEvents `type`, e.g. `crm.opportunity.stage_changed.v1`.
-            pub fn event_type(&self) -> &'static str {
-                match self { $( Self::$variant(_) => $type_name, )* }
-            }
-
-            /// The customer this event is about: the stream it belongs to.
-            pub fn customer_id(&self) -> CustomerId {
-                match self { $( Self::$variant(e) => e.customer_id, )* }
-            }
-
-            /// The JSON body of the event.
-            pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
-                match self { $( Self::$variant(e) => serde_json::to_vec(e), )* }
-            }
-
-            /// The JSON body as a value.
-            pub fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
-                match self { $( Self::$variant(e) => serde_json::to_value(e), )* }
-            }
-
-            /// Decodes a body of the current version of `event_type`. Older versions go through
-            /// [`crate::upcast::decode`], which upcasts them first.
-            pub(crate) fn from_current_json(event_type: &str, body: &[u8]) -> Result<Self, EventDecodeError> {
-                match event_type {
-                    $( $type_name => serde_json::from_slice::<$payload>(body)
-                        .map(Self::$variant)
-                        .map_err(|e| EventDecodeError::Body { event_type: event_type.to_owned(), reason: e.to_string() }), )*
-                    other => Err(EventDecodeError::UnknownType(other.to_owned())),
-                }
-            }
-        }
-
-        $(
-            impl From<$payload> for CustomerEvent {
-                fn from(e: $payload) -> Self { Self::$variant(e) }
-            }
-        )*
-
-        /// Every current event type, in the order of the list.
-        pub const EVENT_TYPES: &[&str] = &[ $( $type_name, )* ];
-
-        /// The JSON Schema (draft 2020-12) of each current event type.
-        pub fn event_schemas() -> Vec<(&'static str, schemars::Schema)> {
-            vec![ $( ($type_name, schemars::schema_for!($payload)), )* ]
-        }
-    };
-}
-
-customer_events! {
+crate::stream_events! {
+    /// Every fact that can happen in a customer's stream.
+    pub enum CustomerEvent;
+    stream = field customer_id;
     CustomerRegistered(CustomerRegistered) = "crm.customer.registered.v1";
     ProfileChanged(ProfileChanged) = "crm.customer.profile_changed.v1";
     OwnerReassigned(OwnerReassigned) = "crm.customer.owner_reassigned.v1";
@@ -372,6 +317,21 @@ customer_events! {
     ChurnDelayMeasureRecorded(ChurnDelayMeasureRecorded) = "crm.churn.delay_measure_recorded.v1";
     ChurnConfirmed(ChurnConfirmed) = "crm.churn.confirmed.v1";
     CustomerReactivated(CustomerReactivated) = "crm.churn.customer_reactivated.v1";
+}
+
+impl CustomerEvent {
+    /// The customer this event is about: the stream it belongs to.
+    pub fn customer_id(&self) -> CustomerId {
+        crate::stream::Events::stream(self)
+    }
+}
+
+/// Every current event type, in the order of the list.
+pub const EVENT_TYPES: &[&str] = <CustomerEvent as crate::stream::Events>::TYPES;
+
+/// The JSON Schema (draft 2020-12) of each current event type.
+pub fn event_schemas() -> Vec<(&'static str, schemars::Schema)> {
+    <CustomerEvent as crate::stream::Events>::schemas()
 }
 
 /// Why a body could not be turned into an event.

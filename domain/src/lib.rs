@@ -18,6 +18,7 @@
 
 pub mod access;
 pub mod command;
+pub mod customer;
 pub mod decide;
 pub mod envelope;
 pub mod error;
@@ -29,17 +30,20 @@ pub mod organisation;
 pub mod policy;
 pub mod schema;
 pub mod state;
+pub mod stream;
 pub mod upcast;
 pub mod values;
 
 pub use command::*;
+pub use customer::Customer;
 pub use decide::decide;
 pub use envelope::{
-    EventMetadata, KafkaRecord, RecordedEvent, RecordedOrganisationEvent, StreamEvent,
+    EventMetadata, KafkaRecord, Recorded, RecordedEvent, RecordedOrganisationEvent, StreamEvent,
 };
 pub use error::{DomainError, ErrorKind};
 pub use event::*;
 pub use ids::*;
 pub use organisation::*;
-pub use state::{apply_recorded, evolve, CustomerState};
+pub use state::{evolve, CustomerState};
+pub use stream::{Aggregate, CommandName, Commands, Events, StreamKey};
 pub use values::*;

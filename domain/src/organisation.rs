@@ -19,9 +19,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::access::{authorize_organisation, Denial, Principal, Via};
 use crate::error::DomainError;
-use crate::event::EventDecodeError;
 use crate::ids::{CustomerId, UserId};
+use crate::stream::{Aggregate, Events, StreamKey};
 
 /// The key (and CloudEvents subject) of the organisation stream: the nil UUID.
 pub const ORGANISATION_STREAM_ID: Uuid = Uuid::nil();
@@ -84,68 +85,34 @@ pub struct TeamMemberRemoved {
     pub member: UserId,
 }
 
-/// Names every organisation event once: variant, payload and CloudEvents type.
-macro_rules! organisation_events {
-    ($( $variant:ident($payload:ident) = $type_name:literal; )*) => {
-        /// Every fact of the organisation stream.
-        #[derive(Debug, Clone, PartialEq, Eq)]
-        pub enum OrganisationEvent {
-            $( $variant($payload), )*
-        }
-
-        impl OrganisationEvent {
-            /// The CloudEvents `type`, e.g. `crm.organisation.team_created.v1`.
-            pub fn event_type(&self) -> &'static str {
-                match self { $( Self::$variant(_) => $type_name, )* }
-            }
-
-            /// The team the event is about.
-            pub fn team_id(&self) -> TeamId {
-                match self { $( Self::$variant(e) => e.team_id, )* }
-            }
-
-            /// The JSON body of the event.
-            pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
-                match self { $( Self::$variant(e) => serde_json::to_vec(e), )* }
-            }
-
-            /// The JSON body as a value.
-            pub fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
-                match self { $( Self::$variant(e) => serde_json::to_value(e), )* }
-            }
-
-            /// Decodes a body of `event_type`.
-            pub fn from_json(event_type: &str, body: &[u8]) -> Result<Self, EventDecodeError> {
-                match event_type {
-                    $( $type_name => serde_json::from_slice::<$payload>(body)
-                        .map(Self::$variant)
-                        .map_err(|e| EventDecodeError::Body { event_type: event_type.to_owned(), reason: e.to_string() }), )*
-                    other => Err(EventDecodeError::UnknownType(other.to_owned())),
-                }
-            }
-        }
-
-        $(
-            impl From<$payload> for OrganisationEvent {
-                fn from(e: $payload) -> Self { Self::$variant(e) }
-            }
-        )*
-
-        /// Every current organisation event type.
-        pub const ORGANISATION_EVENT_TYPES: &[&str] = &[ $( $type_name, )* ];
-
-        /// The JSON Schema (draft 2020-12) of each current organisation event type.
-        pub fn organisation_event_schemas() -> Vec<(&'static str, schemars::Schema)> {
-            vec![ $( ($type_name, schemars::schema_for!($payload)), )* ]
-        }
-    };
-}
-
-organisation_events! {
+crate::stream_events! {
+    /// Every fact of the organisation stream.
+    pub enum OrganisationEvent;
+    stream = fixed organisation_stream();
     TeamCreated(TeamCreated) = "crm.organisation.team_created.v1";
     TeamDirectorAssigned(TeamDirectorAssigned) = "crm.organisation.team_director_assigned.v1";
     TeamMemberAdded(TeamMemberAdded) = "crm.organisation.team_member_added.v1";
     TeamMemberRemoved(TeamMemberRemoved) = "crm.organisation.team_member_removed.v1";
+}
+
+impl OrganisationEvent {
+    /// The team the event is about.
+    pub fn team_id(&self) -> TeamId {
+        match self {
+            Self::TeamCreated(e) => e.team_id,
+            Self::TeamDirectorAssigned(e) => e.team_id,
+            Self::TeamMemberAdded(e) => e.team_id,
+            Self::TeamMemberRemoved(e) => e.team_id,
+        }
+    }
+}
+
+/// Every current organisation event type.
+pub const ORGANISATION_EVENT_TYPES: &[&str] = <OrganisationEvent as Events>::TYPES;
+
+/// The JSON Schema (draft 2020-12) of each current organisation event type.
+pub fn organisation_event_schemas() -> Vec<(&'static str, schemars::Schema)> {
+    <OrganisationEvent as Events>::schemas()
 }
 
 // ---------------------------------------------------------------- commands
@@ -178,27 +145,17 @@ pub struct RemoveTeamMember {
     pub member: UserId,
 }
 
-/// Every command the organisation stream accepts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "command", rename_all = "snake_case")]
-pub enum OrganisationCommand {
-    CreateTeam(CreateTeam),
-    AssignTeamDirector(AssignTeamDirector),
-    AddTeamMember(AddTeamMember),
-    RemoveTeamMember(RemoveTeamMember),
+crate::stream_commands! {
+    /// Every command the organisation stream accepts.
+    pub enum OrganisationCommand {
+        CreateTeam = "create_team",
+        AssignTeamDirector = "assign_team_director",
+        AddTeamMember = "add_team_member",
+        RemoveTeamMember = "remove_team_member",
+    }
 }
 
 impl OrganisationCommand {
-    /// The command's name, as in the permission table, metrics and the audit trail.
-    pub fn name(&self) -> &'static str {
-        match self {
-            OrganisationCommand::CreateTeam(_) => "create_team",
-            OrganisationCommand::AssignTeamDirector(_) => "assign_team_director",
-            OrganisationCommand::AddTeamMember(_) => "add_team_member",
-            OrganisationCommand::RemoveTeamMember(_) => "remove_team_member",
-        }
-    }
-
     /// The team the command is about.
     pub fn team_id(&self) -> TeamId {
         match self {
@@ -207,27 +164,6 @@ impl OrganisationCommand {
             OrganisationCommand::AddTeamMember(c) => c.team_id,
             OrganisationCommand::RemoveTeamMember(c) => c.team_id,
         }
-    }
-}
-
-impl From<CreateTeam> for OrganisationCommand {
-    fn from(c: CreateTeam) -> Self {
-        OrganisationCommand::CreateTeam(c)
-    }
-}
-impl From<AssignTeamDirector> for OrganisationCommand {
-    fn from(c: AssignTeamDirector) -> Self {
-        OrganisationCommand::AssignTeamDirector(c)
-    }
-}
-impl From<AddTeamMember> for OrganisationCommand {
-    fn from(c: AddTeamMember) -> Self {
-        OrganisationCommand::AddTeamMember(c)
-    }
-}
-impl From<RemoveTeamMember> for OrganisationCommand {
-    fn from(c: RemoveTeamMember) -> Self {
-        OrganisationCommand::RemoveTeamMember(c)
     }
 }
 
@@ -325,19 +261,64 @@ pub fn evolve_organisation(
     state
 }
 
-/// Applies a recorded organisation event, checking that it comes next.
-pub fn apply_recorded_organisation(
-    state: OrganisationState,
-    sequence: u64,
-    event: &OrganisationEvent,
-) -> Result<OrganisationState, DomainError> {
-    if sequence != state.next_sequence() {
-        return Err(DomainError::OutOfSequence {
-            expected: state.next_sequence(),
-            got: sequence,
-        });
+/// The organisation as an [`Aggregate`]: one stream under [`ORGANISATION_STREAM_ID`].
+pub struct Organisation;
+
+impl Aggregate for Organisation {
+    const NAME: &'static str = "organisation";
+    const KEY: StreamKey = StreamKey::Single(ORGANISATION_STREAM_ID);
+    type Event = OrganisationEvent;
+    type Command = OrganisationCommand;
+    type State = OrganisationState;
+
+    fn initial(_stream: CustomerId) -> OrganisationState {
+        OrganisationState::new()
     }
-    Ok(evolve_organisation(state, event))
+
+    fn stream(_state: &OrganisationState) -> CustomerId {
+        organisation_stream()
+    }
+
+    fn version(state: &OrganisationState) -> u64 {
+        state.version
+    }
+
+    fn decide(
+        state: &OrganisationState,
+        command: &OrganisationCommand,
+    ) -> Result<Vec<OrganisationEvent>, DomainError> {
+        decide_organisation(state, command)
+    }
+
+    fn evolve(state: OrganisationState, event: &OrganisationEvent) -> OrganisationState {
+        evolve_organisation(state, event)
+    }
+
+    fn authorize(
+        principal: &Principal,
+        via: Via,
+        _organisation: &OrganisationState,
+        state: &OrganisationState,
+        command: &OrganisationCommand,
+    ) -> Result<(), Denial> {
+        match via {
+            Via::Command => authorize_organisation(principal, state, command),
+            // no channel carries organisation commands
+            Via::Ingest => Err(Denial::Forbidden {
+                operation: command.name().to_owned(),
+                field: None,
+                reason: "organisation commands come only through their own routes".into(),
+            }),
+        }
+    }
+
+    fn hidden(command: &OrganisationCommand) -> DomainError {
+        DomainError::NotFound {
+            entity: "team",
+            field: "team_id",
+            id: command.team_id().to_string(),
+        }
+    }
 }
 
 /// Accepts or refuses an organisation command. An empty `Ok` means nothing changes (adding a

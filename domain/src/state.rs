@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::error::DomainError;
 use crate::event::CustomerEvent;
 use crate::ids::*;
 use crate::values::*;
@@ -263,28 +262,6 @@ pub fn evolve(mut state: CustomerState, event: &CustomerEvent) -> CustomerState 
         CustomerEvent::CustomerReactivated(_) => state.churn = ChurnStatus::Active,
     }
     state
-}
-
-/// Applies a recorded event, checking that it belongs to this stream and comes next.
-/// Used when a stream is read back from the log.
-pub fn apply_recorded(
-    state: CustomerState,
-    sequence: u64,
-    event: &CustomerEvent,
-) -> Result<CustomerState, DomainError> {
-    if event.customer_id() != state.customer_id {
-        return Err(DomainError::WrongStream {
-            expected: state.customer_id.to_string(),
-            got: event.customer_id().to_string(),
-        });
-    }
-    if sequence != state.next_sequence() {
-        return Err(DomainError::OutOfSequence {
-            expected: state.next_sequence(),
-            got: sequence,
-        });
-    }
-    Ok(evolve(state, event))
 }
 
 /// Overwrites the fields present in `changes`.

@@ -6,7 +6,8 @@
 
 use serde_json::Value;
 
-use crate::event::{CustomerEvent, EventDecodeError, EVENT_TYPES};
+use crate::event::EventDecodeError;
+use crate::stream::Events;
 
 /// Turns a body of type `from` into a body of type `to`.
 #[derive(Debug, Clone, Copy)]
@@ -20,18 +21,18 @@ pub struct Upcaster {
 pub const UPCASTERS: &[Upcaster] = &[];
 
 /// Decodes a body of any known version of `event_type`.
-pub fn decode(event_type: &str, body: &[u8]) -> Result<CustomerEvent, EventDecodeError> {
+pub fn decode<E: Events>(event_type: &str, body: &[u8]) -> Result<E, EventDecodeError> {
     decode_with(UPCASTERS, event_type, body)
 }
 
 /// [`decode`] with a given list of upcasters.
-pub fn decode_with(
+pub fn decode_with<E: Events>(
     upcasters: &[Upcaster],
     event_type: &str,
     body: &[u8],
-) -> Result<CustomerEvent, EventDecodeError> {
-    if EVENT_TYPES.contains(&event_type) {
-        return CustomerEvent::from_current_json(event_type, body);
+) -> Result<E, EventDecodeError> {
+    if E::TYPES.contains(&event_type) {
+        return E::from_current_json(event_type, body);
     }
     let Some(first) = upcasters.iter().find(|u| u.from == event_type) else {
         return Err(EventDecodeError::UnknownType(event_type.to_owned()));
@@ -45,9 +46,9 @@ pub fn decode_with(
     // Bounded by the number of upcasters, so a cycle in the table cannot loop forever.
     for _ in 0..=upcasters.len() {
         value = (upcaster.upcast)(value).map_err(body_error)?;
-        if EVENT_TYPES.contains(&upcaster.to) {
+        if E::TYPES.contains(&upcaster.to) {
             let bytes = serde_json::to_vec(&value).map_err(|e| body_error(e.to_string()))?;
-            return CustomerEvent::from_current_json(upcaster.to, &bytes);
+            return E::from_current_json(upcaster.to, &bytes);
         }
         match upcasters.iter().find(|u| u.from == upcaster.to) {
             Some(next) => upcaster = next,

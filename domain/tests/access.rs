@@ -664,9 +664,9 @@ fn organisation_rules() {
         team_id: team(1),
         member: user("am-x"),
     });
-    assert!(apply_recorded_organisation(org.clone(), 9, &e).is_err());
+    assert!(Organisation::apply_recorded(org.clone(), 9, &e).is_err());
     assert_eq!(
-        apply_recorded_organisation(org.clone(), 8, &e)
+        Organisation::apply_recorded(org.clone(), 8, &e)
             .unwrap()
             .version,
         8

@@ -835,7 +835,7 @@ fn service_request() -> String {
 #[test]
 fn an_old_version_is_upcast_to_the_current_type() {
     let v2 = json!({"customer_id": CUSTOMER, "service_request_id": service_request(), "rating": 4, "comment": "很及时"});
-    let decoded = decode_with(
+    let decoded = decode_with::<CustomerEvent>(
         CHAIN,
         "crm.service_request.rated.v2",
         v2.to_string().as_bytes(),
@@ -851,7 +851,7 @@ fn an_old_version_is_upcast_to_the_current_type() {
 #[test]
 fn upcasters_chain_through_every_version() {
     let v1 = json!({"customer_id": CUSTOMER, "service_request_id": service_request(), "stars": 3, "comment": "手册看不懂"});
-    let decoded = decode_with(
+    let decoded = decode_with::<CustomerEvent>(
         CHAIN,
         "crm.service_request.rated.v1",
         v1.to_string().as_bytes(),
@@ -863,10 +863,12 @@ fn upcasters_chain_through_every_version() {
 #[test]
 fn a_current_type_is_decoded_without_upcasting() {
     let body = feedback("满意", 5).to_json().unwrap();
-    let decoded = decode_with(CHAIN, "crm.service_request.feedback_given.v1", &body).unwrap();
+    let decoded =
+        decode_with::<CustomerEvent>(CHAIN, "crm.service_request.feedback_given.v1", &body)
+            .unwrap();
     assert_eq!(decoded, feedback("满意", 5));
     assert_eq!(
-        decode("crm.service_request.feedback_given.v1", &body).unwrap(),
+        decode::<CustomerEvent>("crm.service_request.feedback_given.v1", &body).unwrap(),
         decoded
     );
 }
@@ -876,17 +878,17 @@ fn an_unknown_type_is_unknown_with_or_without_upcasters() {
     let body = br#"{"customer_id":"0190a6f2-3c1e-7b4a-9d2f-5e8c1a7b3d01"}"#;
     for t in ["crm.service_request.rated.v3", "crm.nothing.v1", ""] {
         assert_eq!(
-            decode_with(CHAIN, t, body),
+            decode_with::<CustomerEvent>(CHAIN, t, body),
             Err(EventDecodeError::UnknownType(t.into()))
         );
         assert_eq!(
-            decode(t, body),
+            decode::<CustomerEvent>(t, body),
             Err(EventDecodeError::UnknownType(t.into()))
         );
     }
     // without its upcaster an old version is unknown too
     assert_eq!(
-        decode_with(&CHAIN[1..], "crm.service_request.rated.v1", body),
+        decode_with::<CustomerEvent>(&CHAIN[1..], "crm.service_request.rated.v1", body),
         Err(EventDecodeError::UnknownType(
             "crm.service_request.rated.v1".into()
         ))
@@ -917,7 +919,7 @@ fn a_chain_that_ends_nowhere_or_loops_is_an_unknown_type() {
     ];
     for table in [&dead_end[..], &cycle[..]] {
         assert_eq!(
-            decode_with(table, "crm.a.b.v1", b"{}"),
+            decode_with::<CustomerEvent>(table, "crm.a.b.v1", b"{}"),
             Err(EventDecodeError::UnknownType("crm.a.b.v1".into()))
         );
     }
@@ -926,7 +928,7 @@ fn a_chain_that_ends_nowhere_or_loops_is_an_unknown_type() {
 #[test]
 fn a_failing_upcast_or_a_bad_old_body_is_a_body_error() {
     let no_stars = json!({"customer_id": CUSTOMER, "service_request_id": service_request()});
-    match decode_with(
+    match decode_with::<CustomerEvent>(
         CHAIN,
         "crm.service_request.rated.v1",
         no_stars.to_string().as_bytes(),
@@ -938,13 +940,13 @@ fn a_failing_upcast_or_a_bad_old_body_is_a_body_error() {
         other => panic!("expected a body error, got {other:?}"),
     }
     assert!(matches!(
-        decode_with(CHAIN, "crm.service_request.rated.v1", b"not json"),
+        decode_with::<CustomerEvent>(CHAIN, "crm.service_request.rated.v1", b"not json"),
         Err(EventDecodeError::Body { event_type, .. }) if event_type == "crm.service_request.rated.v1"
     ));
     // upcast fine, but the result is not a valid current event (no service request id)
     let incomplete = json!({"customer_id": CUSTOMER, "rating": 4});
     assert!(matches!(
-        decode_with(
+        decode_with::<CustomerEvent>(
             CHAIN,
             "crm.service_request.rated.v2",
             incomplete.to_string().as_bytes()

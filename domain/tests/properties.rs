@@ -312,7 +312,7 @@ proptest! {
                     for event in &events {
                         check_event(&state, event)?;
                         let sequence = state.next_sequence();
-                        state = apply_recorded(state, sequence, event)
+                        state = Customer::apply_recorded(state, sequence, event)
                             .map_err(|e| TestCaseError::fail(e.to_string()))?;
                         log.push((sequence, event.clone()));
                     }
@@ -334,7 +334,7 @@ proptest! {
         }
         prop_assert_eq!(state.version, log.len() as u64);
         // replaying the stream from scratch gives the same state
-        let replayed = log.iter().try_fold(CustomerState::new(customer_id), |s, (seq, e)| apply_recorded(s, *seq, e));
+        let replayed = log.iter().try_fold(CustomerState::new(customer_id), |s, (seq, e)| Customer::apply_recorded(s, *seq, e));
         prop_assert_eq!(replayed.as_ref(), Ok(&state));
         // state invariants
         for o in state.opportunities.values() {

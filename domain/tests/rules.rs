@@ -56,7 +56,7 @@ impl Stream {
         let events = decide(&self.state, &command)?;
         for e in &events {
             let next = self.state.next_sequence();
-            self.state = apply_recorded(self.state.clone(), next, e).unwrap();
+            self.state = Customer::apply_recorded(self.state.clone(), next, e).unwrap();
         }
         Ok(events)
     }
@@ -1013,7 +1013,7 @@ fn sequence_numbers_are_contiguous() {
         customer_id: CustomerId(id(1)),
         contact_id: ContactId(id(10)),
     });
-    let e = apply_recorded(s.state.clone(), 5, &event).unwrap_err();
+    let e = Customer::apply_recorded(s.state.clone(), 5, &event).unwrap_err();
     assert_eq!(
         e,
         DomainError::OutOfSequence {
@@ -1021,7 +1021,7 @@ fn sequence_numbers_are_contiguous() {
             got: 5
         }
     );
-    let e = apply_recorded(s.state.clone(), 3, &event).unwrap_err();
+    let e = Customer::apply_recorded(s.state.clone(), 3, &event).unwrap_err();
     assert_eq!(
         e,
         DomainError::OutOfSequence {
@@ -1030,7 +1030,9 @@ fn sequence_numbers_are_contiguous() {
         }
     );
     assert_eq!(
-        apply_recorded(s.state.clone(), 4, &event).unwrap().version,
+        Customer::apply_recorded(s.state.clone(), 4, &event)
+            .unwrap()
+            .version,
         4
     );
 }
@@ -1043,7 +1045,7 @@ fn an_event_of_another_customer_is_refused() {
         contact_id: ContactId(id(10)),
     });
     assert!(matches!(
-        apply_recorded(s.state, 2, &event),
+        Customer::apply_recorded(s.state, 2, &event),
         Err(DomainError::WrongStream { .. })
     ));
 }

@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
     );
     if let Some(body) = value {
         for t in domain::EVENT_TYPES {
-            let _ = domain::upcast::decode(t, body);
+            let _ = domain::upcast::decode::<domain::CustomerEvent>(t, body);
         }
     }
 });

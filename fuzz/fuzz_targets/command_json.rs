@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
                 let bytes = e.to_json();
                 assert!(bytes.is_ok(), "an accepted event does not serialize: {e:?}");
                 if let Ok(bytes) = bytes {
-                    let back = domain::upcast::decode(e.event_type(), &bytes);
+                    let back = domain::upcast::decode::<domain::CustomerEvent>(e.event_type(), &bytes);
                     assert!(
                         matches!(&back, Ok(b) if b == e),
                         "an accepted event does not decode to itself: {e:?} {back:?}"
