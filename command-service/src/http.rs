@@ -19,7 +19,10 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use domain::access::{Principal, INGEST_TOUCHPOINTS};
-use domain::{Command, CustomerId, DomainError, ErrorKind, OrganisationCommand};
+use domain::{
+    Aggregate, Command, CommandName, Commands, Customer, CustomerId, DomainError, ErrorKind,
+    Organisation, OrganisationCommand, StreamKey,
+};
 use infra::auth::{forbidden, require_authentication, Authenticated};
 use infra::problem::Problem;
 use schemars::JsonSchema;
@@ -27,9 +30,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::streams::{
-    fingerprint, Caller, CommandError, CommandRequest, OrganisationRequest, Outcome, Via,
-};
+use crate::streams::{fingerprint, Caller, CommandError, CommandRequest, Outcome, Request, Via};
 use crate::App;
 
 /// The header that carries a command's log position, for read-your-writes queries.
@@ -37,139 +38,153 @@ pub const POSITION_HEADER: &str = "crm-position";
 /// Most touchpoints one batch request may carry.
 pub const MAX_BATCH: usize = 10_000;
 
-/// One command as an HTTP resource.
-pub struct CommandRoute {
+/// One command as an HTTP resource: method, path, the command (its name and body schema
+/// come from its type) and a summary. The router and the OpenAPI document are both made from
+/// these.
+pub struct CommandRoute<A: Aggregate> {
     pub method: Method,
     pub path: &'static str,
     pub name: &'static str,
     pub summary: &'static str,
     /// Body fields the server fills with a new UUIDv7 when the client leaves them out.
     pub generated: &'static [&'static str],
-    parse: fn(Value) -> Result<Command, Problem>,
+    parse: fn(Value) -> Result<A::Command, Problem>,
     schema: fn() -> schemars::Schema,
 }
 
-fn route<T>(
+fn route<T: CommandName>(
     method: Method,
     path: &'static str,
-    name: &'static str,
     summary: &'static str,
     generated: &'static [&'static str],
-) -> CommandRoute
-where
-    T: DeserializeOwned + JsonSchema + Into<Command>,
-{
+) -> CommandRoute<<T::Set as Commands>::Stream> {
     CommandRoute {
         method,
         path,
-        name,
+        name: T::NAME,
         summary,
         generated,
-        parse: parse_command::<T>,
+        parse: |body| parse_body::<T>(body).map(Into::into),
         schema: || schemars::schema_for!(T),
+    }
+}
+
+impl<A: Aggregate> CommandRoute<A> {
+    /// Whether the command creates the resource its path names (`POST` to a collection of
+    /// streams or teams): 201 with a `Location` when it appended.
+    fn creates(&self) -> bool {
+        self.method == Method::POST && self.path.matches('/').count() == 2
+    }
+}
+
+/// How the commands of one kind of stream are served: what an answer names, whether commands
+/// carry business time, and which pipeline runs them.
+pub trait Served: Aggregate + Sized {
+    /// Whether a body may carry `occurred_at` (business time).
+    const BUSINESS_TIME: bool;
+    /// The OpenAPI component of a successful answer.
+    const ANSWER_SCHEMA: &'static str;
+    /// The field that names the resource in an answer, and its id.
+    fn resource(stream: CustomerId, command: &Self::Command) -> (&'static str, String);
+    /// Decides and appends one command.
+    fn execute(
+        app: &App,
+        request: Request<Self>,
+    ) -> impl std::future::Future<Output = Result<Outcome, CommandError>> + Send;
+}
+
+impl Served for Customer {
+    const BUSINESS_TIME: bool = true;
+    const ANSWER_SCHEMA: &'static str = "Outcome";
+    fn resource(stream: CustomerId, _command: &Command) -> (&'static str, String) {
+        ("customer_id", stream.to_string())
+    }
+    fn execute(
+        app: &App,
+        request: CommandRequest,
+    ) -> impl std::future::Future<Output = Result<Outcome, CommandError>> + Send {
+        app.streams.execute(request)
+    }
+}
+
+impl Served for Organisation {
+    const BUSINESS_TIME: bool = false;
+    const ANSWER_SCHEMA: &'static str = "TeamOutcome";
+    fn resource(_stream: CustomerId, command: &OrganisationCommand) -> (&'static str, String) {
+        ("team_id", command.team_id().to_string())
+    }
+    fn execute(
+        app: &App,
+        request: Request<Organisation>,
+    ) -> impl std::future::Future<Output = Result<Outcome, CommandError>> + Send {
+        app.streams.execute_organisation(request)
     }
 }
 
 /// Every command route. The body of each is the command's JSON (see `/openapi.json`); ids in
 /// the path are copied into it.
-pub fn command_routes() -> Vec<CommandRoute> {
+pub fn command_routes() -> Vec<CommandRoute<Customer>> {
     use domain::*;
     vec![
-        route::<RegisterCustomer>(Method::POST, "/v1/customers", "register_customer", "Register a customer (company or person)", &[]),
-        route::<ChangeProfile>(Method::PATCH, "/v1/customers/{customer_id}", "change_profile", "Change profile fields; only changed fields are recorded", &[]),
-        route::<ReassignOwner>(Method::PUT, "/v1/customers/{customer_id}/owner", "reassign_owner", "Move the customer to another account manager", &[]),
-        route::<AddContact>(Method::POST, "/v1/customers/{customer_id}/contacts", "add_contact", "Add a contact person", &["contact_id"]),
-        route::<ChangeContact>(Method::PATCH, "/v1/customers/{customer_id}/contacts/{contact_id}", "change_contact", "Change a contact person", &[]),
-        route::<RemoveContact>(Method::DELETE, "/v1/customers/{customer_id}/contacts/{contact_id}", "remove_contact", "Remove a contact person", &[]),
-        route::<RecordTouchpoint>(Method::POST, "/v1/customers/{customer_id}/touchpoints", "record_touchpoint", "Record a touchpoint on any channel", &["touchpoint_id"]),
-        route::<LodgeComplaint>(Method::POST, "/v1/customers/{customer_id}/complaints", "lodge_complaint", "Lodge a complaint", &["complaint_id"]),
-        route::<HandleComplaint>(Method::POST, "/v1/customers/{customer_id}/complaints/{complaint_id}/handling", "handle_complaint", "Record handling of a complaint", &[]),
-        route::<CloseComplaint>(Method::POST, "/v1/customers/{customer_id}/complaints/{complaint_id}/closure", "close_complaint", "Close a handled complaint", &[]),
-        route::<OpenOpportunity>(Method::POST, "/v1/customers/{customer_id}/opportunities", "open_opportunity", "Open a sales opportunity (starts in qualification)", &["opportunity_id"]),
-        route::<AssignOpportunity>(Method::PUT, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/owner", "assign_opportunity", "Assign an opportunity to an account manager", &[]),
-        route::<ChangeStage>(Method::PUT, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/stage", "change_stage", "Move an opportunity one stage forward, or back with a reason", &[]),
-        route::<AddPlanItem>(Method::POST, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/plan-items", "add_plan_item", "Add a development-plan item", &["plan_item_id"]),
-        route::<RecordPlanResult>(Method::PUT, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/plan-items/{plan_item_id}/result", "record_plan_result", "Record the result of a plan item", &[]),
-        route::<WinOpportunity>(Method::POST, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/won", "win_opportunity", "Contract signed: the opportunity is won", &[]),
-        route::<LoseOpportunity>(Method::POST, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/lost", "lose_opportunity", "The opportunity is lost, with a reason", &[]),
-        route::<ReopenOpportunity>(Method::POST, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/reopen", "reopen_opportunity", "Reopen a won or lost opportunity", &[]),
-        route::<PlaceOrder>(Method::POST, "/v1/customers/{customer_id}/orders", "place_order", "Record an ERP order", &[]),
-        route::<CreateServiceRequest>(Method::POST, "/v1/customers/{customer_id}/service-requests", "create_service_request", "Create a service request", &["service_request_id"]),
-        route::<AssignServiceRequest>(Method::PUT, "/v1/customers/{customer_id}/service-requests/{service_request_id}/assignee", "assign_service_request", "Assign a service request", &[]),
-        route::<HandleServiceRequest>(Method::POST, "/v1/customers/{customer_id}/service-requests/{service_request_id}/handling", "handle_service_request", "Record handling of a service request", &[]),
-        route::<GiveServiceFeedback>(Method::POST, "/v1/customers/{customer_id}/service-requests/{service_request_id}/feedback", "give_service_feedback", "Record the customer's feedback (below 3 goes back to handling)", &[]),
-        route::<ArchiveServiceRequest>(Method::POST, "/v1/customers/{customer_id}/service-requests/{service_request_id}/archive", "archive_service_request", "Archive a satisfied service request", &[]),
-        route::<RaiseChurnWarning>(Method::POST, "/v1/customers/{customer_id}/churn/warnings", "raise_churn_warning", "Raise a churn warning", &["churn_case_id"]),
-        route::<RecordDelayMeasure>(Method::POST, "/v1/customers/{customer_id}/churn/measures", "record_delay_measure", "Record a delaying measure (暂缓流失)", &[]),
-        route::<ConfirmChurn>(Method::POST, "/v1/customers/{customer_id}/churn/confirmation", "confirm_churn", "Confirm the loss (确定流失)", &[]),
-        route::<ReactivateCustomer>(Method::POST, "/v1/customers/{customer_id}/churn/reactivation", "reactivate_customer", "Reactivate an at-risk or lost customer", &[]),
+        route::<RegisterCustomer>(Method::POST, "/v1/customers", "Register a customer (company or person)", &[]),
+        route::<ChangeProfile>(Method::PATCH, "/v1/customers/{customer_id}", "Change profile fields; only changed fields are recorded", &[]),
+        route::<ReassignOwner>(Method::PUT, "/v1/customers/{customer_id}/owner", "Move the customer to another account manager", &[]),
+        route::<AddContact>(Method::POST, "/v1/customers/{customer_id}/contacts", "Add a contact person", &["contact_id"]),
+        route::<ChangeContact>(Method::PATCH, "/v1/customers/{customer_id}/contacts/{contact_id}", "Change a contact person", &[]),
+        route::<RemoveContact>(Method::DELETE, "/v1/customers/{customer_id}/contacts/{contact_id}", "Remove a contact person", &[]),
+        route::<RecordTouchpoint>(Method::POST, "/v1/customers/{customer_id}/touchpoints", "Record a touchpoint on any channel", &["touchpoint_id"]),
+        route::<LodgeComplaint>(Method::POST, "/v1/customers/{customer_id}/complaints", "Lodge a complaint", &["complaint_id"]),
+        route::<HandleComplaint>(Method::POST, "/v1/customers/{customer_id}/complaints/{complaint_id}/handling", "Record handling of a complaint", &[]),
+        route::<CloseComplaint>(Method::POST, "/v1/customers/{customer_id}/complaints/{complaint_id}/closure", "Close a handled complaint", &[]),
+        route::<OpenOpportunity>(Method::POST, "/v1/customers/{customer_id}/opportunities", "Open a sales opportunity (starts in qualification)", &["opportunity_id"]),
+        route::<AssignOpportunity>(Method::PUT, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/owner", "Assign an opportunity to an account manager", &[]),
+        route::<ChangeStage>(Method::PUT, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/stage", "Move an opportunity one stage forward, or back with a reason", &[]),
+        route::<AddPlanItem>(Method::POST, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/plan-items", "Add a development-plan item", &["plan_item_id"]),
+        route::<RecordPlanResult>(Method::PUT, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/plan-items/{plan_item_id}/result", "Record the result of a plan item", &[]),
+        route::<WinOpportunity>(Method::POST, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/won", "Contract signed: the opportunity is won", &[]),
+        route::<LoseOpportunity>(Method::POST, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/lost", "The opportunity is lost, with a reason", &[]),
+        route::<ReopenOpportunity>(Method::POST, "/v1/customers/{customer_id}/opportunities/{opportunity_id}/reopen", "Reopen a won or lost opportunity", &[]),
+        route::<PlaceOrder>(Method::POST, "/v1/customers/{customer_id}/orders", "Record an ERP order", &[]),
+        route::<CreateServiceRequest>(Method::POST, "/v1/customers/{customer_id}/service-requests", "Create a service request", &["service_request_id"]),
+        route::<AssignServiceRequest>(Method::PUT, "/v1/customers/{customer_id}/service-requests/{service_request_id}/assignee", "Assign a service request", &[]),
+        route::<HandleServiceRequest>(Method::POST, "/v1/customers/{customer_id}/service-requests/{service_request_id}/handling", "Record handling of a service request", &[]),
+        route::<GiveServiceFeedback>(Method::POST, "/v1/customers/{customer_id}/service-requests/{service_request_id}/feedback", "Record the customer's feedback (below 3 goes back to handling)", &[]),
+        route::<ArchiveServiceRequest>(Method::POST, "/v1/customers/{customer_id}/service-requests/{service_request_id}/archive", "Archive a satisfied service request", &[]),
+        route::<RaiseChurnWarning>(Method::POST, "/v1/customers/{customer_id}/churn/warnings", "Raise a churn warning", &["churn_case_id"]),
+        route::<RecordDelayMeasure>(Method::POST, "/v1/customers/{customer_id}/churn/measures", "Record a delaying measure (暂缓流失)", &[]),
+        route::<ConfirmChurn>(Method::POST, "/v1/customers/{customer_id}/churn/confirmation", "Confirm the loss (确定流失)", &[]),
+        route::<ReactivateCustomer>(Method::POST, "/v1/customers/{customer_id}/churn/reactivation", "Reactivate an at-risk or lost customer", &[]),
     ]
-}
-
-/// One organisation command as an HTTP resource.
-pub struct OrganisationRoute {
-    pub method: Method,
-    pub path: &'static str,
-    pub name: &'static str,
-    pub summary: &'static str,
-    parse: fn(Value) -> Result<OrganisationCommand, Problem>,
-    schema: fn() -> schemars::Schema,
-}
-
-fn organisation_route<T>(
-    method: Method,
-    path: &'static str,
-    name: &'static str,
-    summary: &'static str,
-) -> OrganisationRoute
-where
-    T: DeserializeOwned + JsonSchema + Into<OrganisationCommand>,
-{
-    OrganisationRoute {
-        method,
-        path,
-        name,
-        summary,
-        parse: |body| {
-            serde_path_to_error::deserialize::<_, T>(body)
-                .map(Into::into)
-                .map_err(|e| {
-                    let message = e.inner().to_string();
-                    Problem::invalid_field(serde_field(&e.path().to_string(), &message), message)
-                })
-        },
-        schema: || schemars::schema_for!(T),
-    }
 }
 
 /// The organisation's routes: sales teams, their directors and members. Administrators do
 /// everything; a sales director adds and removes members of the teams they direct.
-pub fn organisation_routes() -> Vec<OrganisationRoute> {
+pub fn organisation_routes() -> Vec<CommandRoute<Organisation>> {
     use domain::*;
     vec![
-        organisation_route::<CreateTeam>(
+        route::<CreateTeam>(
             Method::POST,
             "/v1/teams",
-            "create_team",
             "Set up a sales team (team_id generated when absent)",
+            &["team_id"],
         ),
-        organisation_route::<AssignTeamDirector>(
+        route::<AssignTeamDirector>(
             Method::PUT,
             "/v1/teams/{team_id}/director",
-            "assign_team_director",
             "Make a sales director the team's director",
+            &[],
         ),
-        organisation_route::<AddTeamMember>(
+        route::<AddTeamMember>(
             Method::POST,
             "/v1/teams/{team_id}/members",
-            "add_team_member",
             "Add a member (account manager) to the team",
+            &[],
         ),
-        organisation_route::<RemoveTeamMember>(
+        route::<RemoveTeamMember>(
             Method::DELETE,
             "/v1/teams/{team_id}/members/{member}",
-            "remove_team_member",
             "Remove a member from the team",
+            &[],
         ),
     ]
 }
@@ -183,32 +198,8 @@ fn require(principal: &Principal, operation: &str) -> Result<(), Problem> {
 
 pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
     let mut by_path: HashMap<&'static str, MethodRouter<Arc<App>>> = HashMap::new();
-    for r in command_routes() {
-        let r: &'static CommandRoute = Box::leak(Box::new(r));
-        let filter = MethodFilter::try_from(r.method.clone()).unwrap_or(MethodFilter::POST);
-        let handler = move |State(app): State<Arc<App>>,
-                            Authenticated(caller): Authenticated,
-                            Path(path): Path<HashMap<String, String>>,
-                            headers: HeaderMap,
-                            body: Result<Bytes, BytesRejection>| async move {
-            handle_command(app, r, caller, path, headers, body).await
-        };
-        let entry = by_path.remove(r.path).unwrap_or_default();
-        by_path.insert(r.path, entry.on(filter, handler));
-    }
-    for r in organisation_routes() {
-        let r: &'static OrganisationRoute = Box::leak(Box::new(r));
-        let filter = MethodFilter::try_from(r.method.clone()).unwrap_or(MethodFilter::POST);
-        let handler = move |State(app): State<Arc<App>>,
-                            Authenticated(caller): Authenticated,
-                            Path(path): Path<HashMap<String, String>>,
-                            headers: HeaderMap,
-                            body: Result<Bytes, BytesRejection>| async move {
-            handle_organisation(app, r, caller, path, headers, body).await
-        };
-        let entry = by_path.remove(r.path).unwrap_or_default();
-        by_path.insert(r.path, entry.on(filter, handler));
-    }
+    add_routes(&mut by_path, command_routes());
+    add_routes(&mut by_path, organisation_routes());
     let mut router = Router::new();
     for (path, methods) in by_path {
         router = router.route(path, methods);
@@ -230,6 +221,26 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
             infra::headers::security_headers,
         ))
         .with_state(app)
+}
+
+/// Adds each route with its handler, [`handle_command`].
+fn add_routes<A: Served>(
+    by_path: &mut HashMap<&'static str, MethodRouter<Arc<App>>>,
+    routes: Vec<CommandRoute<A>>,
+) {
+    for r in routes {
+        let r: &'static CommandRoute<A> = Box::leak(Box::new(r));
+        let filter = MethodFilter::try_from(r.method.clone()).unwrap_or(MethodFilter::POST);
+        let handler = move |State(app): State<Arc<App>>,
+                            Authenticated(caller): Authenticated,
+                            Path(path): Path<HashMap<String, String>>,
+                            headers: HeaderMap,
+                            body: Result<Bytes, BytesRejection>| async move {
+            handle_command(app, r, caller, path, headers, body).await
+        };
+        let entry = by_path.remove(r.path).unwrap_or_default();
+        by_path.insert(r.path, entry.on(filter, handler));
+    }
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
@@ -271,13 +282,12 @@ fn serde_field(path: &str, message: &str) -> String {
     }
 }
 
-fn parse_command<T: DeserializeOwned + Into<Command>>(body: Value) -> Result<Command, Problem> {
-    serde_path_to_error::deserialize::<_, T>(body)
-        .map(Into::into)
-        .map_err(|e| {
-            let message = e.inner().to_string();
-            Problem::invalid_field(serde_field(&e.path().to_string(), &message), message)
-        })
+/// A body as `T`; a mismatch is a 422 naming the field.
+fn parse_body<T: DeserializeOwned>(body: Value) -> Result<T, Problem> {
+    serde_path_to_error::deserialize::<_, T>(body).map_err(|e| {
+        let message = e.inner().to_string();
+        Problem::invalid_field(serde_field(&e.path().to_string(), &message), message)
+    })
 }
 
 fn body_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, Problem> {
@@ -433,43 +443,64 @@ fn integral_numbers(v: &mut Value) {
     }
 }
 
-/// Builds the request for one command route.
-fn command_request(
-    route: &CommandRoute,
+/// The stream a request is about: the path's or body's id for a stream per id (a new one
+/// when absent: a command that creates the stream), else the aggregate's one stream.
+fn stream_of<A: Aggregate>(
+    path: &HashMap<String, String>,
+    body: &mut Map<String, Value>,
+) -> Result<CustomerId, Problem> {
+    let name = match A::KEY {
+        StreamKey::Single(id) => return Ok(CustomerId(id)),
+        StreamKey::PerId { path_parameter } => path_parameter,
+    };
+    if let Some(id) = path.get(name) {
+        return Ok(CustomerId(uuid_param(name, id)?));
+    }
+    match body.remove(name) {
+        None | Some(Value::Null) => Ok(CustomerId(Uuid::now_v7())),
+        Some(Value::String(s)) => Uuid::parse_str(&s)
+            .map(CustomerId)
+            .map_err(|e| Problem::invalid_field(name, format!("not a UUID: {e}"))),
+        Some(_) => Err(Problem::invalid_field(name, "must be a UUID string")),
+    }
+}
+
+/// Whether a path parameter is an entity's UUID (`…_id`) rather than a user id.
+fn is_uuid_parameter(name: &str) -> bool {
+    name.ends_with("_id")
+}
+
+/// Builds the request for one command route: the path's ids go into the body (where they must
+/// agree with it), generated ids are filled in, the body is parsed into the command.
+fn command_request<A: Served>(
+    route: &CommandRoute<A>,
     caller: Caller,
     path: HashMap<String, String>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<CommandRequest, Problem> {
+) -> Result<Request<A>, Problem> {
     let mut body = body_object(body)?;
     let fingerprint = keyed(headers).then(|| request_fingerprint(route.name, &path, &body));
-    let occurred_at = occurred_at(&mut body, "occurred_at")?;
-    let customer_id =
-        match path.get("customer_id") {
-            Some(id) => CustomerId(uuid_param("customer_id", id)?),
-            None => match body.remove("customer_id") {
-                None | Some(Value::Null) => CustomerId(Uuid::now_v7()),
-                Some(Value::String(s)) => CustomerId(Uuid::parse_str(&s).map_err(|e| {
-                    Problem::invalid_field("customer_id", format!("not a UUID: {e}"))
-                })?),
-                Some(_) => {
-                    return Err(Problem::invalid_field(
-                        "customer_id",
-                        "must be a UUID string",
-                    ))
-                }
-            },
-        };
+    let occurred_at = if A::BUSINESS_TIME {
+        occurred_at(&mut body, "occurred_at")?
+    } else {
+        None
+    };
+    let stream = stream_of::<A>(&path, &mut body)?;
     for (name, value) in &path {
-        if name == "customer_id" {
+        if matches!(A::KEY, StreamKey::PerId { path_parameter } if path_parameter == name) {
             continue;
         }
-        uuid_param(name, value)?;
+        if is_uuid_parameter(name) {
+            uuid_param(name, value)?;
+        } else if value.trim().is_empty() {
+            return Err(Problem::bad_parameter(name, "must not be empty"));
+        }
         match body.get(name) {
             Some(Value::String(v)) if v != value => {
                 return Err(Problem::invalid_field(
                     name.clone(),
-                    "differs from the id in the path",
+                    "differs from the path",
                 ))
             }
             _ => {
@@ -487,8 +518,8 @@ fn command_request(
     }
     let command = (route.parse)(Value::Object(body))?;
     let h = command_headers(headers)?;
-    Ok(CommandRequest {
-        customer_id,
+    Ok(Request {
+        customer_id: stream,
         command,
         expected_sequence: h.expected_sequence,
         command_id: h.command_id,
@@ -526,7 +557,7 @@ pub fn command_problem(error: &CommandError) -> Problem {
         CommandError::SequenceMismatch { expected, actual } => Problem::new(
             StatusCode::CONFLICT,
             "sequence-mismatch",
-            "The customer has changed",
+            "The stream has changed",
         )
         .detail(error.to_string())
         .field("If-Match")
@@ -535,7 +566,7 @@ pub fn command_problem(error: &CommandError) -> Problem {
         CommandError::NotOwner { partition } => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not-owner",
-            "Another instance owns this customer",
+            "Another instance owns this stream",
         )
         .detail(error.to_string())
         .with("partition", *partition)
@@ -600,189 +631,76 @@ fn position_header(o: &Outcome) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("{}:{}:{}", p.topic, p.partition, p.offset)).ok()
 }
 
-async fn handle_command(
+/// Serves one command route: the permission table first (403 before anything is read), then
+/// the request, the pipeline, and the answer with its `ETag` (the stream's sequence), the
+/// position of its last event, and for a created resource 201 with its `Location`.
+async fn handle_command<A: Served>(
     app: Arc<App>,
-    route: &'static CommandRoute,
+    route: &'static CommandRoute<A>,
     principal: Arc<Principal>,
     path: HashMap<String, String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    if let Err(p) = require(&principal, route.name) {
+    let count = |outcome: &str| {
         app.metrics
             .commands
-            .with_label_values(&[route.name, "forbidden"])
-            .inc();
+            .with_label_values(&[route.name, outcome])
+            .inc()
+    };
+    if let Err(p) = require(&principal, route.name) {
+        count("forbidden");
         return p.into_response();
     }
     let caller = Caller::new(principal, Via::Command);
     let request = match command_request(route, caller, path, &headers, body) {
         Ok(r) => r,
         Err(p) => {
-            app.metrics
-                .commands
-                .with_label_values(&[route.name, "malformed"])
-                .inc();
+            count("malformed");
             return p.into_response();
         }
     };
-    let created = route.method == Method::POST && route.path == "/v1/customers";
-    let result = app.streams.execute(request).await;
-    app.metrics
-        .commands
-        .with_label_values(&[route.name, outcome_label(&result)])
-        .inc();
+    let (id_field, id) = A::resource(request.customer_id, &request.command);
+    let result = A::execute(&app, request).await;
+    count(outcome_label(&result));
     app.metrics
         .command_seconds
         .with_label_values(&[route.name])
         .observe(started.elapsed().as_secs_f64());
-    match result {
-        Ok(outcome) => {
-            let status = if created && !outcome.replayed {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            let mut response = (status, Json(&outcome)).into_response();
-            let h = response.headers_mut();
-            if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", outcome.sequence)) {
-                h.insert(header::ETAG, v);
-            }
-            if let Some(v) = position_header(&outcome) {
-                h.insert(POSITION_HEADER, v);
-            }
-            if outcome.replayed {
-                h.insert("idempotent-replayed", HeaderValue::from_static("true"));
-            }
-            if created {
-                if let Ok(v) =
-                    HeaderValue::from_str(&format!("/v1/customers/{}", outcome.customer_id))
-                {
-                    h.insert(header::LOCATION, v);
-                }
-            }
-            response
-        }
-        Err(e) => command_problem(&e).into_response(),
-    }
-}
-
-// ------------------------------------------------------------------ organisation
-
-fn organisation_request(
-    route: &OrganisationRoute,
-    principal: Arc<Principal>,
-    path: HashMap<String, String>,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<OrganisationRequest, Problem> {
-    let mut body = body_object(body)?;
-    let fingerprint = keyed(headers).then(|| request_fingerprint(route.name, &path, &body));
-    for (name, value) in &path {
-        if name == "team_id" {
-            uuid_param(name, value)?;
-        } else if value.trim().is_empty() {
-            return Err(Problem::bad_parameter(name, "must not be empty"));
-        }
-        match body.get(name) {
-            Some(Value::String(v)) if v != value => {
-                return Err(Problem::invalid_field(
-                    name.clone(),
-                    "differs from the path",
-                ))
-            }
-            _ => {
-                body.insert(name.clone(), Value::String(value.clone()));
-            }
-        }
-    }
-    if !body.contains_key("team_id") {
-        body.insert("team_id".into(), Value::String(Uuid::now_v7().to_string()));
-    }
-    let command = (route.parse)(Value::Object(body))?;
-    let h = command_headers(headers)?;
-    Ok(OrganisationRequest {
-        command,
-        expected_sequence: h.expected_sequence,
-        command_id: h.command_id,
-        fingerprint,
-        principal,
-        correlation_id: h.correlation_id,
-        causation_id: h.causation_id,
-    })
-}
-
-async fn handle_organisation(
-    app: Arc<App>,
-    route: &'static OrganisationRoute,
-    principal: Arc<Principal>,
-    path: HashMap<String, String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let started = Instant::now();
-    if let Err(p) = require(&principal, route.name) {
-        app.metrics
-            .commands
-            .with_label_values(&[route.name, "forbidden"])
-            .inc();
-        return p.into_response();
-    }
-    let request = match organisation_request(route, principal, path, &headers, body) {
-        Ok(r) => r,
-        Err(p) => {
-            app.metrics
-                .commands
-                .with_label_values(&[route.name, "malformed"])
-                .inc();
-            return p.into_response();
-        }
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(e) => return command_problem(&e).into_response(),
     };
-    let team_id = request.command.team_id();
-    let created = route.name == "create_team";
-    let result = app.streams.execute_organisation(request).await;
-    app.metrics
-        .commands
-        .with_label_values(&[route.name, outcome_label(&result)])
-        .inc();
-    app.metrics
-        .command_seconds
-        .with_label_values(&[route.name])
-        .observe(started.elapsed().as_secs_f64());
-    match result {
-        Ok(outcome) => {
-            let status = if created && !outcome.replayed && !outcome.events.is_empty() {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            let body = json!({
-                "team_id": team_id,
-                "events": outcome.events,
-                "sequence": outcome.sequence,
-                "replayed": outcome.replayed,
-            });
-            let mut response = (status, Json(body)).into_response();
-            let h = response.headers_mut();
-            if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", outcome.sequence)) {
-                h.insert(header::ETAG, v);
-            }
-            if let Some(v) = position_header(&outcome) {
-                h.insert(POSITION_HEADER, v);
-            }
-            if outcome.replayed {
-                h.insert("idempotent-replayed", HeaderValue::from_static("true"));
-            }
-            if created {
-                if let Ok(v) = HeaderValue::from_str(&format!("/v1/teams/{team_id}")) {
-                    h.insert(header::LOCATION, v);
-                }
-            }
-            response
-        }
-        Err(e) => command_problem(&e).into_response(),
+    let created = route.creates() && !outcome.replayed && !outcome.events.is_empty();
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        id_field: id,
+        "events": outcome.events,
+        "sequence": outcome.sequence,
+        "replayed": outcome.replayed,
+    });
+    let mut response = (status, Json(body)).into_response();
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", outcome.sequence)) {
+        h.insert(header::ETAG, v);
     }
+    if let Some(v) = position_header(&outcome) {
+        h.insert(POSITION_HEADER, v);
+    }
+    if outcome.replayed {
+        h.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    if route.creates() {
+        if let Ok(v) = HeaderValue::from_str(&format!("{}/{id}", route.path)) {
+            h.insert(header::LOCATION, v);
+        }
+    }
+    response
 }
 
 // ------------------------------------------------------------------ batch ingest
@@ -877,10 +795,7 @@ fn batch_request(
         .get("idempotency_key")
         .is_some_and(|k| !k.is_null())
         .then(|| fingerprint("record_touchpoint", &[], &item));
-    let t: BatchTouchpoint = serde_path_to_error::deserialize(item).map_err(|e| {
-        let message = e.inner().to_string();
-        Problem::invalid_field(serde_field(&e.path().to_string(), &message), message)
-    })?;
+    let t: BatchTouchpoint = parse_body(item)?;
     if let Some(k) = &t.idempotency_key {
         if k.is_empty() || k.len() > 200 {
             return Err(Problem::invalid_field(
@@ -1035,31 +950,38 @@ fn problem_response(description: &str) -> Value {
     json!({"description": description, "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
 }
 
-/// The OpenAPI 3.1 description of this service, generated from the route table and the
-/// commands' JSON Schemas, so it cannot drift from the code.
-pub fn openapi() -> Value {
-    let mut components = Map::new();
-    let mut paths: Map<String, Value> = Map::new();
-    let header_params = json!([
-        {"name": "If-Match", "in": "header", "required": false, "schema": {"type": "string", "pattern": "^(|\\*|\"[0-9]{1,19}\")$"}, "description": "`*`, or the customer's sequence the client expects as a strong entity tag (the ETag of an answer, e.g. `\"7\"`): 409 when it has moved on; weak tags are refused (400)"},
-        {"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 200}, "description": "A retry with the same key returns the first answer and appends nothing"},
-        {"name": "X-Correlation-Id", "in": "header", "required": false, "schema": {"type": "string", "format": "uuid"}},
-        {"name": "X-Causation-Id", "in": "header", "required": false, "schema": {"type": "string", "format": "uuid"}}
-    ]);
-    for r in command_routes() {
+/// The OpenAPI operations of a set of command routes, from the routes and the commands' JSON
+/// Schemas.
+fn describe_routes<A: Served>(
+    routes: Vec<CommandRoute<A>>,
+    header_params: &Value,
+    paths: &mut Map<String, Value>,
+    components: &mut Map<String, Value>,
+) {
+    for r in routes {
         let mut params: Vec<Value> = r
             .path
             .split('/')
             .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"}}))
+            .map(|name| {
+                let mut schema = json!({"type": "string"});
+                if is_uuid_parameter(name) {
+                    schema["format"] = json!("uuid");
+                } else {
+                    domain::limits::user_id_schema(&mut schema);
+                }
+                json!({"name": name, "in": "path", "required": true, "schema": schema})
+            })
             .collect();
         params.extend(header_params.as_array().cloned().unwrap_or_default());
-        let mut body = component_schema((r.schema)(), &mut components);
+        let mut body = component_schema((r.schema)(), components);
         domain::limits::describe_in_schema(&mut body);
         if let Value::Object(m) = &mut body {
             if let Some(Value::Object(props)) = m.get_mut("properties") {
-                props.insert("occurred_at".into(), json!({"type": "string", "format": "date-time", "pattern": "^(19|20)[0-9]{2}-",
-                    "description": "Business time; now when absent. Not before 1900-01-01, not more than 24 hours ahead of the server's clock (both configurable: --business-time-earliest, --business-time-max-future-hours)"}));
+                if A::BUSINESS_TIME {
+                    props.insert("occurred_at".into(), json!({"type": "string", "format": "date-time", "pattern": "^(19|20)[0-9]{2}-",
+                        "description": "Business time; now when absent. Not before 1900-01-01, not more than 24 hours ahead of the server's clock (both configurable: --business-time-earliest, --business-time-max-future-hours)"}));
+                }
                 // ids in the path are the path's: not repeated in the body
                 props.retain(|name, _| !r.path.contains(&format!("{{{name}}}")));
             }
@@ -1072,70 +994,25 @@ pub fn openapi() -> Value {
                 });
             }
         }
-        let created = r.path == "/v1/customers";
-        let success = if created { "201" } else { "200" };
-        let op = json!({
-            "operationId": r.name,
-            "summary": r.summary,
-            "x-crm-roles": roles_of(r.name),
-            "parameters": params,
-            "requestBody": {"required": r.method != Method::DELETE, "content": {"application/json": {"schema": body}}},
-            "responses": {
-                success: {"description": "Appended (or unchanged); the position header tells where", "headers": {
-                    "ETag": {"schema": {"type": "string"}, "description": "The customer's sequence after the command"},
-                    "CRM-Position": {"schema": {"type": "string"}, "description": "topic:partition:offset of the last appended event"}
-                }, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Outcome"}}}},
-                "400": problem_response("Malformed JSON, header or path parameter"),
-                "401": problem_response("No valid credentials (bearer token)"),
-                "403": problem_response("The caller's roles may not use this command, or may not assign to that user (`field`)"),
-                "422": problem_response("A field is invalid (`field` names it), or the Idempotency-Key was used with another request"),
-                "404": problem_response("Unknown customer or entity, or a customer outside the caller's reach"),
-                "409": problem_response("Not allowed in the current state, or If-Match mismatch"),
-                "413": problem_response("Body too large"),
-                "503": problem_response("This instance does not own the customer's partition, or the log is unavailable; retry")
-            }
+        let answer = json!({"$ref": format!("#/components/schemas/{}", A::ANSWER_SCHEMA)});
+        let success = if r.creates() { "201" } else { "200" };
+        let mut responses = json!({
+            success: {"description": "Appended (or unchanged); the position header tells where", "headers": {
+                "ETag": {"schema": {"type": "string"}, "description": "The stream's sequence after the command"},
+                "CRM-Position": {"schema": {"type": "string"}, "description": "topic:partition:offset of the last appended event"}
+            }, "content": {"application/json": {"schema": answer}}},
+            "400": problem_response("Malformed JSON, header or path parameter"),
+            "401": problem_response("No valid credentials (bearer token)"),
+            "403": problem_response("The caller's roles may not use this command, or may not assign to that user (`field`)"),
+            "422": problem_response("A field is invalid (`field` names it), or the Idempotency-Key was used with another request"),
+            "404": problem_response(&format!("Unknown {} or entity, or one outside the caller's reach", A::NAME)),
+            "409": problem_response("Not allowed in the current state, or If-Match mismatch"),
+            "413": problem_response("Body too large"),
+            "503": problem_response("This instance does not own the stream's partition, or the log is unavailable; retry")
         });
-        let mut op = op;
-        if created {
+        if r.creates() {
             // a retry with the same Idempotency-Key answers the first outcome with 200
-            if let Some(Value::Object(responses)) = op.get_mut("responses") {
-                responses.insert("200".into(), json!({"description": "A retry with the same Idempotency-Key: the first answer, nothing appended (`Idempotent-Replayed: true`)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Outcome"}}}}));
-            }
-        }
-        let entry = paths.entry(r.path.to_owned()).or_insert_with(|| json!({}));
-        if let Value::Object(m) = entry {
-            m.insert(r.method.as_str().to_lowercase(), op);
-        }
-    }
-    for r in organisation_routes() {
-        let mut params: Vec<Value> = r
-            .path
-            .split('/')
-            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| {
-                let format = if name == "team_id" {
-                    json!({"type": "string", "format": "uuid"})
-                } else {
-                    let mut user = json!({"type": "string"});
-                    domain::limits::user_id_schema(&mut user);
-                    user
-                };
-                json!({"name": name, "in": "path", "required": true, "schema": format})
-            })
-            .collect();
-        params.extend(header_params.as_array().cloned().unwrap_or_default());
-        let mut body = component_schema((r.schema)(), &mut components);
-        domain::limits::describe_in_schema(&mut body);
-        if let Value::Object(m) = &mut body {
-            if let Some(Value::Object(props)) = m.get_mut("properties") {
-                props.retain(|name, _| !r.path.contains(&format!("{{{name}}}")));
-            }
-            if let Some(Value::Array(req)) = m.get_mut("required") {
-                req.retain(|f| {
-                    f.as_str()
-                        .is_some_and(|f| f != "team_id" && !r.path.contains(&format!("{{{f}}}")))
-                });
-            }
+            responses["200"] = json!({"description": "A retry with the same Idempotency-Key, or nothing to change: the answer, nothing appended (`Idempotent-Replayed: true` on a retry)", "content": {"application/json": {"schema": answer}}});
         }
         let op = json!({
             "operationId": r.name,
@@ -1143,23 +1020,49 @@ pub fn openapi() -> Value {
             "x-crm-roles": roles_of(r.name),
             "parameters": params,
             "requestBody": {"required": r.method != Method::DELETE, "content": {"application/json": {"schema": body}}},
-            "responses": {
-                if r.name == "create_team" { "201" } else { "200" }: {"description": "Appended (or unchanged)", "content": {"application/json": {"schema": {"type": "object"}}}},
-                "200": {"description": "Appended or unchanged; for create_team, a retry with the same Idempotency-Key (the first answer)", "content": {"application/json": {"schema": {"type": "object"}}}},
-                "400": problem_response("Malformed JSON, header or path parameter"),
-                "401": problem_response("No valid credentials (bearer token)"),
-                "403": problem_response("The caller's roles may not use this command"),
-                "404": problem_response("Unknown team, or a team the director does not direct"),
-                "409": problem_response("Not allowed in the current state, or If-Match mismatch"),
-                "422": problem_response("A field is invalid; `field` names it"),
-                "503": problem_response("This instance does not own the organisation stream's partition; retry")
-            }
+            "responses": responses,
         });
         let entry = paths.entry(r.path.to_owned()).or_insert_with(|| json!({}));
         if let Value::Object(m) = entry {
             m.insert(r.method.as_str().to_lowercase(), op);
         }
     }
+}
+
+/// The answer to a command: the resource it is about (`id_field`), the appended events, the
+/// stream's sequence, and whether it replays a first answer.
+fn answer_schema(id_field: &str) -> Value {
+    json!({"type": "object", "required": [id_field, "events", "sequence", "replayed"], "properties": {
+        id_field: {"type": "string", "format": "uuid"},
+        "events": {"type": "array", "items": {"type": "object", "properties": {
+            "id": {"type": "string", "format": "uuid"}, "type": {"type": "string"}, "sequence": {"type": "integer"},
+            "position": {"type": "object", "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"}}}}}},
+        "sequence": {"type": "integer"}, "replayed": {"type": "boolean"}}})
+}
+
+/// The OpenAPI 3.1 description of this service, generated from the route table and the
+/// commands' JSON Schemas, so it cannot drift from the code.
+pub fn openapi() -> Value {
+    let mut components = Map::new();
+    let mut paths: Map<String, Value> = Map::new();
+    let header_params = json!([
+        {"name": "If-Match", "in": "header", "required": false, "schema": {"type": "string", "pattern": "^(|\\*|\"[0-9]{1,19}\")$"}, "description": "`*`, or the customer's sequence the client expects as a strong entity tag (the ETag of an answer, e.g. `\"7\"`): 409 when it has moved on; weak tags are refused (400)"},
+        {"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 200}, "description": "A retry with the same key returns the first answer and appends nothing"},
+        {"name": "X-Correlation-Id", "in": "header", "required": false, "schema": {"type": "string", "format": "uuid"}},
+        {"name": "X-Causation-Id", "in": "header", "required": false, "schema": {"type": "string", "format": "uuid"}}
+    ]);
+    describe_routes(
+        command_routes(),
+        &header_params,
+        &mut paths,
+        &mut components,
+    );
+    describe_routes(
+        organisation_routes(),
+        &header_params,
+        &mut paths,
+        &mut components,
+    );
     let batch_item = component_schema(schemars::schema_for!(BatchTouchpoint), &mut components);
     components.insert("BatchTouchpoint".into(), batch_item);
     // the commands' schemas: the bounds the server enforces
@@ -1206,12 +1109,8 @@ pub fn openapi() -> Value {
     components.insert("Problem".into(), json!({"type": "object", "description": "RFC 9457 problem details", "properties": {
         "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
         "detail": {"type": "string"}, "field": {"type": "string", "description": "The field, header or parameter at fault"}}}));
-    components.insert("Outcome".into(), json!({"type": "object", "properties": {
-        "customer_id": {"type": "string", "format": "uuid"},
-        "events": {"type": "array", "items": {"type": "object", "properties": {
-            "id": {"type": "string", "format": "uuid"}, "type": {"type": "string"}, "sequence": {"type": "integer"},
-            "position": {"type": "object", "properties": {"topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"}}}}}},
-        "sequence": {"type": "integer"}, "replayed": {"type": "boolean"}}}));
+    components.insert(Customer::ANSWER_SCHEMA.into(), answer_schema("customer_id"));
+    components.insert(Organisation::ANSWER_SCHEMA.into(), answer_schema("team_id"));
     json!({
         "openapi": "3.1.0",
         "security": [{"bearer": []}],

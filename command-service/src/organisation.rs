@@ -65,7 +65,7 @@ async fn follow(
                 .map(|(k, v)| (k.as_str(), v.as_deref())),
             record.value.as_deref(),
         ) {
-            Ok(r) => streams.apply_organisation(&r, Some(record.position.clone())),
+            Ok(r) => streams.apply_organisation(&r, &record.position),
             Err(e) => {
                 tracing::warn!(offset = record.position.offset, error = %e, "undecodable organisation record, skipped")
             }

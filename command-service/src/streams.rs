@@ -1,35 +1,35 @@
-//! The customer streams this instance writes: for every partition it owns, the current state of
-//! each of its customers, and the one writer that appends to it.
+//! The streams this instance writes: for every partition it owns, the current state of each of
+//! its customers (and of the organisation, when its partition is one of them), and the one
+//! writer that appends to it.
 //!
-//! A command is decided against the customer's state and appended in one Kafka transaction;
+//! A command is decided against its stream's state and appended in one Kafka transaction;
 //! only when the transaction has committed does the state move on. Everything for one
 //! partition happens under that partition's lock, so the decision and the append can never
-//! interleave with another command for the same customer.
+//! interleave with another command for the same stream. The steps are written once for every
+//! aggregate, in [`pipeline`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, PoisonError, RwLock as StdRwLock};
 
 use chrono::{DateTime, Utc};
-use domain::access::{
-    authorize_command, authorize_ingest, authorize_organisation, Denial, Principal,
-};
-use domain::envelope::{envelope_time, is_organisation_key};
+use domain::access::Principal;
 use domain::limits::BusinessTimeWindow;
 use domain::{
-    decide, decide_organisation, organisation_stream, Aggregate, Command, Customer, CustomerId,
-    CustomerState, DomainError, EventMetadata, KafkaRecord, Organisation, OrganisationCommand,
-    OrganisationEvent, OrganisationState, RecordedEvent, RecordedOrganisationEvent,
-    ORGANISATION_STREAM_ID,
+    organisation_stream, Aggregate, Customer, CustomerId, CustomerState, DomainError, Organisation,
+    OrganisationState, RecordedOrganisationEvent, StreamEvent, ORGANISATION_STREAM_ID,
 };
 use infra::kafka::{partition_for, LogError, RecordAppender};
+use infra::log::CustomerLog;
 use infra::Position;
 use serde::Serialize;
 use tokio::sync::{Mutex, Notify, RwLock};
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
-use infra::log::CustomerLog;
+use pipeline::{Answers, Appended, Batch, Entry};
+
+mod pipeline;
 
 pub use domain::access::Via;
 
@@ -51,26 +51,33 @@ impl Caller {
     }
 }
 
-/// A command with everything the envelope needs.
-#[derive(Debug, Clone)]
-pub struct CommandRequest {
+/// A command for a stream of aggregate `A`, with everything the envelope needs.
+#[derive(Debug)]
+pub struct Request<A: Aggregate> {
+    /// The stream: a customer's id, or the organisation's fixed one.
     pub customer_id: CustomerId,
-    pub command: Command,
-    /// `If-Match`: the sequence the client believes is the customer's last.
+    pub command: A::Command,
+    /// `If-Match`: the sequence the client believes is the stream's last.
     pub expected_sequence: Option<u64>,
     /// `Idempotency-Key`: a retry with the same key gets the first answer.
     pub command_id: Option<String>,
     /// A digest of the request the key came with ([`fingerprint`]): the same key with a
     /// different request is refused ([`CommandError::KeyReused`]).
     pub fingerprint: Option<String>,
-    /// Who asks: checked against the permission table and the customer's owner, recorded as
-    /// the events' actor.
+    /// Who asks: checked against the permission table and the stream (a customer's owner,
+    /// a team's director), recorded as the events' actor.
     pub caller: Caller,
     /// Business time; now when absent.
     pub occurred_at: Option<DateTime<Utc>>,
     pub correlation_id: Option<Uuid>,
     pub causation_id: Option<Uuid>,
 }
+
+/// A command on a customer's stream.
+pub type CommandRequest = Request<Customer>;
+
+/// A command on the organisation stream.
+pub type OrganisationRequest = Request<Organisation>;
 
 /// One appended event, as answered to the client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -101,19 +108,6 @@ impl Outcome {
     }
 }
 
-/// An organisation command with everything the envelope needs.
-#[derive(Debug, Clone)]
-pub struct OrganisationRequest {
-    pub command: OrganisationCommand,
-    /// `If-Match`: the organisation stream's sequence the client expects.
-    pub expected_sequence: Option<u64>,
-    pub command_id: Option<String>,
-    pub fingerprint: Option<String>,
-    pub principal: Arc<Principal>,
-    pub correlation_id: Option<Uuid>,
-    pub causation_id: Option<Uuid>,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error(transparent)]
@@ -128,11 +122,11 @@ pub enum CommandError {
     /// An idempotency key already used with a different request.
     #[error("the idempotency key `{key}` was used before with a different request")]
     KeyReused { key: String },
-    #[error("expected sequence {expected}, but the customer is at {actual}")]
+    #[error("expected sequence {expected}, but the stream is at {actual}")]
     SequenceMismatch { expected: u64, actual: u64 },
-    #[error("partition {partition} of this customer is not owned by this instance")]
+    #[error("partition {partition} of this stream is not owned by this instance")]
     NotOwner { partition: i32 },
-    #[error("the customer's stream is unreadable: {0}")]
+    #[error("the stream is unreadable: {0}")]
     BrokenStream(String),
     /// The append failed and nothing of it is visible; the client may retry.
     #[error("the log could not append: {0}")]
@@ -144,7 +138,7 @@ pub enum CommandError {
 /// The answer to a command that carried an idempotency key, with the digest of its request
 /// and when it was recorded (answers are kept for the idempotency window).
 #[derive(Debug, Clone, Default)]
-struct Answered {
+pub(crate) struct Answered {
     fingerprint: Option<String>,
     events: Vec<AppendedEvent>,
     recorded_at: DateTime<Utc>,
@@ -229,39 +223,11 @@ pub fn fingerprint(command: &str, path: &[(&str, &str)], body: &serde_json::Valu
         .collect()
 }
 
-/// A customer's state plus the answers to the commands that carried an id.
-#[derive(Debug, Clone)]
-struct CustomerEntry {
-    state: CustomerState,
-    answered: HashMap<String, Answered>,
-    /// Set when the stored stream broke the sequence rule: refuse commands, do not guess.
-    broken: Option<String>,
-}
-
-impl CustomerEntry {
-    fn new(customer_id: CustomerId) -> Self {
-        CustomerEntry {
-            state: CustomerState::new(customer_id),
-            answered: HashMap::new(),
-            broken: None,
-        }
-    }
-}
-
 struct OwnedPartition {
     writer: Arc<dyn RecordAppender>,
-    customers: Mutex<HashMap<CustomerId, CustomerEntry>>,
+    customers: Mutex<HashMap<CustomerId, Entry<Customer>>>,
     /// When answers past the idempotency window are next looked for.
     next_forget: StdMutex<std::time::Instant>,
-}
-
-/// The organisation stream as this instance knows it: complete when it owns the stream's
-/// partition, else as far as it has followed it (see [`CustomerStreams::follow_organisation`]).
-#[derive(Debug, Default)]
-struct OrganisationView {
-    state: OrganisationState,
-    answered: HashMap<String, Answered>,
-    broken: Option<String>,
 }
 
 pub struct CustomerStreams {
@@ -269,7 +235,9 @@ pub struct CustomerStreams {
     topic: String,
     source: String,
     owned: RwLock<HashMap<i32, Arc<OwnedPartition>>>,
-    organisation: StdRwLock<OrganisationView>,
+    /// The organisation stream as this instance knows it: complete when it owns the stream's
+    /// partition, else as far as it has followed it ([`crate::organisation`]).
+    organisation: StdRwLock<Entry<Organisation>>,
     metrics: Metrics,
     /// Where business time (`occurred_at`) may fall.
     business_time: BusinessTimeWindow,
@@ -307,14 +275,6 @@ impl WriterLoss {
     }
 }
 
-/// Maps a refusal of the access rules to the command's answer.
-fn denied(denial: Denial, hidden: DomainError) -> CommandError {
-    match denial {
-        Denial::Forbidden { field, reason, .. } => CommandError::Forbidden { field, reason },
-        Denial::Hidden => CommandError::Refused(hidden),
-    }
-}
-
 impl CustomerStreams {
     pub fn new(
         log: Arc<dyn CustomerLog>,
@@ -328,7 +288,7 @@ impl CustomerStreams {
             topic,
             source,
             owned: RwLock::new(HashMap::new()),
-            organisation: StdRwLock::new(OrganisationView::default()),
+            organisation: StdRwLock::new(Entry::new(organisation_stream())),
             metrics,
             business_time,
             lost: StdMutex::new(BTreeMap::new()),
@@ -353,38 +313,14 @@ impl CustomerStreams {
 
     /// Folds one recorded organisation event in, if it is the next one; events already
     /// applied are skipped (the owner's own appends and its history may be seen again).
-    pub fn apply_organisation(
-        &self,
-        recorded: &RecordedOrganisationEvent,
-        position: Option<Position>,
-    ) {
+    pub fn apply_organisation(&self, recorded: &RecordedOrganisationEvent, position: &Position) {
+        let keep_since = Utc::now() - self.idempotency_window();
         let mut view = self
             .organisation
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let m = &recorded.metadata;
-        if m.sequence <= view.state.version || view.broken.is_some() {
-            return;
-        }
-        match Organisation::apply_recorded(view.state.clone(), m.sequence, &recorded.event) {
-            Ok(next) => view.state = next,
-            Err(e) => {
-                tracing::error!(error = %e, "the organisation stream breaks the sequence rule");
-                view.broken = Some(e.to_string());
-                return;
-            }
-        }
-        if let (Some(key), Some(position)) = (&m.command_id, position) {
-            view.answered.entry(key.clone()).or_default().push(
-                &m.command_fingerprint,
-                m.recorded_at,
-                AppendedEvent {
-                    id: m.id,
-                    event_type: recorded.event.event_type().to_owned(),
-                    sequence: m.sequence,
-                    position,
-                },
-            );
+        if recorded.metadata.sequence > view.version() {
+            view.fold(recorded, position, keep_since);
         }
     }
 
@@ -405,65 +341,22 @@ impl CustomerStreams {
             let writer = self.log.open_writer(partition).await?;
             let history = self.log.history(partition).await?;
             let keep_since = Utc::now() - self.idempotency_window();
-            let mut customers: HashMap<CustomerId, CustomerEntry> = HashMap::new();
+            let mut customers: HashMap<CustomerId, Entry<Customer>> = HashMap::new();
             let mut skipped = 0usize;
             for record in &history {
-                if is_organisation_key(record.key.as_deref()) {
-                    match domain::RecordedOrganisationEvent::from_kafka(
-                        record.key.as_deref(),
-                        record
-                            .headers
-                            .iter()
-                            .map(|(k, v)| (k.as_str(), v.as_deref())),
-                        record.value.as_deref(),
-                    ) {
-                        Ok(r) => self.apply_organisation(&r, Some(record.position.clone())),
-                        Err(e) => {
-                            skipped += 1;
-                            tracing::warn!(partition, offset = record.position.offset, error = %e, "undecodable record in the organisation stream, skipped");
-                        }
+                match record.decode_stream() {
+                    Ok(StreamEvent::Organisation(r)) => {
+                        self.apply_organisation(&r, &record.position)
                     }
-                    continue;
-                }
-                let recorded = match record.decode() {
-                    Ok(r) => r,
+                    Ok(StreamEvent::Customer(r)) => customers
+                        .entry(r.metadata.customer_id)
+                        .or_insert_with(|| Entry::new(r.metadata.customer_id))
+                        // answers older than the idempotency window are not kept
+                        .fold(&r, &record.position, keep_since),
                     Err(e) => {
                         skipped += 1;
-                        tracing::warn!(partition, offset = record.position.offset, error = %e, "undecodable record in the customer stream, skipped");
-                        continue;
+                        tracing::warn!(partition, offset = record.position.offset, error = %e, "undecodable record, skipped");
                     }
-                };
-                let m = &recorded.metadata;
-                let entry = customers
-                    .entry(m.customer_id)
-                    .or_insert_with(|| CustomerEntry::new(m.customer_id));
-                if entry.broken.is_some() {
-                    continue;
-                }
-                match Customer::apply_recorded(entry.state.clone(), m.sequence, &recorded.event) {
-                    Ok(next) => entry.state = next,
-                    Err(e) => {
-                        tracing::error!(partition, customer = %m.customer_id, error = %e, "customer stream breaks the sequence rule");
-                        entry.broken = Some(e.to_string());
-                        continue;
-                    }
-                }
-                // answers older than the idempotency window are not kept
-                if let Some(key) = m
-                    .command_id
-                    .as_ref()
-                    .filter(|_| m.recorded_at >= keep_since)
-                {
-                    entry.answered.entry(key.clone()).or_default().push(
-                        &m.command_fingerprint,
-                        m.recorded_at,
-                        AppendedEvent {
-                            id: m.id,
-                            event_type: recorded.event.event_type().to_owned(),
-                            sequence: m.sequence,
-                            position: record.position.clone(),
-                        },
-                    );
                 }
             }
             tracing::info!(
@@ -548,7 +441,7 @@ impl CustomerStreams {
     fn forget_expired_answers(
         &self,
         owned: &OwnedPartition,
-        customers: &mut HashMap<CustomerId, CustomerEntry>,
+        customers: &mut HashMap<CustomerId, Entry<Customer>>,
     ) {
         let now = std::time::Instant::now();
         {
@@ -643,279 +536,31 @@ impl CustomerStreams {
             .collect()
     }
 
+    /// The commands of one partition, under its lock: one batch, one append.
     async fn execute_in_partition(
         &self,
         partition: i32,
         owned: Arc<OwnedPartition>,
         requests: Vec<(usize, CommandRequest)>,
-    ) -> Vec<(usize, Result<Outcome, CommandError>)> {
+    ) -> Answers {
         let mut customers = owned.customers.lock().await;
-        // Decide every command against a working copy; only a committed append makes it real.
-        let mut working: HashMap<CustomerId, CustomerEntry> = HashMap::new();
-        let mut results: Vec<(usize, Result<Outcome, CommandError>)> = Vec::new();
-        #[allow(clippy::type_complexity)]
-        let mut pending: Vec<(
-            usize,
-            CustomerId,
-            Option<String>,
-            Vec<RecordedEvent>,
-            Option<String>,
-        )> = Vec::new();
-        // A command id seen twice in one batch (a client's retry racing its first try): the
-        // second gets the first one's answer, as if it came after the append.
-        let mut pending_keys: HashMap<(CustomerId, String), usize> = HashMap::new();
-        let mut duplicates: Vec<(usize, usize)> = Vec::new();
-        let mut records: Vec<KafkaRecord> = Vec::new();
-        let now = envelope_time(Utc::now());
-
+        let mut batch = Batch::new(self, &customers);
         for (i, request) in requests {
-            let entry = working.entry(request.customer_id).or_insert_with(|| {
-                customers
-                    .get(&request.customer_id)
-                    .cloned()
-                    .unwrap_or_else(|| CustomerEntry::new(request.customer_id))
-            });
-            if let Some(reason) = &entry.broken {
-                results.push((i, Err(CommandError::BrokenStream(reason.clone()))));
-                continue;
-            }
-            // Who may do this to this customer: before anything else, so that a customer
-            // outside the caller's reach looks exactly like one that does not exist.
-            let authorized = {
-                let organisation = self
-                    .organisation
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner);
-                let principal = &request.caller.principal;
-                let owner = entry.state.owner.as_ref();
-                match request.caller.via {
-                    Via::Command => {
-                        authorize_command(principal, &organisation.state, owner, &request.command)
-                    }
-                    Via::Ingest => authorize_ingest(principal, &organisation.state, owner),
-                }
-            };
-            if let Err(d) = authorized {
-                results.push((i, Err(denied(d, DomainError::CustomerNotRegistered))));
-                continue;
-            }
-            if let Some((key, answer)) = request
-                .command_id
-                .as_ref()
-                .and_then(|k| entry.answered.get(k).map(|a| (k, a)))
-            {
-                let result = answer
-                    .replay(key, request.fingerprint.as_ref())
-                    .map(|events| Outcome {
-                        customer_id: request.customer_id,
-                        events,
-                        sequence: entry.state.version,
-                        replayed: true,
-                    });
-                results.push((i, result));
-                continue;
-            }
-            if let Some((key, &first)) = request.command_id.as_ref().and_then(|k| {
-                pending_keys
-                    .get(&(request.customer_id, k.clone()))
-                    .map(|f| (k, f))
-            }) {
-                let first_fingerprint = pending.get(first).and_then(|p| p.4.as_ref());
-                match (first_fingerprint, request.fingerprint.as_ref()) {
-                    (Some(a), Some(b)) if a != b => {
-                        results.push((i, Err(CommandError::KeyReused { key: key.clone() })))
-                    }
-                    _ => duplicates.push((i, first)),
-                }
-                continue;
-            }
-            if let Some(expected) = request.expected_sequence {
-                if expected != entry.state.version {
-                    results.push((
-                        i,
-                        Err(CommandError::SequenceMismatch {
-                            expected,
-                            actual: entry.state.version,
-                        }),
-                    ));
-                    continue;
-                }
-            }
-            if let Some(at) = request.occurred_at {
-                if let Err(e) = self.business_time.check(at, now, "occurred_at") {
-                    results.push((i, Err(e.into())));
-                    continue;
-                }
-            }
-            let events = match decide(&entry.state, &request.command) {
-                Ok(events) => events,
-                Err(e) => {
-                    results.push((i, Err(e.into())));
-                    continue;
-                }
-            };
-            let correlation_id = request.correlation_id.unwrap_or_else(Uuid::now_v7);
-            let mut recorded = Vec::with_capacity(events.len());
-            let mut encoded = Vec::with_capacity(events.len());
-            let mut state = entry.state.clone();
-            let mut failure = None;
-            for event in events {
-                let metadata = EventMetadata {
-                    id: Uuid::now_v7(),
-                    source: self.source.clone(),
-                    customer_id: request.customer_id,
-                    sequence: state.next_sequence(),
-                    actor: request.caller.actor(),
-                    command: Some(request.command.name().to_owned()),
-                    command_id: request.command_id.clone(),
-                    command_fingerprint: request
-                        .command_id
-                        .as_ref()
-                        .and(request.fingerprint.clone()),
-                    correlation_id,
-                    causation_id: request.causation_id,
-                    occurred_at: request.occurred_at.map(envelope_time).unwrap_or(now),
-                    recorded_at: now,
-                };
-                let r = RecordedEvent { metadata, event };
-                match r.to_kafka() {
-                    Ok(k) => encoded.push(k),
-                    Err(e) => {
-                        failure = Some(CommandError::Envelope(e.to_string()));
-                        break;
-                    }
-                }
-                state = domain::evolve(state, &r.event);
-                recorded.push(r);
-            }
-            if let Some(f) = failure {
-                results.push((i, Err(f)));
-                continue;
-            }
-            entry.state = state;
-            records.extend(encoded);
-            if let Some(k) = &request.command_id {
-                pending_keys.insert((request.customer_id, k.clone()), pending.len());
-            }
-            pending.push((
-                i,
-                request.customer_id,
-                request.command_id,
-                recorded,
-                request.fingerprint,
-            ));
+            batch.take(i, request);
         }
-
-        if !records.is_empty() {
-            self.metrics.append_batch_size.observe(records.len() as f64);
-            match owned.writer.append(&records).await {
-                Ok(positions) => {
-                    let mut positions = positions.into_iter();
-                    let mut answers: Vec<Outcome> = Vec::with_capacity(pending.len());
-                    for (i, customer_id, command_id, recorded, fingerprint) in pending {
-                        let events: Vec<AppendedEvent> = recorded
-                            .iter()
-                            .map(|r| AppendedEvent {
-                                id: r.metadata.id,
-                                event_type: r.event.event_type().to_owned(),
-                                sequence: r.metadata.sequence,
-                                position: positions.next().unwrap_or_else(|| Position {
-                                    topic: self.topic.clone(),
-                                    partition,
-                                    offset: -1,
-                                }),
-                            })
-                            .collect();
-                        let entry = working
-                            .entry(customer_id)
-                            .or_insert_with(|| CustomerEntry::new(customer_id));
-                        if let Some(key) = command_id {
-                            entry.answered.insert(
-                                key,
-                                Answered {
-                                    fingerprint,
-                                    events: events.clone(),
-                                    recorded_at: now,
-                                },
-                            );
-                        }
-                        let sequence = events
-                            .last()
-                            .map(|e| e.sequence)
-                            .unwrap_or(entry.state.version);
-                        answers.push(Outcome {
-                            customer_id,
-                            events,
-                            sequence,
-                            replayed: false,
-                        });
-                        results.push((i, Ok(answers[answers.len() - 1].clone())));
-                    }
-                    for (i, first) in duplicates {
-                        if let Some(answer) = answers.get(first) {
-                            results.push((
-                                i,
-                                Ok(Outcome {
-                                    replayed: true,
-                                    ..answer.clone()
-                                }),
-                            ));
-                        }
-                    }
-                    for (id, entry) in working {
-                        customers.insert(id, entry);
-                    }
-                    self.forget_expired_answers(&owned, &mut customers);
-                }
-                Err(e) => {
-                    let loss = WriterLoss::of(&e);
-                    let fenced = loss.is_some();
-                    let reason = e.to_string();
-                    let failed = pending.iter().map(|(i, ..)| *i);
-                    for i in failed
-                        .chain(duplicates.iter().map(|(i, _)| *i))
-                        .collect::<Vec<_>>()
-                    {
-                        results.push((
-                            i,
-                            Err(if fenced {
-                                CommandError::NotOwner { partition }
-                            } else {
-                                CommandError::Unavailable(reason.clone())
-                            }),
-                        ));
-                    }
-                    drop(customers);
-                    if let Some(loss) = loss {
-                        tracing::warn!(partition, error = %reason, "append failed: the writer is dead");
-                        self.writer_lost(partition, &owned, loss).await;
-                    }
-                }
+        let (answers, appended) = batch.append(partition, &owned).await;
+        match appended {
+            Appended::Committed(working) => {
+                customers.extend(working);
+                self.forget_expired_answers(&owned, &mut customers);
             }
-        } else {
-            // Only commands that asked for what is already so: nothing to append, each is
-            // answered with the customer's current sequence.
-            let answered = pending.iter().map(|(i, c, ..)| (*i, *c));
-            let repeated = duplicates
-                .iter()
-                .filter_map(|(i, first)| pending.get(*first).map(|(_, c, ..)| (*i, *c)));
-            for (i, customer_id) in answered.chain(repeated).collect::<Vec<_>>() {
-                let sequence = working
-                    .get(&customer_id)
-                    .map(|e| e.state.version)
-                    .unwrap_or(0);
-                results.push((
-                    i,
-                    Ok(Outcome {
-                        customer_id,
-                        events: vec![],
-                        sequence,
-                        replayed: false,
-                    }),
-                ));
+            Appended::Failed(Some(loss)) => {
+                drop(customers);
+                self.writer_lost(partition, &owned, loss).await;
             }
+            Appended::Failed(None) | Appended::Nothing => {}
         }
-        results
+        answers
     }
 
     /// Decides and appends one organisation command, in the organisation stream's partition
@@ -934,123 +579,40 @@ impl CustomerStreams {
             .cloned()
             .ok_or(CommandError::NotOwner { partition })?;
         let customers = owned.customers.lock().await;
-        let now = envelope_time(Utc::now());
         let stream = organisation_stream();
-        let (recorded, records, version) = {
-            let view = self
-                .organisation
+        let committed = HashMap::from([(
+            stream,
+            self.organisation
                 .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(reason) = &view.broken {
-                return Err(CommandError::BrokenStream(reason.clone()));
-            }
-            let team_id = request.command.team_id();
-            authorize_organisation(&request.principal, &view.state, &request.command).map_err(
-                |d| {
-                    denied(
-                        d,
-                        DomainError::NotFound {
-                            entity: "team",
-                            field: "team_id",
-                            id: team_id.to_string(),
-                        },
-                    )
-                },
-            )?;
-            if let Some((key, answer)) = request
-                .command_id
-                .as_ref()
-                .and_then(|k| view.answered.get(k).map(|a| (k, a)))
-            {
-                return Ok(Outcome {
-                    customer_id: stream,
-                    events: answer.replay(key, request.fingerprint.as_ref())?,
-                    sequence: view.state.version,
-                    replayed: true,
-                });
-            }
-            if let Some(expected) = request.expected_sequence {
-                if expected != view.state.version {
-                    return Err(CommandError::SequenceMismatch {
-                        expected,
-                        actual: view.state.version,
-                    });
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )]);
+        let mut batch = Batch::new(self, &committed);
+        batch.take(0, request);
+        let (mut answers, appended) = batch.append(partition, &owned).await;
+        match appended {
+            Appended::Committed(mut working) => {
+                if let Some(entry) = working.remove(&stream) {
+                    let mut view = self
+                        .organisation
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    // the follower may have read the same events meanwhile
+                    if entry.version() > view.version() {
+                        *view = entry;
+                    }
                 }
             }
-            let events: Vec<OrganisationEvent> =
-                decide_organisation(&view.state, &request.command)?;
-            let correlation_id = request.correlation_id.unwrap_or_else(Uuid::now_v7);
-            let mut recorded = Vec::with_capacity(events.len());
-            let mut records = Vec::with_capacity(events.len());
-            for (n, event) in events.into_iter().enumerate() {
-                let r = RecordedOrganisationEvent {
-                    metadata: EventMetadata {
-                        id: Uuid::now_v7(),
-                        source: self.source.clone(),
-                        customer_id: stream,
-                        sequence: view.state.version + 1 + n as u64,
-                        actor: request.principal.subject.to_string(),
-                        command: Some(request.command.name().to_owned()),
-                        command_id: request.command_id.clone(),
-                        command_fingerprint: request
-                            .command_id
-                            .as_ref()
-                            .and(request.fingerprint.clone()),
-                        correlation_id,
-                        causation_id: request.causation_id,
-                        occurred_at: now,
-                        recorded_at: now,
-                    },
-                    event,
-                };
-                records.push(
-                    r.to_kafka()
-                        .map_err(|e| CommandError::Envelope(e.to_string()))?,
-                );
-                recorded.push(r);
-            }
-            (recorded, records, view.state.version)
-        };
-        if records.is_empty() {
-            return Ok(Outcome {
-                customer_id: stream,
-                events: vec![],
-                sequence: version,
-                replayed: false,
-            });
-        }
-        self.metrics.append_batch_size.observe(records.len() as f64);
-        match owned.writer.append(&records).await {
-            Ok(positions) => {
-                let mut events = Vec::with_capacity(recorded.len());
-                for (r, position) in recorded.iter().zip(positions) {
-                    self.apply_organisation(r, Some(position.clone()));
-                    events.push(AppendedEvent {
-                        id: r.metadata.id,
-                        event_type: r.event.event_type().to_owned(),
-                        sequence: r.metadata.sequence,
-                        position,
-                    });
-                }
-                let sequence = events.last().map(|e| e.sequence).unwrap_or(version);
-                Ok(Outcome {
-                    customer_id: stream,
-                    events,
-                    sequence,
-                    replayed: false,
-                })
-            }
-            Err(e) => {
+            Appended::Failed(Some(loss)) => {
                 drop(customers);
-                if let Some(loss) = WriterLoss::of(&e) {
-                    tracing::warn!(partition, error = %e, "append failed: the writer is dead");
-                    self.writer_lost(partition, &owned, loss).await;
-                    Err(CommandError::NotOwner { partition })
-                } else {
-                    Err(CommandError::Unavailable(e.to_string()))
-                }
+                self.writer_lost(partition, &owned, loss).await;
             }
+            Appended::Failed(None) | Appended::Nothing => {}
         }
+        answers
+            .pop()
+            .map(|(_, answer)| answer)
+            .unwrap_or(Err(CommandError::Envelope("no outcome".into())))
     }
 
     /// The state of one customer, when this instance owns it (for tests and diagnostics).

@@ -240,7 +240,7 @@ crate::stream_commands! {
     /// Every command a customer stream accepts. Each command's name is also its name in
     /// metrics, the audit trail (`command`) and the inbound topic's `ce_type`
     /// (`crm.command.<name>`).
-    pub enum Command {
+    pub enum Command for crate::customer::Customer {
         RegisterCustomer = "register_customer",
         ChangeProfile = "change_profile",
         ReassignOwner = "reassign_owner",

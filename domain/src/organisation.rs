@@ -147,7 +147,7 @@ pub struct RemoveTeamMember {
 
 crate::stream_commands! {
     /// Every command the organisation stream accepts.
-    pub enum OrganisationCommand {
+    pub enum OrganisationCommand for Organisation {
         CreateTeam = "create_team",
         AssignTeamDirector = "assign_team_director",
         AddTeamMember = "add_team_member",

@@ -1,0 +1,471 @@
+//! The command pipeline, written once for every [`Aggregate`]: the commands of one partition
+//! are taken one by one through access, idempotency, `If-Match`, business time and `decide`
+//! against working copies of their streams, then appended in one transaction; only a
+//! committed append makes the working copies real. Each step is one method of [`Batch`].
+
+use std::collections::HashMap;
+use std::sync::PoisonError;
+
+use chrono::{DateTime, Utc};
+use domain::access::Denial;
+use domain::{Aggregate, CustomerId, EventMetadata, KafkaRecord, Recorded};
+use infra::Position;
+use uuid::Uuid;
+
+use super::{
+    Answered, AppendedEvent, CommandError, CustomerStreams, OwnedPartition, Request, WriterLoss,
+};
+use crate::streams::Outcome;
+
+/// One stream's state plus the answers to the commands that carried an id.
+pub(super) struct Entry<A: Aggregate> {
+    pub(super) state: A::State,
+    pub(super) answered: HashMap<String, Answered>,
+    /// Set when the stored stream broke the sequence rule: refuse commands, do not guess.
+    pub(super) broken: Option<String>,
+}
+
+impl<A: Aggregate> Clone for Entry<A> {
+    fn clone(&self) -> Self {
+        Entry {
+            state: self.state.clone(),
+            answered: self.answered.clone(),
+            broken: self.broken.clone(),
+        }
+    }
+}
+
+impl<A: Aggregate> Entry<A> {
+    pub(super) fn new(stream: CustomerId) -> Self {
+        Entry {
+            state: A::initial(stream),
+            answered: HashMap::new(),
+            broken: None,
+        }
+    }
+
+    pub(super) fn version(&self) -> u64 {
+        A::version(&self.state)
+    }
+
+    /// Folds in one event read back from the log (or just appended): the next in the stream,
+    /// else the stream is marked broken. Its answer is remembered when the command that
+    /// caused it had an id and it was recorded since `keep_since`.
+    pub(super) fn fold(
+        &mut self,
+        recorded: &Recorded<A::Event>,
+        position: &Position,
+        keep_since: DateTime<Utc>,
+    ) {
+        if self.broken.is_some() {
+            return;
+        }
+        let m = &recorded.metadata;
+        match A::apply_recorded(self.state.clone(), m.sequence, &recorded.event) {
+            Ok(next) => self.state = next,
+            Err(e) => {
+                tracing::error!(stream = %m.customer_id, aggregate = A::NAME, error = %e, "a stream breaks the sequence rule");
+                self.broken = Some(e.to_string());
+                return;
+            }
+        }
+        if let Some(key) = m
+            .command_id
+            .as_ref()
+            .filter(|_| m.recorded_at >= keep_since)
+        {
+            self.answered.entry(key.clone()).or_default().push(
+                &m.command_fingerprint,
+                m.recorded_at,
+                appended(recorded, position.clone()),
+            );
+        }
+    }
+}
+
+/// How the client is told about one appended event.
+fn appended<E: domain::Events>(recorded: &Recorded<E>, position: Position) -> AppendedEvent {
+    AppendedEvent {
+        id: recorded.metadata.id,
+        event_type: recorded.event.event_type().to_owned(),
+        sequence: recorded.metadata.sequence,
+        position,
+    }
+}
+
+/// A command that was decided and waits for the append.
+struct Decided<A: Aggregate> {
+    index: usize,
+    stream: CustomerId,
+    command_id: Option<String>,
+    fingerprint: Option<String>,
+    recorded: Vec<Recorded<A::Event>>,
+}
+
+/// What an append did to the streams.
+pub(super) enum Appended<A: Aggregate> {
+    /// Committed: the working copies of the streams it touched are now the streams.
+    Committed(HashMap<CustomerId, Entry<A>>),
+    /// Nothing to append.
+    Nothing,
+    /// Nothing of it is visible; with a loss, the partition's writer is dead.
+    Failed(Option<WriterLoss>),
+}
+
+/// The answers of a batch, by the index of each request.
+pub(super) type Answers = Vec<(usize, Result<Outcome, CommandError>)>;
+
+/// The commands of one partition on their way to one append.
+pub(super) struct Batch<'a, A: Aggregate> {
+    streams: &'a CustomerStreams,
+    /// The streams as committed: read, never written here.
+    committed: &'a HashMap<CustomerId, Entry<A>>,
+    /// Working copies of the streams the batch touches.
+    working: HashMap<CustomerId, Entry<A>>,
+    answers: Answers,
+    decided: Vec<Decided<A>>,
+    /// A command id seen twice in one batch (a client's retry racing its first try): the
+    /// second gets the first one's answer, as if it came after the append.
+    pending_keys: HashMap<(CustomerId, String), usize>,
+    /// (request index, index in `decided` of the first of the same id)
+    duplicates: Vec<(usize, usize)>,
+    records: Vec<KafkaRecord>,
+    now: DateTime<Utc>,
+}
+
+impl<'a, A: Aggregate> Batch<'a, A> {
+    pub(super) fn new(
+        streams: &'a CustomerStreams,
+        committed: &'a HashMap<CustomerId, Entry<A>>,
+    ) -> Self {
+        Batch {
+            streams,
+            committed,
+            working: HashMap::new(),
+            answers: Vec::new(),
+            decided: Vec::new(),
+            pending_keys: HashMap::new(),
+            duplicates: Vec::new(),
+            records: Vec::new(),
+            now: domain::envelope::envelope_time(Utc::now()),
+        }
+    }
+
+    /// Takes one command through every check and `decide`; it is answered now when refused
+    /// or already answered, else when the batch is appended.
+    pub(super) fn take(&mut self, index: usize, request: Request<A>) {
+        match self.decide(index, request) {
+            Ok(()) => {}
+            Err(answer) => self.answers.push((index, answer)),
+        }
+    }
+
+    /// Takes the stream's working copy out for the steps and puts it back after.
+    fn decide(
+        &mut self,
+        index: usize,
+        request: Request<A>,
+    ) -> Result<(), Result<Outcome, CommandError>> {
+        let stream = request.customer_id;
+        let mut entry = match self.working.remove(&stream) {
+            Some(entry) => entry,
+            None => self
+                .committed
+                .get(&stream)
+                .cloned()
+                .unwrap_or_else(|| Entry::new(stream)),
+        };
+        let result = self.steps(index, &mut entry, request);
+        self.working.insert(stream, entry);
+        result
+    }
+
+    /// The steps, in order; an `Err` is the command's answer (which may be a success: the
+    /// answer to a retry).
+    fn steps(
+        &mut self,
+        index: usize,
+        entry: &mut Entry<A>,
+        request: Request<A>,
+    ) -> Result<(), Result<Outcome, CommandError>> {
+        if let Some(reason) = &entry.broken {
+            return Err(Err(CommandError::BrokenStream(reason.clone())));
+        }
+        // before anything else, so that a stream outside the caller's reach looks exactly
+        // like one that does not exist
+        self.check_access(entry, &request).map_err(Err)?;
+        if let Some(answer) = replay_answer(entry, &request) {
+            return Err(answer);
+        }
+        if self.pending_duplicate(index, &request)? {
+            return Ok(());
+        }
+        check_expected_sequence(entry, &request).map_err(Err)?;
+        if let Some(at) = request.occurred_at {
+            self.streams
+                .business_time
+                .check(at, self.now, "occurred_at")
+                .map_err(|e| Err(e.into()))?;
+        }
+        let (state, recorded, records) = self.record(entry, &request).map_err(Err)?;
+        entry.state = state;
+        self.records.extend(records);
+        if let Some(key) = &request.command_id {
+            self.pending_keys
+                .insert((request.customer_id, key.clone()), self.decided.len());
+        }
+        self.decided.push(Decided {
+            index,
+            stream: request.customer_id,
+            command_id: request.command_id,
+            fingerprint: request.fingerprint,
+            recorded,
+        });
+        Ok(())
+    }
+
+    /// The permission table and the caller's reach, against the stream as it is.
+    fn check_access(&self, entry: &Entry<A>, request: &Request<A>) -> Result<(), CommandError> {
+        let organisation = self
+            .streams
+            .organisation
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        A::authorize(
+            &request.caller.principal,
+            request.caller.via,
+            &organisation.state,
+            &entry.state,
+            &request.command,
+        )
+        .map_err(|denial| match denial {
+            Denial::Forbidden { field, reason, .. } => CommandError::Forbidden { field, reason },
+            Denial::Hidden => CommandError::Refused(A::hidden(&request.command)),
+        })
+    }
+
+    /// True when a command with the same id is already in this batch: it will get that
+    /// one's answer (or is refused when the id came with another request).
+    fn pending_duplicate(
+        &mut self,
+        index: usize,
+        request: &Request<A>,
+    ) -> Result<bool, Result<Outcome, CommandError>> {
+        let Some(key) = &request.command_id else {
+            return Ok(false);
+        };
+        let Some(&first) = self.pending_keys.get(&(request.customer_id, key.clone())) else {
+            return Ok(false);
+        };
+        let first_fingerprint = self.decided.get(first).and_then(|d| d.fingerprint.as_ref());
+        match (first_fingerprint, request.fingerprint.as_ref()) {
+            (Some(a), Some(b)) if a != b => Err(Err(CommandError::KeyReused { key: key.clone() })),
+            _ => {
+                self.duplicates.push((index, first));
+                Ok(true)
+            }
+        }
+    }
+
+    /// `decide`, then each event in its envelope, encoded, and folded into the state.
+    #[allow(clippy::type_complexity)]
+    fn record(
+        &self,
+        entry: &Entry<A>,
+        request: &Request<A>,
+    ) -> Result<(A::State, Vec<Recorded<A::Event>>, Vec<KafkaRecord>), CommandError> {
+        let events = A::decide(&entry.state, &request.command)?;
+        let correlation_id = request.correlation_id.unwrap_or_else(Uuid::now_v7);
+        let mut state = entry.state.clone();
+        let mut recorded = Vec::with_capacity(events.len());
+        let mut records = Vec::with_capacity(events.len());
+        for event in events {
+            let r = Recorded {
+                metadata: self.metadata(request, A::version(&state) + 1, correlation_id),
+                event,
+            };
+            records.push(
+                r.to_kafka()
+                    .map_err(|e| CommandError::Envelope(e.to_string()))?,
+            );
+            state = A::evolve(state, &r.event);
+            recorded.push(r);
+        }
+        Ok((state, recorded, records))
+    }
+
+    /// The envelope of one event a request causes.
+    fn metadata(&self, request: &Request<A>, sequence: u64, correlation_id: Uuid) -> EventMetadata {
+        EventMetadata {
+            id: Uuid::now_v7(),
+            source: self.streams.source.clone(),
+            customer_id: request.customer_id,
+            sequence,
+            actor: request.caller.actor(),
+            command: Some(domain::Commands::name(&request.command).to_owned()),
+            command_id: request.command_id.clone(),
+            command_fingerprint: request.command_id.as_ref().and(request.fingerprint.clone()),
+            correlation_id,
+            causation_id: request.causation_id,
+            occurred_at: request
+                .occurred_at
+                .map(domain::envelope::envelope_time)
+                .unwrap_or(self.now),
+            recorded_at: self.now,
+        }
+    }
+
+    /// Appends what the batch decided in one transaction, then answers every command.
+    pub(super) async fn append(
+        mut self,
+        partition: i32,
+        owned: &OwnedPartition,
+    ) -> (Answers, Appended<A>) {
+        if self.records.is_empty() {
+            self.answer_unchanged();
+            return (self.answers, Appended::Nothing);
+        }
+        self.streams
+            .metrics
+            .append_batch_size
+            .observe(self.records.len() as f64);
+        match owned.writer.append(&self.records).await {
+            Ok(positions) => {
+                self.answer_appended(partition, positions);
+                (self.answers, Appended::Committed(self.working))
+            }
+            Err(e) => {
+                let loss = WriterLoss::of(&e);
+                let reason = e.to_string();
+                let failed = self.decided.iter().map(|d| d.index);
+                let failed: Vec<usize> = failed
+                    .chain(self.duplicates.iter().map(|(i, _)| *i))
+                    .collect();
+                for i in failed {
+                    self.answers.push((
+                        i,
+                        Err(match loss {
+                            Some(_) => CommandError::NotOwner { partition },
+                            None => CommandError::Unavailable(reason.clone()),
+                        }),
+                    ));
+                }
+                if loss.is_some() {
+                    tracing::warn!(partition, error = %reason, "append failed: the writer is dead");
+                }
+                (self.answers, Appended::Failed(loss))
+            }
+        }
+    }
+
+    /// Only commands that asked for what is already so: nothing to append, each is answered
+    /// with its stream's current sequence.
+    fn answer_unchanged(&mut self) {
+        let decided = self.decided.iter().map(|d| (d.index, d.stream));
+        let repeated = self
+            .duplicates
+            .iter()
+            .filter_map(|(i, first)| self.decided.get(*first).map(|d| (*i, d.stream)));
+        let unchanged: Vec<(usize, CustomerId)> = decided.chain(repeated).collect();
+        for (i, stream) in unchanged {
+            let sequence = self.working.get(&stream).map(Entry::version).unwrap_or(0);
+            self.answers.push((
+                i,
+                Ok(Outcome {
+                    customer_id: stream,
+                    events: vec![],
+                    sequence,
+                    replayed: false,
+                }),
+            ));
+        }
+    }
+
+    /// Answers every decided command with its events' positions, and remembers the answers
+    /// of identified ones.
+    fn answer_appended(&mut self, partition: i32, positions: Vec<Position>) {
+        let mut positions = positions.into_iter();
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(self.decided.len());
+        for d in std::mem::take(&mut self.decided) {
+            let events: Vec<AppendedEvent> = d
+                .recorded
+                .iter()
+                .map(|r| {
+                    let position = positions.next().unwrap_or_else(|| Position {
+                        topic: self.streams.topic.clone(),
+                        partition,
+                        offset: -1,
+                    });
+                    appended(r, position)
+                })
+                .collect();
+            let entry = self
+                .working
+                .entry(d.stream)
+                .or_insert_with(|| Entry::new(d.stream));
+            if let Some(key) = d.command_id {
+                entry.answered.insert(
+                    key,
+                    Answered {
+                        fingerprint: d.fingerprint,
+                        events: events.clone(),
+                        recorded_at: self.now,
+                    },
+                );
+            }
+            let sequence = events.last().map(|e| e.sequence).unwrap_or(entry.version());
+            let outcome = Outcome {
+                customer_id: d.stream,
+                events,
+                sequence,
+                replayed: false,
+            };
+            self.answers.push((d.index, Ok(outcome.clone())));
+            outcomes.push(outcome);
+        }
+        for (i, first) in std::mem::take(&mut self.duplicates) {
+            if let Some(answer) = outcomes.get(first) {
+                self.answers.push((
+                    i,
+                    Ok(Outcome {
+                        replayed: true,
+                        ..answer.clone()
+                    }),
+                ));
+            }
+        }
+    }
+}
+
+/// The first answer to a command with the same id, when there was one.
+fn replay_answer<A: Aggregate>(
+    entry: &Entry<A>,
+    request: &Request<A>,
+) -> Option<Result<Outcome, CommandError>> {
+    let key = request.command_id.as_ref()?;
+    let answer = entry.answered.get(key)?;
+    Some(
+        answer
+            .replay(key, request.fingerprint.as_ref())
+            .map(|events| Outcome {
+                customer_id: request.customer_id,
+                events,
+                sequence: entry.version(),
+                replayed: true,
+            }),
+    )
+}
+
+/// `If-Match`: the stream must be at the sequence the client expects.
+fn check_expected_sequence<A: Aggregate>(
+    entry: &Entry<A>,
+    request: &Request<A>,
+) -> Result<(), CommandError> {
+    match request.expected_sequence {
+        Some(expected) if expected != entry.version() => Err(CommandError::SequenceMismatch {
+            expected,
+            actual: entry.version(),
+        }),
+        _ => Ok(()),
+    }
+}
