@@ -19,7 +19,6 @@
 pub mod access;
 pub mod command;
 pub mod customer;
-pub mod decide;
 pub mod envelope;
 pub mod error;
 pub mod event;
@@ -28,6 +27,7 @@ pub mod limits;
 pub mod ndjson;
 pub mod organisation;
 pub mod policy;
+mod rules;
 pub mod schema;
 pub mod state;
 pub mod stream;
@@ -35,8 +35,7 @@ pub mod upcast;
 pub mod values;
 
 pub use command::*;
-pub use customer::Customer;
-pub use decide::decide;
+pub use customer::{decide, Customer};
 pub use envelope::{
     EventMetadata, KafkaRecord, Recorded, RecordedEvent, RecordedOrganisationEvent, StreamEvent,
 };
