@@ -28,6 +28,7 @@ pub mod ndjson;
 pub mod organisation;
 pub mod policy;
 mod rules;
+pub mod scenario;
 pub mod schema;
 pub mod state;
 pub mod stream;

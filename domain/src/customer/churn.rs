@@ -74,3 +74,73 @@ pub(super) fn reactivate(state: &CustomerState, c: &ReactivateCustomer) -> Decis
         reason: c.reason.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::customer::fixtures::*;
+    use crate::scenario::Scenario;
+    use crate::state::ChurnStatus;
+    use crate::*;
+
+    fn confirm() -> Command {
+        Command::ConfirmChurn(ConfirmChurn {
+            reason: "转向竞争对手".into(),
+        })
+    }
+
+    fn reactivate() -> Command {
+        Command::ReactivateCustomer(ReactivateCustomer {
+            reason: "新订单".into(),
+        })
+    }
+
+    fn delay() -> Command {
+        Command::RecordDelayMeasure(RecordDelayMeasure {
+            measure: "赠送保养服务".into(),
+        })
+    }
+
+    #[test]
+    fn churn_is_confirmed_only_after_a_warning() {
+        let mut s = Scenario::registered();
+        assert_eq!(s.refuse(confirm()).kind(), ErrorKind::Conflict);
+        assert_eq!(s.refuse(delay()).kind(), ErrorKind::Conflict);
+        s.accept(warn(60));
+        assert_eq!(s.state().churn, ChurnStatus::AtRisk(ChurnCaseId(id(60))));
+        assert_eq!(
+            s.refuse(warn(61)).kind(),
+            ErrorKind::Conflict,
+            "one open case at a time"
+        );
+        s.accept(delay());
+        s.accept(delay()); // several measures
+        let events = s.accept(confirm());
+        let [CustomerEvent::ChurnConfirmed(c)] = events.as_slice() else {
+            panic!()
+        };
+        assert_eq!(
+            c.churn_case_id,
+            ChurnCaseId(id(60)),
+            "the case of the warning"
+        );
+        assert_eq!(s.state().churn, ChurnStatus::Lost(ChurnCaseId(id(60))));
+        assert_eq!(s.refuse(confirm()).kind(), ErrorKind::Conflict);
+    }
+
+    #[test]
+    fn a_customer_is_reactivated_from_at_risk_or_lost() {
+        let mut s = Scenario::registered();
+        assert_eq!(
+            s.refuse(reactivate()).kind(),
+            ErrorKind::Conflict,
+            "an active customer"
+        );
+        s.accept(warn(60));
+        s.accept(reactivate());
+        assert_eq!(s.state().churn, ChurnStatus::Active);
+        s.accept(warn(61));
+        s.accept(confirm());
+        s.accept(reactivate());
+        assert_eq!(s.state().churn, ChurnStatus::Active);
+    }
+}

@@ -66,3 +66,63 @@ fn complaint(state: &CustomerState, id: ComplaintId) -> Result<ComplaintStatus, 
         .copied()
         .ok_or_else(|| not_found("complaint", "complaint_id", id))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::customer::fixtures::*;
+    use crate::scenario::Scenario;
+    use crate::*;
+
+    #[test]
+    fn a_complaint_is_lodged_handled_then_closed() {
+        let mut s = Scenario::registered();
+        let c = ComplaintId(id(40));
+        s.accept(Command::LodgeComplaint(LodgeComplaint {
+            complaint_id: c,
+            category: ComplaintCategory::Product,
+            sub_category: "quality".into(),
+            urgency: Priority::High,
+            importance: Priority::Normal,
+            description: "外壳开裂".into(),
+            contact_id: None,
+        }));
+        let close = || {
+            Command::CloseComplaint(CloseComplaint {
+                complaint_id: c,
+                resolution: "换货".into(),
+            })
+        };
+        assert_eq!(
+            s.refuse(close()).kind(),
+            ErrorKind::Conflict,
+            "not handled yet"
+        );
+        let handle = || {
+            Command::HandleComplaint(HandleComplaint {
+                complaint_id: c,
+                handling: "上门检查".into(),
+                cause_analysis: None,
+            })
+        };
+        s.accept(handle());
+        s.accept(handle()); // handling has a history
+        s.accept(close());
+        assert_eq!(s.refuse(handle()).kind(), ErrorKind::Conflict, "closed");
+        assert_eq!(s.refuse(close()).kind(), ErrorKind::Conflict, "closed");
+    }
+
+    #[test]
+    fn a_complaint_needs_a_sub_category_and_description() {
+        let mut s = Scenario::registered();
+        let e = s.refuse(Command::LodgeComplaint(LodgeComplaint {
+            complaint_id: ComplaintId(id(40)),
+            category: ComplaintCategory::Staff,
+            sub_category: "".into(),
+            urgency: Priority::Low,
+            importance: Priority::Low,
+            description: "x".into(),
+            contact_id: None,
+        }));
+        assert_eq!(invalid_field(&e), "sub_category");
+    }
+}

@@ -64,3 +64,33 @@ fn contact_diff(current: &ContactDetails, wanted: &ContactChanges) -> ContactCha
 fn changed<T: Clone + PartialEq>(current: &T, wanted: &Option<T>) -> Option<T> {
     wanted.as_ref().filter(|w| *w != current).cloned()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::customer::fixtures::*;
+    use crate::scenario::Scenario;
+    use crate::*;
+
+    #[test]
+    fn contacts_are_added_changed_and_removed() {
+        let mut s = Scenario::registered().with_contact();
+        let c = ContactId(id(10));
+        let e = s.refuse(Command::AddContact(AddContact {
+            contact_id: c,
+            contact: s.state().contacts[&c].clone(),
+        }));
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        s.accept(Command::ChangeContact(ChangeContact {
+            contact_id: c,
+            changes: ContactChanges {
+                position: Some("总经理".into()),
+                ..ContactChanges::default()
+            },
+        }));
+        assert_eq!(s.state().contacts[&c].position.as_deref(), Some("总经理"));
+        s.accept(Command::RemoveContact(RemoveContact { contact_id: c }));
+        let e = s.refuse(Command::RemoveContact(RemoveContact { contact_id: c }));
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert_eq!(e.field(), Some("contact_id"));
+    }
+}

@@ -5,11 +5,14 @@
 //! `decide` checks the command's values and the registration, then hands the command to its
 //! area, a file each: `profile` (registering, the profile, the owner), `contacts`,
 //! `touchpoints`, `complaints`, `opportunities` (with their plan items), `orders`, `service`
-//! requests and `churn`.
+//! requests and `churn`. Each area's rules are tested beside it, with
+//! [`crate::scenario::Scenario`].
 
 mod churn;
 mod complaints;
 mod contacts;
+#[cfg(test)]
+mod fixtures;
 mod opportunities;
 mod orders;
 mod profile;
@@ -159,4 +162,80 @@ fn opportunity<'a>(
         .opportunities
         .get(&id)
         .ok_or_else(|| not_found("opportunity", field, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::customer::fixtures::*;
+    use crate::scenario::Scenario;
+    use crate::*;
+
+    #[test]
+    fn nothing_but_registration_happens_to_an_unregistered_customer() {
+        Scenario::customer()
+            .when(Command::RecordDelayMeasure(RecordDelayMeasure {
+                measure: "call".into(),
+            }))
+            .then_err(DomainError::CustomerNotRegistered);
+        assert_eq!(
+            DomainError::CustomerNotRegistered.kind(),
+            ErrorKind::NotFound
+        );
+    }
+
+    #[test]
+    fn sequence_numbers_are_contiguous() {
+        let s = Scenario::registered().with_contact().with_opportunity();
+        assert_eq!(s.state().version, 3);
+        let event = CustomerEvent::ContactRemoved(ContactRemoved {
+            customer_id: CustomerId(id(1)),
+            contact_id: ContactId(id(10)),
+        });
+        let e = Customer::apply_recorded(s.state().clone(), 5, &event).unwrap_err();
+        assert_eq!(
+            e,
+            DomainError::OutOfSequence {
+                expected: 4,
+                got: 5
+            }
+        );
+        let e = Customer::apply_recorded(s.state().clone(), 3, &event).unwrap_err();
+        assert_eq!(
+            e,
+            DomainError::OutOfSequence {
+                expected: 4,
+                got: 3
+            }
+        );
+        assert_eq!(
+            Customer::apply_recorded(s.state().clone(), 4, &event)
+                .unwrap()
+                .version,
+            4
+        );
+    }
+
+    #[test]
+    fn an_event_of_another_customer_is_refused() {
+        let s = Scenario::registered();
+        let event = CustomerEvent::ContactRemoved(ContactRemoved {
+            customer_id: CustomerId(id(2)),
+            contact_id: ContactId(id(10)),
+        });
+        assert!(matches!(
+            Customer::apply_recorded(s.state().clone(), 2, &event),
+            Err(DomainError::WrongStream { .. })
+        ));
+    }
+
+    #[test]
+    fn events_are_stamped_with_the_stream_s_customer() {
+        let mut s = Scenario::registered()
+            .with_contact()
+            .with_opportunity()
+            .with_service_request();
+        for e in s.accept(warn(60)) {
+            assert_eq!(e.customer_id(), CustomerId(id(1)));
+        }
+    }
 }

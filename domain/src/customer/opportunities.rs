@@ -190,3 +190,226 @@ fn probability(value: u8, field: &str) -> Result<(), DomainError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::NaiveDate;
+
+    use crate::customer::fixtures::*;
+    use crate::scenario::Scenario;
+    use crate::state::OpportunityStatus;
+    use crate::*;
+
+    #[test]
+    fn an_opportunity_starts_in_qualification_and_moves_one_step_forward() {
+        let mut s = Scenario::registered().with_opportunity();
+        let o = OpportunityId(id(20));
+        assert_eq!(s.state().opportunities[&o].stage, Stage::Qualification);
+        let e = s.refuse(change_stage(Stage::Evaluation, None));
+        assert!(matches!(e, DomainError::StageNotAdjacent { .. }), "{e}");
+        assert_eq!(e.field(), Some("to"));
+        let events = s.accept(change_stage(Stage::Proposal, None));
+        let [CustomerEvent::OpportunityStageChanged(changed)] = events.as_slice() else {
+            panic!()
+        };
+        assert_eq!(
+            (changed.from, changed.to),
+            (Stage::Qualification, Stage::Proposal)
+        );
+        assert_eq!(
+            s.refuse(change_stage(Stage::Proposal, None)).kind(),
+            ErrorKind::Invalid,
+            "same stage"
+        );
+    }
+
+    #[test]
+    fn moving_back_one_step_needs_a_reason() {
+        let mut s = Scenario::registered().with_opportunity();
+        s.advance_to(Stage::Evaluation);
+        assert_eq!(
+            invalid_field(&s.refuse(change_stage(Stage::Proposal, None))),
+            "reason"
+        );
+        assert_eq!(
+            invalid_field(&s.refuse(change_stage(Stage::Proposal, Some(" ")))),
+            "reason"
+        );
+        assert!(matches!(
+            s.refuse(change_stage(Stage::Qualification, Some("x"))),
+            DomainError::StageNotAdjacent { .. }
+        ));
+        s.accept(change_stage(Stage::Proposal, Some("客户要求修改方案")));
+        assert_eq!(
+            s.state().opportunities[&OpportunityId(id(20))].stage,
+            Stage::Proposal
+        );
+    }
+
+    #[test]
+    fn probabilities_are_zero_to_hundred() {
+        let mut s = Scenario::registered();
+        let Command::OpenOpportunity(mut open) = open_opportunity(20) else {
+            unreachable!()
+        };
+        open.probability = 101;
+        assert_eq!(
+            invalid_field(&s.refuse(Command::OpenOpportunity(open.clone()))),
+            "probability"
+        );
+        open.probability = 100;
+        s.accept(Command::OpenOpportunity(open));
+        let e = s.refuse(Command::ChangeStage(ChangeStage {
+            opportunity_id: OpportunityId(id(20)),
+            to: Stage::Proposal,
+            reason: None,
+            probability: Some(150),
+        }));
+        assert_eq!(invalid_field(&e), "probability");
+    }
+
+    #[test]
+    fn amounts_are_never_negative() {
+        let mut s = Scenario::registered();
+        let Command::OpenOpportunity(mut open) = open_opportunity(20) else {
+            unreachable!()
+        };
+        open.value = cny(-5);
+        assert_eq!(
+            invalid_field(&s.refuse(Command::OpenOpportunity(open.clone()))),
+            "value.amount"
+        );
+        open.value = Money {
+            amount: 5,
+            currency: "rmb".into(),
+        };
+        assert_eq!(
+            invalid_field(&s.refuse(Command::OpenOpportunity(open))),
+            "value.currency"
+        );
+    }
+
+    #[test]
+    fn an_opportunity_is_won_only_from_negotiation() {
+        let mut s = Scenario::registered().with_opportunity();
+        let win = || {
+            Command::WinOpportunity(WinOpportunity {
+                opportunity_id: OpportunityId(id(20)),
+                value: None,
+            })
+        };
+        assert_eq!(s.refuse(win()).kind(), ErrorKind::Conflict);
+        s.advance_to(Stage::Negotiation);
+        let events = s.accept(win());
+        let [CustomerEvent::OpportunityWon(won)] = events.as_slice() else {
+            panic!()
+        };
+        assert_eq!(
+            won.value,
+            cny(1_000_000),
+            "the estimate when no signed value is given"
+        );
+    }
+
+    #[test]
+    fn nothing_happens_after_won_or_lost_except_reopen() {
+        let mut s = Scenario::registered().with_opportunity();
+        let o = OpportunityId(id(20));
+        s.accept(Command::LoseOpportunity(LoseOpportunity {
+            opportunity_id: o,
+            reason: "价格过高".into(),
+        }));
+        assert_eq!(s.state().opportunities[&o].status, OpportunityStatus::Lost);
+        let refused = [
+            change_stage(Stage::Proposal, None),
+            Command::AssignOpportunity(AssignOpportunity {
+                opportunity_id: o,
+                owner: UserId::new("am-zhao"),
+            }),
+            Command::AddPlanItem(AddPlanItem {
+                opportunity_id: o,
+                plan_item_id: PlanItemId(id(50)),
+                item: PlanItem {
+                    due_on: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
+                    action: "拜访".into(),
+                },
+            }),
+            Command::WinOpportunity(WinOpportunity {
+                opportunity_id: o,
+                value: None,
+            }),
+            Command::LoseOpportunity(LoseOpportunity {
+                opportunity_id: o,
+                reason: "again".into(),
+            }),
+        ];
+        for c in refused {
+            assert_eq!(s.refuse(c.clone()).kind(), ErrorKind::Conflict, "{c:?}");
+        }
+        let events = s.accept(Command::ReopenOpportunity(ReopenOpportunity {
+            opportunity_id: o,
+            reason: "客户回心转意".into(),
+        }));
+        let [CustomerEvent::OpportunityReopened(r)] = events.as_slice() else {
+            panic!()
+        };
+        assert_eq!(r.stage, Stage::Qualification, "reopened where it ended");
+        assert_eq!(s.state().opportunities[&o].status, OpportunityStatus::Open);
+        assert_eq!(
+            s.refuse(Command::ReopenOpportunity(ReopenOpportunity {
+                opportunity_id: o,
+                reason: "x".into()
+            }))
+            .kind(),
+            ErrorKind::Conflict,
+            "an open opportunity is not reopened"
+        );
+    }
+
+    #[test]
+    fn a_won_opportunity_keeps_its_stage_and_reopens_there() {
+        let mut s = Scenario::registered().with_opportunity();
+        s.advance_to(Stage::Negotiation);
+        let o = OpportunityId(id(20));
+        s.accept(Command::WinOpportunity(WinOpportunity {
+            opportunity_id: o,
+            value: Some(cny(900_000)),
+        }));
+        s.accept(Command::ReopenOpportunity(ReopenOpportunity {
+            opportunity_id: o,
+            reason: "合同作废".into(),
+        }));
+        assert_eq!(s.state().opportunities[&o].stage, Stage::Negotiation);
+    }
+
+    #[test]
+    fn a_plan_item_gets_one_result() {
+        let mut s = Scenario::registered().with_opportunity();
+        let o = OpportunityId(id(20));
+        let p = PlanItemId(id(50));
+        let result = || {
+            Command::RecordPlanResult(RecordPlanResult {
+                opportunity_id: o,
+                plan_item_id: p,
+                result: "客户满意".into(),
+            })
+        };
+        assert_eq!(s.refuse(result()).kind(), ErrorKind::NotFound);
+        s.accept(Command::AddPlanItem(AddPlanItem {
+            opportunity_id: o,
+            plan_item_id: p,
+            item: PlanItem {
+                due_on: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
+                action: "演示产品".into(),
+            },
+        }));
+        s.accept(result());
+        assert_eq!(s.refuse(result()).kind(), ErrorKind::Conflict);
+    }
+
+    #[test]
+    fn an_opportunity_id_is_used_once() {
+        let mut s = Scenario::registered().with_opportunity();
+        assert_eq!(s.refuse(open_opportunity(20)).kind(), ErrorKind::Conflict);
+    }
+}

@@ -56,3 +56,80 @@ fn validate_order_lines(lines: &[OrderLine], total: i64) -> Result<(), DomainErr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::customer::fixtures::*;
+    use crate::scenario::Scenario;
+    use crate::*;
+
+    fn order(number: &str, lines: Vec<OrderLine>, total: i64) -> Command {
+        Command::PlaceOrder(PlaceOrder {
+            order_number: OrderNumber(number.into()),
+            lines,
+            total: cny(total),
+            delivery_address: None,
+        })
+    }
+
+    fn line(quantity: u32, unit_price: i64) -> OrderLine {
+        OrderLine {
+            product: "打印机".into(),
+            quantity,
+            unit_price,
+        }
+    }
+
+    #[test]
+    fn an_order_total_equals_its_lines() {
+        let mut s = Scenario::registered();
+        s.accept(order(
+            "SO-1",
+            vec![line(2, 150_000), line(1, 20_000)],
+            320_000,
+        ));
+        let e = s.refuse(order("SO-2", vec![line(2, 150_000)], 1));
+        assert_eq!(invalid_field(&e), "total.amount");
+        s.accept(order("SO-3", vec![], 5_000)); // a total without lines, as some ERPs send
+    }
+
+    #[test]
+    fn order_lines_are_validated() {
+        let mut s = Scenario::registered();
+        assert_eq!(
+            invalid_field(&s.refuse(order("SO-1", vec![line(0, 1)], 0))),
+            "lines[0].quantity"
+        );
+        assert_eq!(
+            invalid_field(&s.refuse(order("SO-1", vec![line(1, 1), line(1, -1)], 0))),
+            "lines[1].unit_price"
+        );
+        assert_eq!(
+            invalid_field(&s.refuse(order("SO-1", vec![], -1))),
+            "total.amount"
+        );
+        // past the largest amount
+        assert_eq!(
+            invalid_field(&s.refuse(order("SO-1", vec![line(u32::MAX, i64::MAX)], 0))),
+            "lines[0].unit_price"
+        );
+        // each within it, their product overflows
+        assert_eq!(
+            invalid_field(&s.refuse(order(
+                "SO-1",
+                vec![line(u32::MAX, crate::limits::MAX_AMOUNT)],
+                0
+            ))),
+            "lines[0]"
+        );
+    }
+
+    #[test]
+    fn an_order_number_is_placed_once() {
+        let mut s = Scenario::registered();
+        s.accept(order("SO-1", vec![], 100));
+        let e = s.refuse(order("SO-1", vec![], 100));
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+        assert_eq!(e.field(), Some("order_number"));
+    }
+}

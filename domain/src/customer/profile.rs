@@ -181,3 +181,248 @@ fn profile_diff(
         cleared,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::customer::fixtures::*;
+    use crate::scenario::Scenario;
+    use crate::*;
+
+    #[test]
+    fn a_customer_registers_once() {
+        let s = Scenario::registered();
+        assert_eq!(s.state().version, 1);
+        s.when(Command::RegisterCustomer(RegisterCustomer {
+            profile: profile(),
+            owner: UserId::new("am-li"),
+        }))
+        .then_err(DomainError::CustomerAlreadyRegistered);
+        assert_eq!(
+            DomainError::CustomerAlreadyRegistered.kind(),
+            ErrorKind::Conflict
+        );
+    }
+
+    #[test]
+    fn ratings_are_one_to_five() {
+        for (credit, satisfaction, field) in [
+            (0, 3, "profile.credit"),
+            (6, 3, "profile.credit"),
+            (3, 9, "profile.satisfaction"),
+        ] {
+            let mut s = Scenario::customer();
+            let e = s.refuse(Command::RegisterCustomer(RegisterCustomer {
+                profile: CustomerProfile {
+                    credit,
+                    satisfaction,
+                    ..profile()
+                },
+                owner: UserId::new("am-li"),
+            }));
+            assert_eq!(invalid_field(&e), field);
+        }
+    }
+
+    #[test]
+    fn a_customer_needs_a_name_and_an_owner() {
+        let mut s = Scenario::customer();
+        let e = s.refuse(Command::RegisterCustomer(RegisterCustomer {
+            profile: CustomerProfile {
+                name: "  ".into(),
+                ..profile()
+            },
+            owner: UserId::new("am-li"),
+        }));
+        assert_eq!(invalid_field(&e), "profile.name");
+        let e = s.refuse(Command::RegisterCustomer(RegisterCustomer {
+            profile: profile(),
+            owner: UserId::new(""),
+        }));
+        assert_eq!(invalid_field(&e), "owner");
+    }
+
+    #[test]
+    fn registration_amounts_are_not_negative() {
+        let mut s = Scenario::customer();
+        let e = s.refuse(Command::RegisterCustomer(RegisterCustomer {
+            profile: CustomerProfile {
+                registration: Registration {
+                    annual_turnover: Some(-1),
+                    ..Registration::default()
+                },
+                ..profile()
+            },
+            owner: UserId::new("am-li"),
+        }));
+        assert_eq!(invalid_field(&e), "profile.registration.annual_turnover");
+    }
+
+    #[test]
+    fn a_profile_change_carries_only_the_changed_fields() {
+        let mut s = Scenario::registered();
+        let events = s.accept(Command::ChangeProfile(ChangeProfile {
+            changes: ProfilePatch {
+                name: Some(Some(profile().name)), // unchanged
+                level: Some(Some(CustomerLevel::StrategicPartner)),
+                credit: Some(Some(4)), // unchanged
+                ..ProfilePatch::default()
+            },
+        }));
+        let [CustomerEvent::ProfileChanged(e)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            e.changes,
+            ProfileChanges {
+                level: Some(CustomerLevel::StrategicPartner),
+                ..ProfileChanges::default()
+            }
+        );
+        assert_eq!(
+            s.state().profile.as_ref().unwrap().level,
+            CustomerLevel::StrategicPartner
+        );
+    }
+
+    #[test]
+    fn a_change_to_the_current_values_appends_nothing() {
+        Scenario::registered()
+            .when(Command::ChangeProfile(ChangeProfile {
+                changes: ProfilePatch {
+                    region: Some(Some(profile().region)),
+                    ..ProfilePatch::default()
+                },
+            }))
+            .then([])
+            .when(Command::ReassignOwner(ReassignOwner {
+                to: UserId::new("am-li"),
+            }))
+            .then([]);
+    }
+
+    #[test]
+    fn profile_changes_are_validated() {
+        let mut s = Scenario::registered();
+        let e = s.refuse(Command::ChangeProfile(ChangeProfile {
+            changes: ProfilePatch {
+                satisfaction: Some(Some(0)),
+                ..ProfilePatch::default()
+            },
+        }));
+        assert_eq!(invalid_field(&e), "changes.satisfaction");
+        // a required field cannot be cleared
+        let e = s.refuse(Command::ChangeProfile(ChangeProfile {
+            changes: ProfilePatch {
+                name: Some(None),
+                ..ProfilePatch::default()
+            },
+        }));
+        assert_eq!(invalid_field(&e), "changes.name");
+    }
+
+    /// `PATCH /v1/customers/{id}` is JSON Merge Patch (RFC 7396). The defect: after registering
+    /// with 14 registration fields, `{"registration": {"phone": "123"}}` left only the phone,
+    /// and `{"fax": null}` then left nothing.
+    #[test]
+    fn a_profile_change_merges_the_registration_block() {
+        let mut s = Scenario::customer();
+        let full: Registration = serde_json::from_value(serde_json::json!({
+            "address": "杭州市西湖区文三路 1 号", "postcode": "310012", "phone": "0571-1", "fax": "0571-2",
+            "website": "https://example.cn", "licence_number": "L-1", "legal_representative": "王",
+            "registered_capital": 100, "annual_turnover": 200, "currency": "CNY", "bank": "工行",
+            "bank_account": "6222", "local_tax_number": "T-L", "national_tax_number": "T-N"
+        }))
+        .unwrap();
+        s.accept(Command::RegisterCustomer(RegisterCustomer {
+            profile: CustomerProfile {
+                registration: full.clone(),
+                number: Some("C-1".into()),
+                ..profile()
+            },
+            owner: UserId::new("am-li"),
+        }));
+        // one field set: the event carries exactly it; the other 13 stay
+        let patch = |v: serde_json::Value| -> Command {
+            Command::ChangeProfile(serde_json::from_value(v).unwrap())
+        };
+        let events = s.accept(patch(
+            serde_json::json!({"changes": {"registration": {"phone": "123"}}}),
+        ));
+        let [CustomerEvent::ProfileChanged(e)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            e.changes,
+            ProfileChanges {
+                registration_changes: Some(Box::new(Registration {
+                    phone: Some("123".into()),
+                    ..Registration::default()
+                })),
+                ..ProfileChanges::default()
+            }
+        );
+        let expected = Registration {
+            phone: Some("123".into()),
+            ..full.clone()
+        };
+        assert_eq!(s.state().profile.as_ref().unwrap().registration, expected);
+        // null clears one optional field, and only it
+        let events = s.accept(patch(
+            serde_json::json!({"changes": {"registration": {"fax": null}}}),
+        ));
+        let [CustomerEvent::ProfileChanged(e)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(e.changes.cleared, vec!["registration.fax".to_owned()]);
+        assert_eq!(e.changes.registration_changes, None);
+        let expected = Registration {
+            fax: None,
+            ..expected
+        };
+        assert_eq!(s.state().profile.as_ref().unwrap().registration, expected);
+        // clearing what is already clear, or setting what is already so, appends nothing
+        assert!(s
+            .accept(patch(
+                serde_json::json!({"changes": {"registration": {"fax": null, "phone": "123"}}})
+            ))
+            .is_empty());
+        // number: null clears it
+        let events = s.accept(patch(serde_json::json!({"changes": {"number": null}})));
+        let [CustomerEvent::ProfileChanged(e)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(e.changes.cleared, vec!["number".to_owned()]);
+        assert_eq!(s.state().profile.as_ref().unwrap().number, None);
+        // registration: null clears the whole block, naming each field cleared
+        let events = s.accept(patch(
+            serde_json::json!({"changes": {"registration": null}}),
+        ));
+        let [CustomerEvent::ProfileChanged(e)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(e.changes.cleared.len(), 13);
+        assert_eq!(
+            s.state().profile.as_ref().unwrap().registration,
+            Registration::default()
+        );
+        // an unknown registration field is refused, naming it
+        assert!(serde_json::from_value::<ChangeProfile>(
+            serde_json::json!({"changes": {"registration": {"telex": "1"}}})
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn reassigning_the_owner_records_from_and_to() {
+        let s = Scenario::registered()
+            .when(Command::ReassignOwner(ReassignOwner {
+                to: UserId::new("am-zhao"),
+            }))
+            .then([CustomerEvent::OwnerReassigned(OwnerReassigned {
+                customer_id: CustomerId(id(1)),
+                from: UserId::new("am-li"),
+                to: UserId::new("am-zhao"),
+            })]);
+        assert_eq!(s.state().owner, Some(UserId::new("am-zhao")));
+    }
+}

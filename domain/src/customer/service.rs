@@ -107,3 +107,103 @@ fn service_request(
         .copied()
         .ok_or_else(|| not_found("service request", "service_request_id", id))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::customer::fixtures::*;
+    use crate::scenario::Scenario;
+    use crate::state::ServiceStatus;
+    use crate::*;
+
+    fn service_status(s: &Scenario<Customer>) -> ServiceStatus {
+        s.state().service_requests[&ServiceRequestId(id(30))]
+    }
+
+    fn sr(n: u128) -> ServiceRequestId {
+        ServiceRequestId(id(n))
+    }
+
+    fn assign(n: u128) -> Command {
+        Command::AssignServiceRequest(AssignServiceRequest {
+            service_request_id: sr(n),
+            assignee: UserId::new("agent-chen"),
+        })
+    }
+
+    fn handle(n: u128) -> Command {
+        Command::HandleServiceRequest(HandleServiceRequest {
+            service_request_id: sr(n),
+            handling: "电话指导".into(),
+        })
+    }
+
+    fn feedback(n: u128, satisfaction: u8) -> Command {
+        Command::GiveServiceFeedback(GiveServiceFeedback {
+            service_request_id: sr(n),
+            result: "ok".into(),
+            satisfaction,
+        })
+    }
+
+    fn archive(n: u128) -> Command {
+        Command::ArchiveServiceRequest(ArchiveServiceRequest {
+            service_request_id: sr(n),
+        })
+    }
+
+    #[test]
+    fn a_service_request_goes_create_assign_handle_feedback_archive() {
+        let mut s = Scenario::registered().with_service_request();
+        assert_eq!(service_status(&s), ServiceStatus::Created);
+        for c in [handle(30), feedback(30, 4), archive(30)] {
+            assert_eq!(s.refuse(c).kind(), ErrorKind::Conflict);
+        }
+        s.accept(assign(30));
+        for c in [feedback(30, 4), archive(30)] {
+            assert_eq!(s.refuse(c).kind(), ErrorKind::Conflict);
+        }
+        s.accept(handle(30));
+        assert_eq!(
+            s.refuse(archive(30)).kind(),
+            ErrorKind::Conflict,
+            "no feedback yet"
+        );
+        s.accept(feedback(30, 3));
+        assert_eq!(service_status(&s), ServiceStatus::Satisfied);
+        s.accept(archive(30));
+        assert_eq!(service_status(&s), ServiceStatus::Archived);
+        for c in [assign(30), handle(30), feedback(30, 5), archive(30)] {
+            assert_eq!(s.refuse(c).kind(), ErrorKind::Conflict);
+        }
+    }
+
+    #[test]
+    fn feedback_below_three_sends_the_request_back_to_handling() {
+        let mut s = Scenario::registered().with_service_request();
+        s.accept(assign(30));
+        s.accept(handle(30));
+        s.accept(feedback(30, 2));
+        assert_eq!(service_status(&s), ServiceStatus::Assigned);
+        assert_eq!(s.refuse(archive(30)).kind(), ErrorKind::Conflict);
+        s.accept(handle(30));
+        s.accept(feedback(30, 5));
+        s.accept(archive(30));
+    }
+
+    #[test]
+    fn satisfaction_is_one_to_five() {
+        let mut s = Scenario::registered().with_service_request();
+        s.accept(assign(30));
+        s.accept(handle(30));
+        assert_eq!(invalid_field(&s.refuse(feedback(30, 0))), "satisfaction");
+        assert_eq!(invalid_field(&s.refuse(feedback(30, 6))), "satisfaction");
+    }
+
+    #[test]
+    fn an_unknown_service_request_is_not_found() {
+        let mut s = Scenario::registered();
+        let e = s.refuse(assign(99));
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert_eq!(e.field(), Some("service_request_id"));
+    }
+}
