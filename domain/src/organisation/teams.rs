@@ -120,3 +120,166 @@ fn user(id: &UserId, field: &str) -> Result<(), DomainError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use crate::scenario::Scenario;
+    use crate::*;
+
+    fn team(n: u128) -> TeamId {
+        TeamId(Uuid::from_u128(n))
+    }
+
+    fn who(s: &str) -> UserId {
+        UserId::new(s)
+    }
+
+    /// Team `n`, `name`, directed by `director`, with `members`.
+    fn team_of(n: u128, name: &str, director: &str, members: &[&str]) -> Vec<OrganisationCommand> {
+        let created = CreateTeam {
+            team_id: team(n),
+            name: name.into(),
+        };
+        let directed = AssignTeamDirector {
+            team_id: team(n),
+            director: who(director),
+        };
+        let joined = members.iter().map(|m| {
+            OrganisationCommand::from(AddTeamMember {
+                team_id: team(n),
+                member: who(m),
+            })
+        });
+        [created.into(), directed.into()]
+            .into_iter()
+            .chain(joined)
+            .collect()
+    }
+
+    /// Team 1 "east": director sd-wang, members am-li and am-zhao. Team 2 "north": director
+    /// sd-zhou, member am-qian.
+    fn org() -> Scenario<Organisation> {
+        Scenario::new(organisation_stream())
+            .given_commands(team_of(1, "east", "sd-wang", &["am-li", "am-zhao"]))
+            .given_commands(team_of(2, "north", "sd-zhou", &["am-qian"]))
+    }
+
+    #[test]
+    fn organisation_rules() {
+        let mut org = org();
+        assert_eq!(org.state().version, 7);
+        assert!(org.state().directs(&who("sd-wang"), &who("am-li")));
+        assert!(!org.state().directs(&who("sd-wang"), &who("am-qian")));
+        assert!(!org.state().directs(&who("am-li"), &who("am-li")));
+        // a team id and a team name are unique
+        let again = org.refuse(
+            CreateTeam {
+                team_id: team(1),
+                name: "other".into(),
+            }
+            .into(),
+        );
+        assert!(matches!(
+            again,
+            DomainError::AlreadyExists {
+                field: "team_id",
+                ..
+            }
+        ));
+        let same_name = org.refuse(
+            CreateTeam {
+                team_id: team(5),
+                name: "east".into(),
+            }
+            .into(),
+        );
+        assert_eq!(same_name.field(), Some("name"));
+        let blank = org.refuse(
+            CreateTeam {
+                team_id: team(5),
+                name: "  ".into(),
+            }
+            .into(),
+        );
+        assert_eq!(blank.field(), Some("name"));
+        // unknown team
+        let unknown = org.refuse(
+            AddTeamMember {
+                team_id: team(9),
+                member: who("x"),
+            }
+            .into(),
+        );
+        assert_eq!(unknown.kind(), ErrorKind::NotFound);
+        // adding a member twice, or the same director again, changes nothing
+        let org = org
+            .when(
+                AddTeamMember {
+                    team_id: team(1),
+                    member: who("am-li"),
+                }
+                .into(),
+            )
+            .then([])
+            .when(
+                AssignTeamDirector {
+                    team_id: team(1),
+                    director: who("sd-wang"),
+                }
+                .into(),
+            )
+            .then([]);
+        // a new director replaces the old one, and says so
+        let after = org
+            .clone()
+            .when(
+                AssignTeamDirector {
+                    team_id: team(1),
+                    director: who("sd-zhou"),
+                }
+                .into(),
+            )
+            .then([OrganisationEvent::TeamDirectorAssigned(
+                TeamDirectorAssigned {
+                    team_id: team(1),
+                    director: who("sd-zhou"),
+                    previous: Some(who("sd-wang")),
+                },
+            )]);
+        assert!(after.state().directs(&who("sd-zhou"), &who("am-li")));
+        assert!(!after.state().directs(&who("sd-wang"), &who("am-li")));
+        let mut org = org;
+        // removing someone who is not a member
+        let missing = org.refuse(
+            RemoveTeamMember {
+                team_id: team(1),
+                member: who("am-qian"),
+            }
+            .into(),
+        );
+        assert_eq!(missing.field(), Some("member"));
+        // empty user ids are refused
+        let empty = org.refuse(
+            AddTeamMember {
+                team_id: team(1),
+                member: who(""),
+            }
+            .into(),
+        );
+        assert_eq!(empty.field(), Some("member"));
+        // recorded events must come in sequence
+        let e = OrganisationEvent::TeamMemberAdded(TeamMemberAdded {
+            team_id: team(1),
+            member: who("am-x"),
+        });
+        assert!(Organisation::apply_recorded(org.state().clone(), 9, &e).is_err());
+        assert_eq!(
+            Organisation::apply_recorded(org.state().clone(), 8, &e)
+                .unwrap()
+                .version,
+            8
+        );
+    }
+}
