@@ -9,6 +9,9 @@
 //! wire as CloudEvents. The [`organisation`] stream holds the sales teams, and [`access`] the
 //! roles, the permission table and record visibility. Nothing here does I/O.
 //!
+//! [`scenario`] tests any stream given / when / then; the rules of each area of [`decide`]
+//! are tested that way beside it.
+//!
 //! ```
 //! use domain::*;
 //! let state = CustomerState::new(CustomerId(uuid::Uuid::nil()));
