@@ -9,6 +9,9 @@
 //! wire as CloudEvents. The [`organisation`] stream holds the sales teams, and [`access`] the
 //! roles, the permission table and record visibility. Nothing here does I/O.
 //!
+//! [`scenario`] tests any stream given / when / then; the rules of each area of [`decide`]
+//! are tested that way beside it.
+//!
 //! ```
 //! use domain::*;
 //! let state = CustomerState::new(CustomerId(uuid::Uuid::nil()));
@@ -19,7 +22,6 @@
 pub mod access;
 pub mod command;
 pub mod customer;
-pub mod decide;
 pub mod envelope;
 pub mod error;
 pub mod event;
@@ -28,6 +30,8 @@ pub mod limits;
 pub mod ndjson;
 pub mod organisation;
 pub mod policy;
+mod rules;
+pub mod scenario;
 pub mod schema;
 pub mod state;
 pub mod stream;
@@ -35,8 +39,7 @@ pub mod upcast;
 pub mod values;
 
 pub use command::*;
-pub use customer::Customer;
-pub use decide::decide;
+pub use customer::{decide, Customer};
 pub use envelope::{
     EventMetadata, KafkaRecord, Recorded, RecordedEvent, RecordedOrganisationEvent, StreamEvent,
 };
