@@ -223,9 +223,63 @@ pub fn fingerprint(command: &str, path: &[(&str, &str)], body: &serde_json::Valu
         .collect()
 }
 
+/// The streams of one partition, one map per aggregate with a stream per id. A new such
+/// aggregate adds its map here and its [`Hosted`] impl below.
+#[derive(Default)]
+pub(crate) struct PartitionStreams {
+    customers: HashMap<CustomerId, Entry<Customer>>,
+}
+
+impl PartitionStreams {
+    /// Drops the answers recorded before `keep_since`; returns how many.
+    fn forget_answers(&mut self, keep_since: DateTime<Utc>) -> usize {
+        forget_answers(&mut self.customers, keep_since)
+    }
+}
+
+fn forget_answers<A: Aggregate>(
+    streams: &mut HashMap<CustomerId, Entry<A>>,
+    keep_since: DateTime<Utc>,
+) -> usize {
+    let mut forgotten = 0;
+    for entry in streams.values_mut() {
+        let before = entry.answered.len();
+        entry.answered.retain(|_, a| a.recorded_at >= keep_since);
+        forgotten += before - entry.answered.len();
+    }
+    forgotten
+}
+
+/// An aggregate with one stream per id, its streams kept by the partition their id hashes to.
+pub(crate) trait Hosted: Aggregate + Sized {
+    /// This aggregate's streams in a partition.
+    fn streams(partition: &mut PartitionStreams) -> &mut HashMap<CustomerId, Entry<Self>>;
+}
+
+impl Hosted for Customer {
+    fn streams(partition: &mut PartitionStreams) -> &mut HashMap<CustomerId, Entry<Self>> {
+        &mut partition.customers
+    }
+}
+
+/// Folds an event read back from a partition's history into its stream.
+fn fold_history<A: Hosted>(
+    partition: &mut PartitionStreams,
+    recorded: &domain::Recorded<A::Event>,
+    position: &Position,
+    keep_since: DateTime<Utc>,
+) {
+    let stream = recorded.metadata.customer_id;
+    A::streams(partition)
+        .entry(stream)
+        .or_insert_with(|| Entry::new(stream))
+        .fold(recorded, position, keep_since);
+}
+
 struct OwnedPartition {
     writer: Arc<dyn RecordAppender>,
-    customers: Mutex<HashMap<CustomerId, Entry<Customer>>>,
+    /// Every stream of the partition, by aggregate.
+    streams: Mutex<PartitionStreams>,
     /// When answers past the idempotency window are next looked for.
     next_forget: StdMutex<std::time::Instant>,
 }
@@ -341,18 +395,17 @@ impl CustomerStreams {
             let writer = self.log.open_writer(partition).await?;
             let history = self.log.history(partition).await?;
             let keep_since = Utc::now() - self.idempotency_window();
-            let mut customers: HashMap<CustomerId, Entry<Customer>> = HashMap::new();
+            let mut streams = PartitionStreams::default();
             let mut skipped = 0usize;
             for record in &history {
                 match record.decode_stream() {
                     Ok(StreamEvent::Organisation(r)) => {
                         self.apply_organisation(&r, &record.position)
                     }
-                    Ok(StreamEvent::Customer(r)) => customers
-                        .entry(r.metadata.customer_id)
-                        .or_insert_with(|| Entry::new(r.metadata.customer_id))
-                        // answers older than the idempotency window are not kept
-                        .fold(&r, &record.position, keep_since),
+                    // answers older than the idempotency window are not kept
+                    Ok(StreamEvent::Customer(r)) => {
+                        fold_history::<Customer>(&mut streams, &r, &record.position, keep_since)
+                    }
                     Err(e) => {
                         skipped += 1;
                         tracing::warn!(partition, offset = record.position.offset, error = %e, "undecodable record, skipped");
@@ -362,7 +415,7 @@ impl CustomerStreams {
             tracing::info!(
                 partition,
                 records = history.len(),
-                customers = customers.len(),
+                customers = streams.customers.len(),
                 skipped,
                 "partition taken over"
             );
@@ -370,7 +423,7 @@ impl CustomerStreams {
                 partition,
                 Arc::new(OwnedPartition {
                     writer,
-                    customers: Mutex::new(customers),
+                    streams: Mutex::new(streams),
                     next_forget: StdMutex::new(std::time::Instant::now()),
                 }),
             );
@@ -438,11 +491,7 @@ impl CustomerStreams {
     /// Drops the answers of a partition older than the idempotency window, at most every
     /// tenth of the window (and at least every minute): under the partition's lock, which the
     /// caller holds.
-    fn forget_expired_answers(
-        &self,
-        owned: &OwnedPartition,
-        customers: &mut HashMap<CustomerId, Entry<Customer>>,
-    ) {
+    fn forget_expired_answers(&self, owned: &OwnedPartition, streams: &mut PartitionStreams) {
         let now = std::time::Instant::now();
         {
             let mut next = owned
@@ -456,12 +505,7 @@ impl CustomerStreams {
             *next = now + std::time::Duration::from_secs((window / 10).clamp(1, 60));
         }
         let keep_since = Utc::now() - self.idempotency_window();
-        let mut forgotten = 0usize;
-        for entry in customers.values_mut() {
-            let before = entry.answered.len();
-            entry.answered.retain(|_, a| a.recorded_at >= keep_since);
-            forgotten += before - entry.answered.len();
-        }
+        let forgotten = streams.forget_answers(keep_since);
         if forgotten > 0 {
             tracing::debug!(forgotten, "idempotency keys past the window forgotten");
         }
@@ -481,7 +525,7 @@ impl CustomerStreams {
         self.metrics.owned_partitions.set(owned.len() as i64);
     }
 
-    /// Decides and appends one command.
+    /// Decides and appends one command on a customer's stream.
     pub async fn execute(&self, request: CommandRequest) -> Result<Outcome, CommandError> {
         self.execute_batch(vec![request])
             .await
@@ -492,20 +536,19 @@ impl CustomerStreams {
     /// Decides and appends many commands: those of one partition in one transaction. Each
     /// command gets its own outcome; a refused command does not hold back the others. The
     /// outcomes are in the order of the requests.
-    pub async fn execute_batch(
+    #[allow(private_bounds)]
+    pub async fn execute_batch<A: Hosted>(
         &self,
-        requests: Vec<CommandRequest>,
+        requests: Vec<Request<A>>,
     ) -> Vec<Result<Outcome, CommandError>> {
-        let mut by_partition: HashMap<i32, Vec<(usize, CommandRequest)>> = HashMap::new();
+        let mut by_partition: HashMap<i32, Vec<(usize, Request<A>)>> = HashMap::new();
         let count = requests.len();
         let mut outcomes: Vec<Option<Result<Outcome, CommandError>>> =
             (0..count).map(|_| None).collect();
         for (i, r) in requests.into_iter().enumerate() {
             if r.customer_id.as_uuid() == ORGANISATION_STREAM_ID {
-                // The organisation stream's key: never a customer.
-                outcomes[i] = Some(Err(CommandError::Refused(
-                    DomainError::CustomerNotRegistered,
-                )));
+                // The organisation stream's key: never any other stream's.
+                outcomes[i] = Some(Err(CommandError::Refused(A::hidden(&r.command))));
                 continue;
             }
             by_partition
@@ -537,25 +580,25 @@ impl CustomerStreams {
     }
 
     /// The commands of one partition, under its lock: one batch, one append.
-    async fn execute_in_partition(
+    async fn execute_in_partition<A: Hosted>(
         &self,
         partition: i32,
         owned: Arc<OwnedPartition>,
-        requests: Vec<(usize, CommandRequest)>,
+        requests: Vec<(usize, Request<A>)>,
     ) -> Answers {
-        let mut customers = owned.customers.lock().await;
-        let mut batch = Batch::new(self, &customers);
+        let mut streams = owned.streams.lock().await;
+        let mut batch = Batch::new(self, A::streams(&mut streams));
         for (i, request) in requests {
             batch.take(i, request);
         }
         let (answers, appended) = batch.append(partition, &owned).await;
         match appended {
             Appended::Committed(working) => {
-                customers.extend(working);
-                self.forget_expired_answers(&owned, &mut customers);
+                A::streams(&mut streams).extend(working);
+                self.forget_expired_answers(&owned, &mut streams);
             }
             Appended::Failed(Some(loss)) => {
-                drop(customers);
+                drop(streams);
                 self.writer_lost(partition, &owned, loss).await;
             }
             Appended::Failed(None) | Appended::Nothing => {}
@@ -578,7 +621,8 @@ impl CustomerStreams {
             .get(&partition)
             .cloned()
             .ok_or(CommandError::NotOwner { partition })?;
-        let customers = owned.customers.lock().await;
+        // the partition's lock: one writer, one command at a time
+        let streams = owned.streams.lock().await;
         let stream = organisation_stream();
         let committed = HashMap::from([(
             stream,
@@ -604,7 +648,7 @@ impl CustomerStreams {
                 }
             }
             Appended::Failed(Some(loss)) => {
-                drop(customers);
+                drop(streams);
                 self.writer_lost(partition, &owned, loss).await;
             }
             Appended::Failed(None) | Appended::Nothing => {}
@@ -619,7 +663,7 @@ impl CustomerStreams {
     pub async fn customer_state(&self, customer_id: &CustomerId) -> Option<CustomerState> {
         let partition = self.partition_of(customer_id);
         let owned = self.owned.read().await.get(&partition).cloned()?;
-        let customers = owned.customers.lock().await;
-        customers.get(customer_id).map(|e| e.state.clone())
+        let streams = owned.streams.lock().await;
+        streams.customers.get(customer_id).map(|e| e.state.clone())
     }
 }

@@ -18,7 +18,7 @@ use super::{
 use crate::streams::Outcome;
 
 /// One stream's state plus the answers to the commands that carried an id.
-pub(super) struct Entry<A: Aggregate> {
+pub(crate) struct Entry<A: Aggregate> {
     pub(super) state: A::State,
     pub(super) answered: HashMap<String, Answered>,
     /// Set when the stored stream broke the sequence rule: refuse commands, do not guess.
