@@ -156,7 +156,8 @@ pub trait Aggregate: Send + Sync + 'static {
 
 /// Names every event of a stream once: variant, payload and CloudEvents type. Generates the
 /// enum, [`Events`], `From` each payload, and the inherent `event_type`, `to_json` and
-/// `to_value`. `stream = field x` says each event carries its stream's id in field `x`;
+/// `to_value`. `stream = field x` says each event carries its stream's id (any UUID id type)
+/// in field `x`;
 /// `stream = fixed <expr>` that the kind has one stream.
 #[macro_export]
 macro_rules! stream_events {
@@ -167,7 +168,7 @@ macro_rules! stream_events {
         $( $variant:ident($payload:ident) = $type_name:literal; )*
     ) => {
         $crate::stream_events!(@emit [$(#[$doc])*] $enum,
-            (|event: &$enum| match event { $( $enum::$variant(e) => e.$field, )* });
+            (|event: &$enum| match event { $( $enum::$variant(e) => $crate::ids::CustomerId(e.$field.as_uuid()), )* });
             $( $variant($payload) = $type_name; )*);
     };
     (
