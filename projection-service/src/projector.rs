@@ -46,6 +46,30 @@ impl<'a> EventRef<'a> {
             EventRef::Customer(_) => None,
         }
     }
+
+    /// The envelope, of either stream.
+    pub fn metadata(&self) -> &'a domain::EventMetadata {
+        match self {
+            EventRef::Customer(r) => &r.metadata,
+            EventRef::Organisation(r) => &r.metadata,
+        }
+    }
+
+    /// The CloudEvents type, of either stream.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            EventRef::Customer(r) => r.event.event_type(),
+            EventRef::Organisation(r) => r.event.event_type(),
+        }
+    }
+
+    /// The JSON body, of either stream.
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        match self {
+            EventRef::Customer(r) => r.event.to_json(),
+            EventRef::Organisation(r) => r.event.to_json(),
+        }
+    }
 }
 
 /// What the projector applies: a customer's event, an organisation event, or either

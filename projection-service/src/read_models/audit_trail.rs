@@ -3,7 +3,6 @@
 //! and where it is in the log. Written with one `COPY` per batch.
 
 use async_trait::async_trait;
-use domain::organisation::organisation_stream;
 use sqlx::PgConnection;
 
 use super::copy_rows::CopyRows;
@@ -58,20 +57,9 @@ impl ReadModel for AuditTrail {
         }
         let mut rows = CopyRows::new("audit_trail", COLUMNS);
         for e in &batch.events {
-            let (m, stream, kind, body) = match e.event {
-                EventRef::Customer(r) => (
-                    &r.metadata,
-                    r.metadata.customer_id.as_uuid(),
-                    r.event.event_type(),
-                    r.event.to_json()?,
-                ),
-                EventRef::Organisation(r) => (
-                    &r.metadata,
-                    organisation_stream().as_uuid(),
-                    r.event.event_type(),
-                    r.event.to_json()?,
-                ),
-            };
+            // the stream is the envelope's subject: a customer's id, or the organisation's
+            let (m, kind, body) = (e.event.metadata(), e.event.event_type(), e.event.to_json()?);
+            let stream = m.customer_id.as_uuid();
             let sequence = to_i64(m.sequence, "sequence")?;
             rows.row(|row| {
                 row.uuid(m.id);
