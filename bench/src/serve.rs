@@ -146,7 +146,7 @@ pub async fn projection(args: ProjectionArgs) -> anyhow::Result<()> {
         RunOptions::new("rm"),
         Arc::new(SystemClock),
     )?;
-    command_service::shutdown_signal().await;
+    infra::shutdown::shutdown_signal().await;
     service.shutdown().await;
     Ok(())
 }

@@ -221,26 +221,7 @@ pub async fn serve(app: Arc<App>, listen: SocketAddr, max_body_bytes: usize) -> 
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, "command-service listening");
     axum::serve(listener, http::router(app, max_body_bytes))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(infra::shutdown::shutdown_signal())
         .await
         .context("serving HTTP")
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

@@ -216,7 +216,7 @@ impl Up {
         }
         drop(failed_tx);
         let failure = tokio::select! {
-            _ = command_service::shutdown_signal() => {
+            _ = infra::shutdown::shutdown_signal() => {
                 tracing::info!("shutting down");
                 None
             }

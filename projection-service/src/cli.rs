@@ -355,7 +355,7 @@ async fn run(pool: PgPool, args: RunArgs) -> Result<(), ServiceError> {
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, "projection-service listening");
     let served = axum::serve(listener, service.router())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(infra::shutdown::shutdown_signal())
         .await;
     service.shutdown().await;
     served?;
@@ -526,27 +526,5 @@ impl ProgressPrinter {
         if let Some(bar) = &self.bar {
             bar.finish();
         }
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }
