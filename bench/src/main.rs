@@ -44,7 +44,7 @@ enum Cmd {
     /// `crm replay` of the whole log: the large preset's real path on one machine.
     EmbeddedPath(up_path::EmbeddedPathArgs),
     /// (role) command-service on the given broker, every partition owned.
-    ServeCommand(serve::CommandArgs),
+    ServeCommand(serve::ServeCommandArgs),
     /// (role) projection-service following the live version.
     ServeProjection(serve::ProjectionArgs),
     /// (role) query-service.

@@ -48,14 +48,13 @@ impl LogArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct CommandArgs {
+pub struct ServeCommandArgs {
     #[command(flatten)]
     pub log: LogArgs,
-    #[arg(long)]
-    pub listen: SocketAddr,
-    /// How long answers to identified commands are kept (the service's default otherwise).
-    #[arg(long, value_parser = infra::config::parse_duration)]
-    pub idempotency_window: Option<Duration>,
+    /// The service's own settings, as its binary takes them (`--listen`,
+    /// `--idempotency-window`, ...).
+    #[command(flatten)]
+    pub service: command_service::CommandArgs,
     #[command(flatten)]
     pub auth: TokenArgs,
 }
@@ -89,20 +88,16 @@ impl TokenArgs {
 
 /// command-service: the real App and router; every partition assigned to this instance by
 /// hand (what the consumer group would do with one member, without the join's seconds).
-pub async fn command(args: CommandArgs) -> anyhow::Result<()> {
+pub async fn command(args: ServeCommandArgs) -> anyhow::Result<()> {
     let settings = args.log.settings("bench-command-service");
     let auth = args.auth.authenticator()?;
-    let app = command_service::App::new(
+    let app = command_service::App::build(
+        &args.service,
         Arc::new(KafkaCustomerLog {
             settings: settings.clone(),
         }),
-        "/command-service".into(),
         auth,
-        domain::limits::BusinessTimeWindow::default(),
     )?;
-    if let Some(window) = args.idempotency_window {
-        app.streams.set_idempotency_window(window);
-    }
     let all: Vec<i32> = (0..settings.partitions).collect();
     app.streams
         .assign(&all)
@@ -111,7 +106,7 @@ pub async fn command(args: CommandArgs) -> anyhow::Result<()> {
     // and the inbound topic's partitions of the same numbers, as `follow_ownership` does
     let inbound = command_service::inbound::InboundReaders::new(app.clone(), settings.clone());
     inbound.start(&all);
-    command_service::serve(app, args.listen, 16 * 1024 * 1024).await
+    command_service::serve(app, args.service.listen, args.service.max_body_bytes).await
 }
 
 #[derive(Debug, clap::Args)]

@@ -148,3 +148,15 @@ async fn main() -> anyhow::Result<()> {
         Commands::Migrate(m) => m.run().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The services' flags flattened into `crm up` (some renamed there) make one consistent
+    /// command line: no flag twice, every renamed one present.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -9,8 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use domain::policy::rfm::RfmWindow;
 use infra::config::KafkaArgs;
-use infra::kafka::{provision_topics, PartitionOwnership};
-use infra::log::KafkaCustomerLog;
+use infra::kafka::PartitionOwnership;
 use projection_service::cli::{parse_duration, BatchArgs, PolicyArgs};
 use projection_service::{EventSource, JobOptions, ProjectionService, RunOptions};
 use sqlx::postgres::PgPoolOptions;
@@ -22,26 +21,24 @@ use crate::datadir::{self, DataDirLock};
 use crate::local_auth;
 
 #[derive(Debug, clap::Args)]
+#[command(
+    // the services' own flags, named here beside one another
+    mut_arg("command_listen", |a| a.long("command-listen")),
+    mut_arg("event_source", |a| a.default_value("/crm")),
+)]
 pub struct Up {
     /// Where the embedded default keeps its data: the event log (`log/`), the private
     /// PostgreSQL (`pg/`), the local signing secret (`auth/`).
     #[arg(long, env = "CRM_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
-    /// Address of the command API.
-    #[arg(long, env = "CRM_COMMAND_LISTEN", default_value = "127.0.0.1:8081")]
-    command_listen: SocketAddr,
+    #[command(flatten)]
+    command: command_service::CommandArgs,
     /// Address of the query API.
     #[arg(long, env = "CRM_QUERY_LISTEN", default_value = "127.0.0.1:8082")]
     query_listen: SocketAddr,
     /// Address of the projection's /healthz, /readyz and /metrics (not served when absent).
     #[arg(long, env = "CRM_PROJECTION_LISTEN")]
     projection_listen: Option<SocketAddr>,
-    /// Largest request body accepted, in bytes.
-    #[arg(long, env = "CRM_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
-    max_body_bytes: usize,
-    /// CloudEvents `source` of the events appended.
-    #[arg(long = "source", env = "CRM_EVENT_SOURCE", default_value = "/crm")]
-    event_source: String,
     #[command(flatten)]
     kafka: KafkaArgs,
     #[command(flatten)]
@@ -68,10 +65,6 @@ pub struct Up {
     query_max_wait_ms: u64,
     #[command(flatten)]
     auth: infra::auth::AuthArgs,
-    #[command(flatten)]
-    business_time: infra::config::BusinessTimeArgs,
-    #[command(flatten)]
-    idempotency: infra::config::IdempotencyArgs,
 }
 
 /// What runs on the log: the command API and, on Kafka, its group membership.
@@ -95,7 +88,7 @@ impl Up {
             );
         }
         // the ports first: a port in use fails before anything starts
-        let command_listener = bind(self.command_listen, "the command API").await?;
+        let command_listener = bind(self.command.listen, "the command API").await?;
         let query_listener = bind(self.query_listen, "the query API").await?;
         let projection_listener = match self.projection_listen {
             Some(a) => Some(bind(a, "the projection's health endpoints").await?),
@@ -154,7 +147,7 @@ impl Up {
         servers.push(spawn_server(
             "command API",
             command_listener,
-            command_service::http::router(side.app.clone(), self.max_body_bytes),
+            command_service::http::router(side.app.clone(), self.command.max_body_bytes),
             stop_rx.clone(),
         ));
         servers.push(spawn_server(
@@ -187,7 +180,7 @@ impl Up {
         println!("CRM running on {on}");
         println!(
             "  command API  http://{}  (OpenAPI: /openapi.json)",
-            self.command_listen
+            self.command.listen
         );
         println!(
             "  query API    http://{}  (OpenAPI: /openapi.json)",
@@ -245,34 +238,8 @@ impl Up {
         let auth =
             infra::auth::Authenticator::from_args(&self.auth).context("authentication settings")?;
         if let Some(settings) = self.kafka.settings("crm") {
-            let topics = provision_topics(&settings)
-                .await
-                .context("provisioning topics")?;
-            tracing::info!(?topics, "topics ready");
-            let app = command_service::App::new(
-                Arc::new(KafkaCustomerLog {
-                    settings: settings.clone(),
-                }),
-                self.event_source.clone(),
-                auth,
-                self.business_time.window(),
-            )?;
-            app.streams
-                .set_idempotency_window(self.idempotency.idempotency_window);
-            tokio::spawn(command_service::organisation::follow_organisation(
-                app.streams.clone(),
-                settings.clone(),
-            ));
-            let (ownership, changes) = PartitionOwnership::start(&settings)
-                .context("joining the command-service group")?;
-            let inbound =
-                command_service::inbound::InboundReaders::new(app.clone(), settings.clone());
-            tokio::spawn(command_service::follow_ownership(
-                app.clone(),
-                inbound,
-                changes,
-                ownership.view(),
-            ));
+            let (app, ownership) =
+                command_service::start_on_kafka(&self.command, &settings, auth).await?;
             return Ok(CommandSide {
                 app,
                 source: EventSource::Kafka(settings),
@@ -281,14 +248,7 @@ impl Up {
         }
         let topics = datadir::open_topics(&self.data_dir, self.kafka.partitions)?;
         let log = topics.customer_events.clone();
-        let app = command_service::App::new(
-            log.clone(),
-            self.event_source.clone(),
-            auth,
-            self.business_time.window(),
-        )?;
-        app.streams
-            .set_idempotency_window(self.idempotency.idempotency_window);
+        let app = command_service::App::build(&self.command, log.clone(), auth)?;
         // one process owns every partition of the embedded log
         let all: Vec<i32> = (0..infra::log::CustomerLog::partitions(log.as_ref())).collect();
         app.streams
@@ -314,7 +274,7 @@ impl Up {
                 days: self.policy.rfm_window_days,
             },
         };
-        options.alert_source = self.event_source.clone();
+        options.alert_source = self.command.source.clone();
         options
     }
 }
