@@ -48,7 +48,7 @@ enum Cmd {
     /// (role) projection-service following the live version.
     ServeProjection(serve::ProjectionArgs),
     /// (role) query-service.
-    ServeQuery(serve::QueryArgs),
+    ServeQuery(serve::ServeQueryArgs),
     /// (role) a full replay into a new version; prints one JSON line.
     Replay(serve::ReplayArgs),
 }

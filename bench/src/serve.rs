@@ -2,7 +2,6 @@
 //! `serve-query`, `replay`): the harness starts its own binary in these roles so that each
 //! service's memory is its own and the HTTP clients do not share the services' runtime.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -147,26 +146,29 @@ pub async fn projection(args: ProjectionArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct QueryArgs {
+pub struct ServeQueryArgs {
     #[command(flatten)]
     pub db: DbArgs,
-    #[arg(long)]
-    pub listen: SocketAddr,
+    /// The service's own settings, as its binary takes them (`--listen`, ...).
+    #[command(flatten)]
+    pub service: query_service::QueryArgs,
+    #[command(flatten)]
+    pub projection: infra::config::ProjectionArgs,
     #[command(flatten)]
     pub auth: TokenArgs,
 }
 
 /// query-service over the live version, as its binary runs it (16 connections, 2 s wait).
-pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
-    let pool = query_service::pool(&args.db.database_url, 16)?;
-    let app = query_service::App::new(
+pub async fn query(args: ServeQueryArgs) -> anyhow::Result<()> {
+    let pool = query_service::pool(&args.db.database_url, args.service.db_connections)?;
+    let app = query_service::App::build(
+        &args.service,
+        &args.projection,
         pool,
-        "rm",
-        Duration::from_millis(2000),
         args.auth.authenticator()?,
     )
     .map_err(|e| anyhow::anyhow!("starting the query-service: {e}"))?;
-    query_service::serve(app, args.listen).await
+    query_service::serve(app, args.service.listen).await
 }
 
 #[derive(Debug, clap::Args)]

@@ -24,7 +24,7 @@ pub struct DatabaseArgs {
     /// `<data-dir>/pg`, started and stopped with `crm`.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Largest number of PostgreSQL connections (of the projection, and of the query API).
+    /// Largest number of PostgreSQL connections of the projection.
     #[arg(long, env = "CRM_DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
     pub database_max_connections: u32,
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use domain::policy::rfm::RfmWindow;
-use infra::config::KafkaArgs;
+use infra::config::{KafkaArgs, ProjectionArgs};
 use infra::kafka::PartitionOwnership;
 use projection_service::cli::{parse_duration, BatchArgs, PolicyArgs};
 use projection_service::{EventSource, JobOptions, ProjectionService, RunOptions};
@@ -24,6 +24,9 @@ use crate::local_auth;
 #[command(
     // the services' own flags, named here beside one another
     mut_arg("command_listen", |a| a.long("command-listen")),
+    mut_arg("query_listen", |a| a.long("query-listen")),
+    mut_arg("query_max_wait_ms", |a| a.long("query-max-wait-ms")),
+    mut_arg("query_db_connections", |a| a.long("query-db-connections")),
     mut_arg("event_source", |a| a.default_value("/crm")),
 )]
 pub struct Up {
@@ -33,9 +36,8 @@ pub struct Up {
     data_dir: PathBuf,
     #[command(flatten)]
     command: command_service::CommandArgs,
-    /// Address of the query API.
-    #[arg(long, env = "CRM_QUERY_LISTEN", default_value = "127.0.0.1:8082")]
-    query_listen: SocketAddr,
+    #[command(flatten)]
+    query: query_service::QueryArgs,
     /// Address of the projection's /healthz, /readyz and /metrics (not served when absent).
     #[arg(long, env = "CRM_PROJECTION_LISTEN")]
     projection_listen: Option<SocketAddr>,
@@ -43,10 +45,8 @@ pub struct Up {
     kafka: KafkaArgs,
     #[command(flatten)]
     database: DatabaseArgs,
-    /// Name of the projection (its schemas are `<name>_v<version>`); the live version is
-    /// followed and served.
-    #[arg(long, env = "CRM_PROJECTION", default_value = "rm")]
-    projection: String,
+    #[command(flatten)]
+    projection: ProjectionArgs,
     #[command(flatten)]
     batch: BatchArgs,
     #[command(flatten)]
@@ -60,9 +60,6 @@ pub struct Up {
     /// How often to recompute RFM if orders arrived since the last time.
     #[arg(long, env = "CRM_RFM_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     rfm_check_interval: Duration,
-    /// Longest a query with `CRM-Min-Position` waits for the read models, in milliseconds.
-    #[arg(long, env = "CRM_QUERY_MAX_WAIT_MS", default_value_t = 2000)]
-    query_max_wait_ms: u64,
     #[command(flatten)]
     auth: infra::auth::AuthArgs,
 }
@@ -89,7 +86,7 @@ impl Up {
         }
         // the ports first: a port in use fails before anything starts
         let command_listener = bind(self.command.listen, "the command API").await?;
-        let query_listener = bind(self.query_listen, "the query API").await?;
+        let query_listener = bind(self.query.listen, "the query API").await?;
         let projection_listener = match self.projection_listen {
             Some(a) => Some(bind(a, "the projection's health endpoints").await?),
             None => None,
@@ -125,7 +122,7 @@ impl Up {
             .connect(&store.url)
             .await
             .context("connecting to the read-model database")?;
-        let query_pool = query_service::pool(&store.url, self.database.database_max_connections)?;
+        let query_pool = query_service::pool(&store.url, self.query.db_connections)?;
         let side = self.command_side().await?;
         let projection = ProjectionService::start_on(
             pool.clone(),
@@ -134,10 +131,10 @@ impl Up {
             self.policy.clock(),
         )
         .context("starting the projection")?;
-        let query = query_service::App::new(
+        let query = query_service::App::build(
+            &self.query,
+            &self.projection,
             query_pool.clone(),
-            self.projection.clone(),
-            Duration::from_millis(self.query_max_wait_ms),
             infra::auth::Authenticator::from_args(&self.auth).context("authentication settings")?,
         )
         .context("starting the query API")?;
@@ -184,7 +181,7 @@ impl Up {
         );
         println!(
             "  query API    http://{}  (OpenAPI: /openapi.json)",
-            self.query_listen
+            self.query.listen
         );
         if let Some(a) = self.projection_listen {
             println!("  projection   http://{a}/readyz");
@@ -263,7 +260,7 @@ impl Up {
     }
 
     fn run_options(&self) -> RunOptions {
-        let mut options = RunOptions::new(self.projection.clone());
+        let mut options = RunOptions::new(self.projection.projection.clone());
         options.batch = self.batch.options();
         options.jobs = JobOptions {
             sweep_interval: self.sweep_interval.max(Duration::from_millis(10)),

@@ -38,6 +38,15 @@ impl KafkaArgs {
     }
 }
 
+/// Which projection: the one projection-service builds and query-service serves.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProjectionArgs {
+    /// Name of the projection (its schemas are `<name>_v<version>`); the live version is
+    /// followed and served.
+    #[arg(long, env = "CRM_PROJECTION", default_value = "rm")]
+    pub projection: String,
+}
+
 /// Where business time (a command's `occurred_at`) may fall: commands outside are refused
 /// with a problem naming `occurred_at`.
 #[derive(Debug, Clone, clap::Args)]

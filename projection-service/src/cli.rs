@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use domain::policy::rfm::RfmWindow;
 use domain::policy::StageThresholds;
+pub use infra::config::ProjectionArgs;
 use infra::config::{KafkaArgs, LogFormat};
 use infra::kafka::{provision_topics, KafkaSettings};
 use sqlx::postgres::PgPoolOptions;
@@ -67,13 +68,6 @@ pub enum Command {
     Drop(DropArgs),
     /// Create or upgrade the control tables and every registered version's schema.
     Migrate(MigrateArgs),
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct ProjectionArgs {
-    /// Name of the projection (its schemas are `<name>_v<version>`).
-    #[arg(long, env = "CRM_PROJECTION", default_value = "rm")]
-    pub projection: String,
 }
 
 #[derive(Debug, Clone, Args)]
