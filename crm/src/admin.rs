@@ -2,32 +2,19 @@
 //! directory), and the operations on it: `crm replay` and `crm migrate`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use infra::config::KafkaArgs;
 use infra::kafka::provision_topics;
+pub use projection_service::cli::DatabaseArgs;
 use projection_service::cli::{replay_with_progress, ProjectionArgs, ReplayArgs};
 use projection_service::{
     ensure_version, list_versions, migrate_control, EventSource, ProjectionVersion,
 };
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use crate::datadir::{self, DataDirLock};
 use crate::postgres::PrivatePostgres;
-
-/// Where the read models are.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DatabaseArgs {
-    /// PostgreSQL of the read models. Default: a private PostgreSQL cluster under
-    /// `<data-dir>/pg`, started and stopped with `crm`.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
-    /// Largest number of PostgreSQL connections of the projection.
-    #[arg(long, env = "CRM_DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
-    pub database_max_connections: u32,
-}
 
 /// The read-model database of one run.
 pub struct Store {
@@ -74,10 +61,7 @@ impl Store {
     }
 
     pub async fn pool(&self, connections: u32) -> anyhow::Result<PgPool> {
-        PgPoolOptions::new()
-            .max_connections(connections.max(2))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&self.url)
+        projection_service::cli::pool(&self.url, connections)
             .await
             .context("connecting to the read-model database")
     }

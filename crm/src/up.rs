@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use domain::policy::rfm::RfmWindow;
 use infra::config::{KafkaArgs, ProjectionArgs};
 use infra::kafka::PartitionOwnership;
-use projection_service::cli::{parse_duration, BatchArgs, PolicyArgs};
-use projection_service::{EventSource, JobOptions, ProjectionService, RunOptions};
-use sqlx::postgres::PgPoolOptions;
+use projection_service::cli::LiveArgs;
+use projection_service::{EventSource, ProjectionService, RunOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -48,18 +46,7 @@ pub struct Up {
     #[command(flatten)]
     projection: ProjectionArgs,
     #[command(flatten)]
-    batch: BatchArgs,
-    #[command(flatten)]
-    policy: PolicyArgs,
-    /// Interval of the stage-duration alert sweep, e.g. `60s`.
-    #[arg(long, env = "CRM_SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
-    sweep_interval: Duration,
-    /// Interval of the full RFM recompute, e.g. `1h`.
-    #[arg(long, env = "CRM_RFM_INTERVAL", default_value = "1h", value_parser = parse_duration)]
-    rfm_interval: Duration,
-    /// How often to recompute RFM if orders arrived since the last time.
-    #[arg(long, env = "CRM_RFM_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
-    rfm_check_interval: Duration,
+    live: LiveArgs,
     #[command(flatten)]
     auth: infra::auth::AuthArgs,
 }
@@ -116,19 +103,14 @@ impl Up {
         query_listener: TcpListener,
         projection_listener: Option<TcpListener>,
     ) -> anyhow::Result<()> {
-        let pool = PgPoolOptions::new()
-            .max_connections(self.database.database_max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&store.url)
-            .await
-            .context("connecting to the read-model database")?;
+        let pool = store.pool(self.database.database_max_connections).await?;
         let query_pool = query_service::pool(&store.url, self.query.db_connections)?;
         let side = self.command_side().await?;
         let projection = ProjectionService::start_on(
             pool.clone(),
             side.source.clone(),
             self.run_options(),
-            self.policy.clock(),
+            self.live.policy.clock(),
         )
         .context("starting the projection")?;
         let query = query_service::App::build(
@@ -260,17 +242,7 @@ impl Up {
     }
 
     fn run_options(&self) -> RunOptions {
-        let mut options = RunOptions::new(self.projection.projection.clone());
-        options.batch = self.batch.options();
-        options.jobs = JobOptions {
-            sweep_interval: self.sweep_interval.max(Duration::from_millis(10)),
-            rfm_interval: self.rfm_interval.max(Duration::from_millis(10)),
-            rfm_check_interval: self.rfm_check_interval.max(Duration::from_millis(10)),
-            thresholds: self.policy.thresholds(),
-            rfm_window: RfmWindow {
-                days: self.policy.rfm_window_days,
-            },
-        };
+        let mut options = self.live.options(&self.projection);
         options.alert_source = self.command.source.clone();
         options
     }

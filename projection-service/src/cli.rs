@@ -32,17 +32,8 @@ use crate::ProjectionVersion;
 #[derive(Debug, Parser)]
 #[command(name = "projection-service")]
 pub struct Cli {
-    /// PostgreSQL connection URL of the read models.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    pub database_url: Option<String>,
-    /// Largest number of PostgreSQL connections.
-    #[arg(
-        long,
-        env = "CRM_DATABASE_MAX_CONNECTIONS",
-        default_value_t = 8,
-        global = true
-    )]
-    pub database_max_connections: u32,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     /// Log format (`RUST_LOG` filters).
     #[arg(
         long,
@@ -70,6 +61,43 @@ pub enum Command {
     Migrate(MigrateArgs),
 }
 
+/// Where the read models are: flattened into [`Cli`] and into `crm`'s commands.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL of the read models. `crm`'s default: a private PostgreSQL cluster under
+    /// `<data-dir>/pg`, started and stopped with `crm`.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Largest number of PostgreSQL connections of the projection.
+    #[arg(
+        long,
+        env = "CRM_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 8,
+        global = true
+    )]
+    pub database_max_connections: u32,
+}
+
+/// A pool on the read models (at least two connections), as the projection runs on.
+pub async fn pool(url: &str, connections: u32) -> Result<PgPool, ServiceError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(connections.max(2))
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .map_err(crate::ProjectionError::from)?;
+    Ok(pool)
+}
+
+/// Lanes a batch is applied in: the same setting for the live service and a replay.
+#[derive(Debug, Clone, Args)]
+pub struct LanesArgs {
+    /// Lanes a batch is applied in at the same time, each with its partitions, in a
+    /// transaction and on a database connection of its own.
+    #[arg(long, env = "CRM_PROJECTION_APPLY_LANES", default_value_t = 2)]
+    pub apply_lanes: usize,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct BatchArgs {
     /// Most records applied in one transaction.
@@ -78,10 +106,8 @@ pub struct BatchArgs {
     /// Longest wait for a batch to fill, e.g. `200ms`.
     #[arg(long, env = "CRM_PROJECTION_BATCH_WAIT", default_value = "200ms", value_parser = parse_duration)]
     pub batch_wait: Duration,
-    /// Lanes a batch is applied in at the same time, each with its partitions, in a
-    /// transaction and on a database connection of its own.
-    #[arg(long, env = "CRM_PROJECTION_APPLY_LANES", default_value_t = 2)]
-    pub apply_lanes: usize,
+    #[command(flatten)]
+    pub lanes: LanesArgs,
 }
 
 /// A replay's batches: bigger than the live service's by default (fewer commits, more events
@@ -91,17 +117,15 @@ pub struct ReplayBatchArgs {
     /// Most records applied in one transaction while replaying.
     #[arg(long, env = "CRM_REPLAY_BATCH_MAX", default_value_t = REPLAY_BATCH_RECORDS)]
     pub batch_max: usize,
-    /// Lanes a batch is applied in at the same time, each with its partitions, in a
-    /// transaction and on a database connection of its own.
-    #[arg(long, env = "CRM_PROJECTION_APPLY_LANES", default_value_t = 2)]
-    pub apply_lanes: usize,
+    #[command(flatten)]
+    pub lanes: LanesArgs,
 }
 
 impl ReplayBatchArgs {
     pub fn options(&self) -> BatchOptions {
         BatchOptions {
             max_records: self.batch_max.max(1),
-            lanes: self.apply_lanes.max(1),
+            lanes: self.lanes.apply_lanes.max(1),
             ..BatchOptions::default()
         }
     }
@@ -112,7 +136,7 @@ impl BatchArgs {
         BatchOptions {
             max_records: self.batch_max.max(1),
             max_wait: self.batch_wait,
-            lanes: self.apply_lanes.max(1),
+            lanes: self.lanes.apply_lanes.max(1),
         }
     }
 }
@@ -158,6 +182,51 @@ impl PolicyArgs {
     }
 }
 
+/// How often the live projection's jobs run.
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
+    /// Interval of the stage-duration alert sweep, e.g. `60s`.
+    #[arg(long, env = "CRM_SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+    /// Interval of the full RFM recompute, e.g. `1h`.
+    #[arg(long, env = "CRM_RFM_INTERVAL", default_value = "1h", value_parser = parse_duration)]
+    pub rfm_interval: Duration,
+    /// How often to recompute RFM if orders arrived since the last time.
+    #[arg(long, env = "CRM_RFM_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub rfm_check_interval: Duration,
+}
+
+/// How the live projection runs, declared once: flattened into [`RunArgs`] and `crm up`.
+#[derive(Debug, Clone, Args)]
+pub struct LiveArgs {
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub jobs: JobArgs,
+}
+
+impl LiveArgs {
+    /// The options of the live `projection` (following its live version); the rest as
+    /// [`RunOptions::new`] sets them.
+    pub fn options(&self, projection: &ProjectionArgs) -> RunOptions {
+        let floor = Duration::from_millis(10);
+        let mut options = RunOptions::new(projection.projection.clone());
+        options.batch = self.batch.options();
+        options.jobs = JobOptions {
+            sweep_interval: self.jobs.sweep_interval.max(floor),
+            rfm_interval: self.jobs.rfm_interval.max(floor),
+            rfm_check_interval: self.jobs.rfm_check_interval.max(floor),
+            thresholds: self.policy.thresholds(),
+            rfm_window: RfmWindow {
+                days: self.policy.rfm_window_days,
+            },
+        };
+        options
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -171,18 +240,7 @@ pub struct RunArgs {
     #[arg(long, env = "CRM_PROJECTION_LISTEN", default_value = "127.0.0.1:8082")]
     pub listen: SocketAddr,
     #[command(flatten)]
-    pub batch: BatchArgs,
-    #[command(flatten)]
-    pub policy: PolicyArgs,
-    /// Interval of the stage-duration alert sweep, e.g. `60s`.
-    #[arg(long, env = "CRM_SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
-    pub sweep_interval: Duration,
-    /// Interval of the full RFM recompute, e.g. `1h`.
-    #[arg(long, env = "CRM_RFM_INTERVAL", default_value = "1h", value_parser = parse_duration)]
-    pub rfm_interval: Duration,
-    /// How often to recompute RFM if orders arrived since the last time.
-    #[arg(long, env = "CRM_RFM_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
-    pub rfm_check_interval: Duration,
+    pub live: LiveArgs,
     /// Ready (/readyz) while no assigned partition lags by more than this many records.
     #[arg(long, env = "CRM_READY_MAX_LAG", default_value_t = 1000)]
     pub ready_max_lag: i64,
@@ -255,17 +313,11 @@ fn kafka_settings(kafka: &KafkaArgs) -> Result<KafkaSettings, ServiceError> {
 }
 
 async fn connect(cli: &Cli) -> Result<PgPool, ServiceError> {
-    let url = cli
-        .database_url
-        .as_deref()
-        .ok_or_else(|| ServiceError::Config("--database-url (DATABASE_URL) is required".into()))?;
-    let pool = PgPoolOptions::new()
-        .max_connections(cli.database_max_connections.max(2))
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
-        .await
-        .map_err(crate::ProjectionError::from)?;
-    Ok(pool)
+    let url =
+        cli.database.database_url.as_deref().ok_or_else(|| {
+            ServiceError::Config("--database-url (DATABASE_URL) is required".into())
+        })?;
+    pool(url, cli.database.database_max_connections).await
 }
 
 /// Runs the command line.
@@ -328,23 +380,13 @@ async fn run(pool: PgPool, args: RunArgs) -> Result<(), ServiceError> {
         tracing::info!(?created, "topics created");
     }
     let options = RunOptions {
-        projection: args.projection.projection.clone(),
         version: args.version,
-        batch: args.batch.options(),
-        jobs: JobOptions {
-            sweep_interval: args.sweep_interval.max(Duration::from_millis(10)),
-            rfm_interval: args.rfm_interval.max(Duration::from_millis(10)),
-            rfm_check_interval: args.rfm_check_interval.max(Duration::from_millis(10)),
-            thresholds: args.policy.thresholds(),
-            rfm_window: RfmWindow {
-                days: args.policy.rfm_window_days,
-            },
-        },
         ready_max_lag: args.ready_max_lag,
         version_check_interval: args.version_check_interval.max(Duration::from_millis(10)),
         alert_source: args.alert_source.clone(),
+        ..args.live.options(&args.projection)
     };
-    let service = ProjectionService::start(pool, settings, options, args.policy.clock())?;
+    let service = ProjectionService::start(pool, settings, options, args.live.policy.clock())?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, "projection-service listening");
