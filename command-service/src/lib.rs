@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use domain::limits::BusinessTimeWindow;
 use infra::auth::{AuthArgs, AuthState, Authenticator};
-use infra::config::{BusinessTimeArgs, IdempotencyArgs, KafkaArgs, LogFormat};
+use infra::config::{BusinessTimeArgs, IdempotencyArgs, KafkaArgs, LogArgs};
 use infra::kafka::{
     provision_topics, KafkaSettings, OwnershipChange, OwnershipView, PartitionOwnership,
 };
@@ -42,9 +42,8 @@ pub struct Config {
     pub command: CommandArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// Log format.
-    #[arg(long, env = "CRM_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
 }

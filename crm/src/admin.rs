@@ -1,7 +1,7 @@
 //! The read-model store `crm` uses (a given PostgreSQL, or the private cluster of the data
 //! directory), and the operations on it: `crm replay` and `crm migrate`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context};
 use infra::config::KafkaArgs;
@@ -13,7 +13,7 @@ use projection_service::{
 };
 use sqlx::PgPool;
 
-use crate::datadir::{self, DataDirLock};
+use crate::datadir::{self, DataDirArgs, DataDirLock};
 use crate::postgres::PrivatePostgres;
 
 /// The read-model database of one run.
@@ -80,15 +80,14 @@ pub struct ReplayCmd {
     replay: ReplayArgs,
     #[command(flatten)]
     database: DatabaseArgs,
-    /// The data directory of the embedded default.
-    #[arg(long, env = "CRM_DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    data: DataDirArgs,
 }
 
 impl ReplayCmd {
     pub async fn run(self) -> anyhow::Result<()> {
         if let Some(settings) = self.replay.kafka.settings("crm-replay") {
-            let store = Store::open(&self.database, &self.data_dir, false).await?;
+            let store = Store::open(&self.database, &self.data.dir, false).await?;
             let result = async {
                 provision_topics(&settings)
                     .await
@@ -103,14 +102,14 @@ impl ReplayCmd {
             return result;
         }
         // the embedded log belongs to one process at a time
-        let Some(_lock) = DataDirLock::try_acquire(&self.data_dir)? else {
+        let Some(_lock) = DataDirLock::try_acquire(&self.data.dir)? else {
             bail!(
                 "`crm up` is running on {}: the embedded log belongs to it. Stop it, run the replay, and start it again (it serves the new version once the replay switched over). Replays beside a running platform need Kafka (--kafka-brokers)",
-                self.data_dir.display()
+                self.data.dir.display()
             );
         };
-        let topics = datadir::open_topics(&self.data_dir, self.replay.kafka.partitions)?;
-        let store = Store::open(&self.database, &self.data_dir, false).await?;
+        let topics = datadir::open_topics(&self.data.dir, self.replay.kafka.partitions)?;
+        let store = Store::open(&self.database, &self.data.dir, false).await?;
         let result = async {
             let pool = store.pool(self.database.database_max_connections).await?;
             replay_with_progress(pool, EventSource::Embedded(topics), &self.replay)
@@ -132,9 +131,8 @@ pub struct MigrateCmd {
     _kafka: KafkaArgs,
     #[command(flatten)]
     database: DatabaseArgs,
-    /// The data directory of the embedded default.
-    #[arg(long, env = "CRM_DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    data: DataDirArgs,
 }
 
 impl MigrateCmd {
@@ -142,10 +140,10 @@ impl MigrateCmd {
         // with the embedded database: beside a running `crm up` (its cluster), or alone
         let lock = match &self.database.database_url {
             Some(_) => None,
-            None => DataDirLock::try_acquire(&self.data_dir)?,
+            None => DataDirLock::try_acquire(&self.data.dir)?,
         };
         let running_elsewhere = self.database.database_url.is_none() && lock.is_none();
-        let store = Store::open(&self.database, &self.data_dir, running_elsewhere).await?;
+        let store = Store::open(&self.database, &self.data.dir, running_elsewhere).await?;
         let result = async {
             let pool = store.pool(2).await?;
             migrate(&pool, &self.projection.projection).await

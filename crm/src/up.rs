@@ -2,7 +2,6 @@
 //! and PostgreSQL or on the embedded default, until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{DatabaseArgs, Store};
-use crate::datadir::{self, DataDirLock};
+use crate::datadir::{self, DataDirArgs, DataDirLock};
 use crate::local_auth;
 
 #[derive(Debug, clap::Args)]
@@ -28,10 +27,8 @@ use crate::local_auth;
     mut_arg("event_source", |a| a.default_value("/crm")),
 )]
 pub struct Up {
-    /// Where the embedded default keeps its data: the event log (`log/`), the private
-    /// PostgreSQL (`pg/`), the local signing secret (`auth/`).
-    #[arg(long, env = "CRM_DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    data: DataDirArgs,
     #[command(flatten)]
     command: command_service::CommandArgs,
     #[command(flatten)]
@@ -62,13 +59,13 @@ impl Up {
     pub async fn run(mut self) -> anyhow::Result<()> {
         let embedded_log = self.kafka.brokers.is_none();
         let embedded_db = self.database.database_url.is_none();
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("creating {}", self.data_dir.display()))?;
-        if local_auth::use_local_secret_if_unconfigured(&mut self.auth, &self.data_dir)? {
+        std::fs::create_dir_all(&self.data.dir)
+            .with_context(|| format!("creating {}", self.data.dir.display()))?;
+        if local_auth::use_local_secret_if_unconfigured(&mut self.auth, &self.data.dir)? {
             println!(
                 "Authentication: bearer tokens signed with the secret in {}/auth; mint one with\n  crm token --data-dir {} --subject am-li --role account_manager",
-                self.data_dir.display(),
-                self.data_dir.display()
+                self.data.dir.display(),
+                self.data.dir.display()
             );
         }
         // the ports first: a port in use fails before anything starts
@@ -79,11 +76,11 @@ impl Up {
             None => None,
         };
         let _lock = if embedded_log || embedded_db {
-            Some(DataDirLock::acquire(&self.data_dir)?)
+            Some(DataDirLock::acquire(&self.data.dir)?)
         } else {
             None
         };
-        let store = Store::open(&self.database, &self.data_dir, false).await?;
+        let store = Store::open(&self.database, &self.data.dir, false).await?;
         let result = self
             .serve(
                 &store,
@@ -147,13 +144,13 @@ impl Up {
             (Some(b), Some(_)) => format!("Kafka ({b}) and PostgreSQL"),
             (Some(b), None) => format!(
                 "Kafka ({b}) and the embedded PostgreSQL in {}",
-                datadir::pg_dir(&self.data_dir).display()
+                datadir::pg_dir(&self.data.dir).display()
             ),
             (None, Some(_)) => format!(
                 "the embedded log in {} and PostgreSQL",
-                datadir::log_dir(&self.data_dir).display()
+                datadir::log_dir(&self.data.dir).display()
             ),
-            (None, None) => format!("the embedded default in {}", self.data_dir.display()),
+            (None, None) => format!("the embedded default in {}", self.data.dir.display()),
         };
         tracing::info!(%on, "running");
         println!("CRM running on {on}");
@@ -225,7 +222,7 @@ impl Up {
                 ownership: Some(ownership),
             });
         }
-        let topics = datadir::open_topics(&self.data_dir, self.kafka.partitions)?;
+        let topics = datadir::open_topics(&self.data.dir, self.kafka.partitions)?;
         let log = topics.customer_events.clone();
         let app = command_service::App::build(&self.command, log.clone(), auth)?;
         // one process owns every partition of the embedded log

@@ -111,6 +111,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// The log format, declared once for every binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log format (`RUST_LOG` filters).
+    #[arg(
+        long,
+        env = "CRM_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Starts structured logging in this format ([`init_tracing`]).
+    pub fn init_tracing(&self) {
+        init_tracing(self.log_format);
+    }
+}
+
 /// Starts structured logging (`RUST_LOG` filters, default `info`).
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

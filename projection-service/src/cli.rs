@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use domain::policy::rfm::RfmWindow;
 use domain::policy::StageThresholds;
 pub use infra::config::ProjectionArgs;
-use infra::config::{KafkaArgs, LogFormat};
+use infra::config::{KafkaArgs, LogArgs};
 use infra::kafka::{provision_topics, KafkaSettings};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -34,15 +34,8 @@ use crate::ProjectionVersion;
 pub struct Cli {
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// Log format (`RUST_LOG` filters).
-    #[arg(
-        long,
-        env = "CRM_LOG_FORMAT",
-        value_enum,
-        default_value = "text",
-        global = true
-    )]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
     #[command(subcommand)]
     pub command: Command,
 }

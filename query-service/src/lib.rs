@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use infra::auth::{AuthArgs, AuthState, Authenticator};
-use infra::config::{LogFormat, ProjectionArgs};
+use infra::config::{LogArgs, ProjectionArgs};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
@@ -57,9 +57,8 @@ pub struct Config {
     pub database_url: String,
     #[command(flatten)]
     pub projection: ProjectionArgs,
-    /// Log format.
-    #[arg(long, env = "CRM_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
 }
