@@ -88,3 +88,14 @@ fn main() -> anyhow::Result<()> {
 fn init_logs() {
     infra::config::init_tracing(infra::config::LogFormat::Text);
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The services' settings flattened into the roles make one consistent command line.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -271,3 +271,14 @@ pub async fn serve(app: Arc<App>, listen: SocketAddr, max_body_bytes: usize) -> 
         .await
         .context("serving HTTP")
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The flattened settings make one consistent command line.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Config::command().debug_assert();
+    }
+}

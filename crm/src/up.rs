@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use infra::config::{KafkaArgs, ProjectionArgs};
 use infra::kafka::PartitionOwnership;
-use projection_service::cli::LiveArgs;
+use projection_service::cli::{HealthArgs, LiveArgs};
 use projection_service::{EventSource, ProjectionService, RunOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -22,6 +22,7 @@ use crate::local_auth;
     // the services' own flags, named here beside one another
     mut_arg("command_listen", |a| a.long("command-listen")),
     mut_arg("query_listen", |a| a.long("query-listen")),
+    mut_arg("projection_listen", |a| a.long("projection-listen")),
     mut_arg("query_max_wait_ms", |a| a.long("query-max-wait-ms")),
     mut_arg("query_db_connections", |a| a.long("query-db-connections")),
     mut_arg("event_source", |a| a.default_value("/crm")),
@@ -33,9 +34,8 @@ pub struct Up {
     command: command_service::CommandArgs,
     #[command(flatten)]
     query: query_service::QueryArgs,
-    /// Address of the projection's /healthz, /readyz and /metrics (not served when absent).
-    #[arg(long, env = "CRM_PROJECTION_LISTEN")]
-    projection_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    health: HealthArgs,
     #[command(flatten)]
     kafka: KafkaArgs,
     #[command(flatten)]
@@ -71,7 +71,7 @@ impl Up {
         // the ports first: a port in use fails before anything starts
         let command_listener = bind(self.command.listen, "the command API").await?;
         let query_listener = bind(self.query.listen, "the query API").await?;
-        let projection_listener = match self.projection_listen {
+        let projection_listener = match self.health.listen {
             Some(a) => Some(bind(a, "the projection's health endpoints").await?),
             None => None,
         };
@@ -162,7 +162,7 @@ impl Up {
             "  query API    http://{}  (OpenAPI: /openapi.json)",
             self.query.listen
         );
-        if let Some(a) = self.projection_listen {
+        if let Some(a) = self.health.listen {
             println!("  projection   http://{a}/readyz");
         }
 

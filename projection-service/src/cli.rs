@@ -220,7 +220,23 @@ impl LiveArgs {
     }
 }
 
+/// Where the projection's /healthz, /readyz and /metrics are served, declared once:
+/// flattened into [`RunArgs`] (which defaults it) and `crm up` (where it is optional).
 #[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// Address of the projection's /healthz, /readyz and /metrics (`crm up`: not served
+    /// when absent).
+    #[arg(
+        id = "projection_listen",
+        long = "listen",
+        value_name = "ADDRESS",
+        env = "CRM_PROJECTION_LISTEN"
+    )]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(mut_arg("projection_listen", |a| a.default_value("127.0.0.1:8082")))]
 pub struct RunArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -229,9 +245,8 @@ pub struct RunArgs {
     /// Project this version; default: follow the live version (version 1 on first start).
     #[arg(long = "version", env = "CRM_PROJECTION_VERSION")]
     pub version: Option<i32>,
-    /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "CRM_PROJECTION_LISTEN", default_value = "127.0.0.1:8082")]
-    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub health: HealthArgs,
     #[command(flatten)]
     pub live: LiveArgs,
     /// Ready (/readyz) while no assigned partition lags by more than this many records.
@@ -380,7 +395,10 @@ async fn run(pool: PgPool, args: RunArgs) -> Result<(), ServiceError> {
         ..args.live.options(&args.projection)
     };
     let service = ProjectionService::start(pool, settings, options, args.live.policy.clock())?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let listen = args.health.listen.ok_or_else(|| {
+        ServiceError::Config("--listen (CRM_PROJECTION_LISTEN) is required".into())
+    })?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, "projection-service listening");
     let served = axum::serve(listener, service.router())
@@ -555,5 +573,16 @@ impl ProgressPrinter {
         if let Some(bar) = &self.bar {
             bar.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The flattened settings make one consistent command line.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }
