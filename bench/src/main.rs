@@ -44,11 +44,11 @@ enum Cmd {
     /// `crm replay` of the whole log: the large preset's real path on one machine.
     EmbeddedPath(up_path::EmbeddedPathArgs),
     /// (role) command-service on the given broker, every partition owned.
-    ServeCommand(serve::CommandArgs),
+    ServeCommand(serve::ServeCommandArgs),
     /// (role) projection-service following the live version.
     ServeProjection(serve::ProjectionArgs),
     /// (role) query-service.
-    ServeQuery(serve::QueryArgs),
+    ServeQuery(serve::ServeQueryArgs),
     /// (role) a full replay into a new version; prints one JSON line.
     Replay(serve::ReplayArgs),
 }
@@ -87,4 +87,15 @@ fn main() -> anyhow::Result<()> {
 /// with `RUST_LOG=warn` unless told otherwise.
 fn init_logs() {
     infra::config::init_tracing(infra::config::LogFormat::Text);
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The services' settings flattened into the roles make one consistent command line.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

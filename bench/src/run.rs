@@ -169,9 +169,8 @@ pub struct RunArgs {
     /// Override the preset's cap on the rows of the COPY baseline.
     #[arg(long)]
     pub copy_baseline_rows: Option<usize>,
-    /// The `crm` binary for the embedded default's freshness (default: beside crm-bench).
-    #[arg(long, env = "CRM_BENCH_CRM_BIN")]
-    pub crm_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub crm: crate::up::CrmBinArgs,
 }
 
 /// Everything measured, as written to the JSON file.
@@ -586,7 +585,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // ---------------------------------------------------------------- 7. the embedded default's freshness
     let t = Instant::now();
     report.freshness_embedded = match crate::up::freshness(crate::up::Embedded {
-        crm_bin: args.crm_bin.as_deref(),
+        crm_bin: args.crm.crm_bin.as_deref(),
         work: &work,
         postgres: &args.bed.postgres,
         database: &format!("{database}_up"),

@@ -2,7 +2,6 @@
 //! `serve-query`, `replay`): the harness starts its own binary in these roles so that each
 //! service's memory is its own and the HTTP clients do not share the services' runtime.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,14 +47,13 @@ impl LogArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct CommandArgs {
+pub struct ServeCommandArgs {
     #[command(flatten)]
     pub log: LogArgs,
-    #[arg(long)]
-    pub listen: SocketAddr,
-    /// How long answers to identified commands are kept (the service's default otherwise).
-    #[arg(long, value_parser = infra::config::parse_duration)]
-    pub idempotency_window: Option<Duration>,
+    /// The service's own settings, as its binary takes them (`--listen`,
+    /// `--idempotency-window`, ...).
+    #[command(flatten)]
+    pub service: command_service::CommandArgs,
     #[command(flatten)]
     pub auth: TokenArgs,
 }
@@ -89,20 +87,16 @@ impl TokenArgs {
 
 /// command-service: the real App and router; every partition assigned to this instance by
 /// hand (what the consumer group would do with one member, without the join's seconds).
-pub async fn command(args: CommandArgs) -> anyhow::Result<()> {
+pub async fn command(args: ServeCommandArgs) -> anyhow::Result<()> {
     let settings = args.log.settings("bench-command-service");
     let auth = args.auth.authenticator()?;
-    let app = command_service::App::new(
+    let app = command_service::App::build(
+        &args.service,
         Arc::new(KafkaCustomerLog {
             settings: settings.clone(),
         }),
-        "/command-service".into(),
         auth,
-        domain::limits::BusinessTimeWindow::default(),
     )?;
-    if let Some(window) = args.idempotency_window {
-        app.streams.set_idempotency_window(window);
-    }
     let all: Vec<i32> = (0..settings.partitions).collect();
     app.streams
         .assign(&all)
@@ -111,7 +105,7 @@ pub async fn command(args: CommandArgs) -> anyhow::Result<()> {
     // and the inbound topic's partitions of the same numbers, as `follow_ownership` does
     let inbound = command_service::inbound::InboundReaders::new(app.clone(), settings.clone());
     inbound.start(&all);
-    command_service::serve(app, args.listen, 16 * 1024 * 1024).await
+    command_service::serve(app, args.service.listen, args.service.max_body_bytes).await
 }
 
 #[derive(Debug, clap::Args)]
@@ -146,32 +140,35 @@ pub async fn projection(args: ProjectionArgs) -> anyhow::Result<()> {
         RunOptions::new("rm"),
         Arc::new(SystemClock),
     )?;
-    command_service::shutdown_signal().await;
+    infra::shutdown::shutdown_signal().await;
     service.shutdown().await;
     Ok(())
 }
 
 #[derive(Debug, clap::Args)]
-pub struct QueryArgs {
+pub struct ServeQueryArgs {
     #[command(flatten)]
     pub db: DbArgs,
-    #[arg(long)]
-    pub listen: SocketAddr,
+    /// The service's own settings, as its binary takes them (`--listen`, ...).
+    #[command(flatten)]
+    pub service: query_service::QueryArgs,
+    #[command(flatten)]
+    pub projection: infra::config::ProjectionArgs,
     #[command(flatten)]
     pub auth: TokenArgs,
 }
 
 /// query-service over the live version, as its binary runs it (16 connections, 2 s wait).
-pub async fn query(args: QueryArgs) -> anyhow::Result<()> {
-    let pool = query_service::pool(&args.db.database_url, 16)?;
-    let app = query_service::App::new(
+pub async fn query(args: ServeQueryArgs) -> anyhow::Result<()> {
+    let pool = query_service::pool(&args.db.database_url, args.service.db_connections)?;
+    let app = query_service::App::build(
+        &args.service,
+        &args.projection,
         pool,
-        "rm",
-        Duration::from_millis(2000),
         args.auth.authenticator()?,
     )
     .map_err(|e| anyhow::anyhow!("starting the query-service: {e}"))?;
-    query_service::serve(app, args.listen).await
+    query_service::serve(app, args.service.listen).await
 }
 
 #[derive(Debug, clap::Args)]

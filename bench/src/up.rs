@@ -19,6 +19,14 @@ use crate::procs;
 use crate::run::{fresh_database, measure_freshness, Preset, Target};
 use crate::stats::round;
 
+/// Which `crm` binary the harness starts (`run` and `up-path`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CrmBinArgs {
+    /// The `crm` binary, for `crm up` (default: beside crm-bench).
+    #[arg(long, env = "CRM_BENCH_CRM_BIN")]
+    pub crm_bin: Option<PathBuf>,
+}
+
 /// The `crm` binary: `explicit`, else beside this one (`cargo build --release -p crm-bench -p crm`
 /// puts both in the same directory).
 pub fn crm_binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {

@@ -42,9 +42,8 @@ pub struct EmbeddedPathArgs {
     /// The database (dropped and created afresh; default `crm_bench_<preset>_embedded`).
     #[arg(long)]
     pub database: Option<String>,
-    /// The `crm` binary (default: beside crm-bench).
-    #[arg(long, env = "CRM_BENCH_CRM_BIN")]
-    pub crm_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub crm: crate::up::CrmBinArgs,
     /// Where the data set and crm up's data directory go (default: the temporary directory;
     /// the large preset's log is ~12 GB).
     #[arg(long)]
@@ -107,7 +106,13 @@ pub async fn embedded_path(args: EmbeddedPathArgs) -> anyhow::Result<()> {
     phase("generate", t);
 
     let t = Instant::now();
-    let mut running = up::start(args.crm_bin.as_deref(), &work, &args.postgres, &database).await?;
+    let mut running = up::start(
+        args.crm.crm_bin.as_deref(),
+        &work,
+        &args.postgres,
+        &database,
+    )
+    .await?;
     phase("start", t);
     let ctx = Ctx {
         http: running.http.clone(),

@@ -19,8 +19,10 @@ use std::time::Duration;
 use anyhow::Context;
 use domain::limits::BusinessTimeWindow;
 use infra::auth::{AuthArgs, AuthState, Authenticator};
-use infra::config::{BusinessTimeArgs, IdempotencyArgs, KafkaArgs, LogFormat};
-use infra::kafka::{provision_topics, OwnershipChange, OwnershipView, PartitionOwnership};
+use infra::config::{BusinessTimeArgs, IdempotencyArgs, KafkaArgs, LogArgs};
+use infra::kafka::{
+    provision_topics, KafkaSettings, OwnershipChange, OwnershipView, PartitionOwnership,
+};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::inbound::InboundReaders;
@@ -36,22 +38,42 @@ use infra::log::{CustomerLog, KafkaCustomerLog};
     about = "Validates CRM commands and appends their events to Kafka"
 )]
 pub struct Config {
-    /// Address the HTTP API listens on.
-    #[arg(long, env = "CRM_COMMAND_LISTEN", default_value = "127.0.0.1:8081")]
-    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub command: CommandArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// The service's own settings, declared once: flattened into [`Config`] and into `crm up`
+/// (which names the listen address `--command-listen` and sources its events `/crm`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommandArgs {
+    /// Address the command API listens on.
+    #[arg(
+        id = "command_listen",
+        long = "listen",
+        value_name = "ADDRESS",
+        env = "CRM_COMMAND_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub listen: SocketAddr,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "CRM_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// The CloudEvents `source` of the events this instance appends.
-    #[arg(long, env = "CRM_EVENT_SOURCE", default_value = "/command-service")]
+    /// The CloudEvents `source` of the events appended (by `crm up`: and of the alerts it
+    /// publishes).
+    #[arg(
+        id = "event_source",
+        long = "source",
+        value_name = "SOURCE",
+        env = "CRM_EVENT_SOURCE",
+        default_value = "/command-service"
+    )]
     pub source: String,
-    /// Log format.
-    #[arg(long, env = "CRM_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-    #[command(flatten)]
-    pub auth: AuthArgs,
     #[command(flatten)]
     pub business_time: BusinessTimeArgs,
     #[command(flatten)]
@@ -67,6 +89,21 @@ pub struct App {
 }
 
 impl App {
+    /// The one way a host assembles the service: its settings, the log it appends to, and
+    /// who may call. The binary ([`start_on_kafka`]), `crm up` and the bench call it.
+    pub fn build(
+        args: &CommandArgs,
+        log: Arc<dyn CustomerLog>,
+        auth: Authenticator,
+    ) -> anyhow::Result<Arc<App>> {
+        let app = App::new(log, args.source.clone(), auth, args.business_time.window())?;
+        app.streams
+            .set_idempotency_window(args.idempotency.idempotency_window);
+        Ok(app)
+    }
+
+    /// The service on `log` with the default idempotency window: what [`App::build`] does
+    /// with settings given one by one (the tests' way in).
     pub fn new(
         log: Arc<dyn CustomerLog>,
         source: String,
@@ -180,27 +217,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .kafka
         .settings("command-service")
         .context("--kafka-brokers (KAFKA_BROKERS) is required")?;
-    let topics = provision_topics(&settings)
+    let auth = Authenticator::from_args(&config.auth).context("authentication settings")?;
+    let (app, ownership) = start_on_kafka(&config.command, &settings, auth).await?;
+    serve(app, config.command.listen, config.command.max_body_bytes).await?;
+    ownership.shutdown().await;
+    Ok(())
+}
+
+/// The service on Kafka, as the binary and `crm up` run it: the topics provisioned, the
+/// [`App`] built on the customer-events topic, the organisation stream followed, and the
+/// partitions this member of the command-service group is assigned taken over (with their
+/// inbound partitions). [`PartitionOwnership::shutdown`] leaves the group.
+pub async fn start_on_kafka(
+    args: &CommandArgs,
+    settings: &KafkaSettings,
+    auth: Authenticator,
+) -> anyhow::Result<(Arc<App>, PartitionOwnership)> {
+    let topics = provision_topics(settings)
         .await
         .context("provisioning topics")?;
     tracing::info!(?topics, "topics ready");
-    let auth = Authenticator::from_args(&config.auth).context("authentication settings")?;
-    let app = App::new(
+    let app = App::build(
+        args,
         Arc::new(KafkaCustomerLog {
             settings: settings.clone(),
         }),
-        config.source.clone(),
         auth,
-        config.business_time.window(),
     )?;
-    app.streams
-        .set_idempotency_window(config.idempotency.idempotency_window);
     tokio::spawn(organisation::follow_organisation(
         app.streams.clone(),
         settings.clone(),
     ));
     let (ownership, changes) =
-        PartitionOwnership::start(&settings).context("joining the command-service group")?;
+        PartitionOwnership::start(settings).context("joining the command-service group")?;
     let inbound = InboundReaders::new(app.clone(), settings.clone());
     tokio::spawn(follow_ownership(
         app.clone(),
@@ -208,10 +257,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         changes,
         ownership.view(),
     ));
-
-    serve(app, config.listen, config.max_body_bytes).await?;
-    ownership.shutdown().await;
-    Ok(())
+    Ok((app, ownership))
 }
 
 /// Serves the HTTP API until SIGINT/SIGTERM.
@@ -221,26 +267,18 @@ pub async fn serve(app: Arc<App>, listen: SocketAddr, max_body_bytes: usize) -> 
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, "command-service listening");
     axum::serve(listener, http::router(app, max_body_bytes))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(infra::shutdown::shutdown_signal())
         .await
         .context("serving HTTP")
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The flattened settings make one consistent command line.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Config::command().debug_assert();
+    }
 }

@@ -1,33 +1,20 @@
 //! The read-model store `crm` uses (a given PostgreSQL, or the private cluster of the data
 //! directory), and the operations on it: `crm replay` and `crm migrate`.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use anyhow::{bail, Context};
 use infra::config::KafkaArgs;
 use infra::kafka::provision_topics;
+pub use projection_service::cli::DatabaseArgs;
 use projection_service::cli::{replay_with_progress, ProjectionArgs, ReplayArgs};
 use projection_service::{
     ensure_version, list_versions, migrate_control, EventSource, ProjectionVersion,
 };
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-use crate::datadir::{self, DataDirLock};
+use crate::datadir::{self, DataDirArgs, DataDirLock};
 use crate::postgres::PrivatePostgres;
-
-/// Where the read models are.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DatabaseArgs {
-    /// PostgreSQL of the read models. Default: a private PostgreSQL cluster under
-    /// `<data-dir>/pg`, started and stopped with `crm`.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
-    /// Largest number of PostgreSQL connections (of the projection, and of the query API).
-    #[arg(long, env = "CRM_DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
-    pub database_max_connections: u32,
-}
 
 /// The read-model database of one run.
 pub struct Store {
@@ -74,10 +61,7 @@ impl Store {
     }
 
     pub async fn pool(&self, connections: u32) -> anyhow::Result<PgPool> {
-        PgPoolOptions::new()
-            .max_connections(connections.max(2))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&self.url)
+        projection_service::cli::pool(&self.url, connections)
             .await
             .context("connecting to the read-model database")
     }
@@ -96,15 +80,14 @@ pub struct ReplayCmd {
     replay: ReplayArgs,
     #[command(flatten)]
     database: DatabaseArgs,
-    /// The data directory of the embedded default.
-    #[arg(long, env = "CRM_DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    data: DataDirArgs,
 }
 
 impl ReplayCmd {
     pub async fn run(self) -> anyhow::Result<()> {
         if let Some(settings) = self.replay.kafka.settings("crm-replay") {
-            let store = Store::open(&self.database, &self.data_dir, false).await?;
+            let store = Store::open(&self.database, &self.data.dir, false).await?;
             let result = async {
                 provision_topics(&settings)
                     .await
@@ -119,14 +102,14 @@ impl ReplayCmd {
             return result;
         }
         // the embedded log belongs to one process at a time
-        let Some(_lock) = DataDirLock::try_acquire(&self.data_dir)? else {
+        let Some(_lock) = DataDirLock::try_acquire(&self.data.dir)? else {
             bail!(
                 "`crm up` is running on {}: the embedded log belongs to it. Stop it, run the replay, and start it again (it serves the new version once the replay switched over). Replays beside a running platform need Kafka (--kafka-brokers)",
-                self.data_dir.display()
+                self.data.dir.display()
             );
         };
-        let topics = datadir::open_topics(&self.data_dir, self.replay.kafka.partitions)?;
-        let store = Store::open(&self.database, &self.data_dir, false).await?;
+        let topics = datadir::open_topics(&self.data.dir, self.replay.kafka.partitions)?;
+        let store = Store::open(&self.database, &self.data.dir, false).await?;
         let result = async {
             let pool = store.pool(self.database.database_max_connections).await?;
             replay_with_progress(pool, EventSource::Embedded(topics), &self.replay)
@@ -148,9 +131,8 @@ pub struct MigrateCmd {
     _kafka: KafkaArgs,
     #[command(flatten)]
     database: DatabaseArgs,
-    /// The data directory of the embedded default.
-    #[arg(long, env = "CRM_DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    data: DataDirArgs,
 }
 
 impl MigrateCmd {
@@ -158,10 +140,10 @@ impl MigrateCmd {
         // with the embedded database: beside a running `crm up` (its cluster), or alone
         let lock = match &self.database.database_url {
             Some(_) => None,
-            None => DataDirLock::try_acquire(&self.data_dir)?,
+            None => DataDirLock::try_acquire(&self.data.dir)?,
         };
         let running_elsewhere = self.database.database_url.is_none() && lock.is_none();
-        let store = Store::open(&self.database, &self.data_dir, running_elsewhere).await?;
+        let store = Store::open(&self.database, &self.data.dir, running_elsewhere).await?;
         let result = async {
             let pool = store.pool(2).await?;
             migrate(&pool, &self.projection.projection).await

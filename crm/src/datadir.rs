@@ -9,6 +9,21 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use projection_service::EmbeddedTopics;
 
+/// The data directory, as every `crm` command that uses it takes it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataDirArgs {
+    /// The embedded default's data directory: the event log (`log/`), the private PostgreSQL
+    /// (`pg/`), the local signing secret (`auth/`, which also signs `crm token`'s and `crm
+    /// demo`'s tokens).
+    #[arg(
+        id = "data_dir",
+        long = "data-dir",
+        env = "CRM_DATA_DIR",
+        default_value = "data"
+    )]
+    pub dir: PathBuf,
+}
+
 /// The exclusive lock of a data directory; released on drop.
 #[derive(Debug)]
 pub struct DataDirLock {

@@ -14,12 +14,12 @@ mod local_auth;
 mod postgres;
 mod up;
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use infra::config::{init_tracing, KafkaArgs, LogFormat};
+use infra::config::{KafkaArgs, LogArgs};
 use infra::kafka::provision_topics;
+
+use crate::datadir::DataDirArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,15 +28,8 @@ use infra::kafka::provision_topics;
     about = "An event-sourced CRM: every customer touchpoint an immutable event"
 )]
 struct Cli {
-    /// Log format.
-    #[arg(
-        long,
-        env = "CRM_LOG_FORMAT",
-        value_enum,
-        default_value = "text",
-        global = true
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Commands,
 }
@@ -73,9 +66,8 @@ struct TokenArgs {
     /// Hours until it expires.
     #[arg(long, default_value_t = 12)]
     hours: u64,
-    /// The data directory whose secret signs the token.
-    #[arg(long, env = "CRM_DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    data: DataDirArgs,
     #[command(flatten)]
     auth: infra::auth::AuthArgs,
 }
@@ -97,9 +89,8 @@ struct DemoArgs {
     /// Longest wait for the read models to catch up, in seconds.
     #[arg(long, default_value_t = 600)]
     catch_up_timeout: u64,
-    /// The data directory of the running platform, whose secret signs the demo's tokens.
-    #[arg(long, env = "CRM_DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
+    #[command(flatten)]
+    data: DataDirArgs,
     #[command(flatten)]
     auth: infra::auth::AuthArgs,
 }
@@ -107,12 +98,12 @@ struct DemoArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    cli.log.init_tracing();
     match cli.command {
         Commands::Up(up) => up.run().await,
         Commands::Demo(d) => {
             let mint = |subject: &str, role: &str| {
-                local_auth::token(&d.auth, &d.data_dir, subject, &[role.to_owned()], 12)
+                local_auth::token(&d.auth, &d.data.dir, subject, &[role.to_owned()], 12)
             };
             demo::Demo {
                 command_url: d.command_url.clone(),
@@ -120,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
                 customers: d.customers,
                 seed: d.seed,
                 catch_up_timeout: std::time::Duration::from_secs(d.catch_up_timeout),
-                data_dir: d.data_dir.clone(),
+                data_dir: d.data.dir.clone(),
             }
             .run(&mint)
             .await
@@ -128,7 +119,7 @@ async fn main() -> anyhow::Result<()> {
         Commands::Token(t) => {
             println!(
                 "{}",
-                local_auth::token(&t.auth, &t.data_dir, &t.subject, &t.roles, t.hours)?
+                local_auth::token(&t.auth, &t.data.dir, &t.subject, &t.roles, t.hours)?
             );
             Ok(())
         }
@@ -146,5 +137,17 @@ async fn main() -> anyhow::Result<()> {
         }
         Commands::Replay(r) => r.run().await,
         Commands::Migrate(m) => m.run().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The services' flags flattened into `crm up` (some renamed there) make one consistent
+    /// command line: no flag twice, every renamed one present.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -2,76 +2,50 @@
 //! and PostgreSQL or on the embedded default, until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use domain::policy::rfm::RfmWindow;
-use infra::config::KafkaArgs;
-use infra::kafka::{provision_topics, PartitionOwnership};
-use infra::log::KafkaCustomerLog;
-use projection_service::cli::{parse_duration, BatchArgs, PolicyArgs};
-use projection_service::{EventSource, JobOptions, ProjectionService, RunOptions};
-use sqlx::postgres::PgPoolOptions;
+use infra::config::{KafkaArgs, ProjectionArgs};
+use infra::kafka::PartitionOwnership;
+use projection_service::cli::{HealthArgs, LiveArgs};
+use projection_service::{EventSource, ProjectionService, RunOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{DatabaseArgs, Store};
-use crate::datadir::{self, DataDirLock};
+use crate::datadir::{self, DataDirArgs, DataDirLock};
 use crate::local_auth;
 
 #[derive(Debug, clap::Args)]
+#[command(
+    // the services' own flags, named here beside one another
+    mut_arg("command_listen", |a| a.long("command-listen")),
+    mut_arg("query_listen", |a| a.long("query-listen")),
+    mut_arg("projection_listen", |a| a.long("projection-listen")),
+    mut_arg("query_max_wait_ms", |a| a.long("query-max-wait-ms")),
+    mut_arg("query_db_connections", |a| a.long("query-db-connections")),
+    mut_arg("event_source", |a| a.default_value("/crm")),
+)]
 pub struct Up {
-    /// Where the embedded default keeps its data: the event log (`log/`), the private
-    /// PostgreSQL (`pg/`), the local signing secret (`auth/`).
-    #[arg(long, env = "CRM_DATA_DIR", default_value = "data")]
-    data_dir: PathBuf,
-    /// Address of the command API.
-    #[arg(long, env = "CRM_COMMAND_LISTEN", default_value = "127.0.0.1:8081")]
-    command_listen: SocketAddr,
-    /// Address of the query API.
-    #[arg(long, env = "CRM_QUERY_LISTEN", default_value = "127.0.0.1:8082")]
-    query_listen: SocketAddr,
-    /// Address of the projection's /healthz, /readyz and /metrics (not served when absent).
-    #[arg(long, env = "CRM_PROJECTION_LISTEN")]
-    projection_listen: Option<SocketAddr>,
-    /// Largest request body accepted, in bytes.
-    #[arg(long, env = "CRM_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
-    max_body_bytes: usize,
-    /// CloudEvents `source` of the events appended.
-    #[arg(long = "source", env = "CRM_EVENT_SOURCE", default_value = "/crm")]
-    event_source: String,
+    #[command(flatten)]
+    data: DataDirArgs,
+    #[command(flatten)]
+    command: command_service::CommandArgs,
+    #[command(flatten)]
+    query: query_service::QueryArgs,
+    #[command(flatten)]
+    health: HealthArgs,
     #[command(flatten)]
     kafka: KafkaArgs,
     #[command(flatten)]
     database: DatabaseArgs,
-    /// Name of the projection (its schemas are `<name>_v<version>`); the live version is
-    /// followed and served.
-    #[arg(long, env = "CRM_PROJECTION", default_value = "rm")]
-    projection: String,
     #[command(flatten)]
-    batch: BatchArgs,
+    projection: ProjectionArgs,
     #[command(flatten)]
-    policy: PolicyArgs,
-    /// Interval of the stage-duration alert sweep, e.g. `60s`.
-    #[arg(long, env = "CRM_SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
-    sweep_interval: Duration,
-    /// Interval of the full RFM recompute, e.g. `1h`.
-    #[arg(long, env = "CRM_RFM_INTERVAL", default_value = "1h", value_parser = parse_duration)]
-    rfm_interval: Duration,
-    /// How often to recompute RFM if orders arrived since the last time.
-    #[arg(long, env = "CRM_RFM_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
-    rfm_check_interval: Duration,
-    /// Longest a query with `CRM-Min-Position` waits for the read models, in milliseconds.
-    #[arg(long, env = "CRM_QUERY_MAX_WAIT_MS", default_value_t = 2000)]
-    query_max_wait_ms: u64,
+    live: LiveArgs,
     #[command(flatten)]
     auth: infra::auth::AuthArgs,
-    #[command(flatten)]
-    business_time: infra::config::BusinessTimeArgs,
-    #[command(flatten)]
-    idempotency: infra::config::IdempotencyArgs,
 }
 
 /// What runs on the log: the command API and, on Kafka, its group membership.
@@ -85,28 +59,28 @@ impl Up {
     pub async fn run(mut self) -> anyhow::Result<()> {
         let embedded_log = self.kafka.brokers.is_none();
         let embedded_db = self.database.database_url.is_none();
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("creating {}", self.data_dir.display()))?;
-        if local_auth::use_local_secret_if_unconfigured(&mut self.auth, &self.data_dir)? {
+        std::fs::create_dir_all(&self.data.dir)
+            .with_context(|| format!("creating {}", self.data.dir.display()))?;
+        if local_auth::use_local_secret_if_unconfigured(&mut self.auth, &self.data.dir)? {
             println!(
                 "Authentication: bearer tokens signed with the secret in {}/auth; mint one with\n  crm token --data-dir {} --subject am-li --role account_manager",
-                self.data_dir.display(),
-                self.data_dir.display()
+                self.data.dir.display(),
+                self.data.dir.display()
             );
         }
         // the ports first: a port in use fails before anything starts
-        let command_listener = bind(self.command_listen, "the command API").await?;
-        let query_listener = bind(self.query_listen, "the query API").await?;
-        let projection_listener = match self.projection_listen {
+        let command_listener = bind(self.command.listen, "the command API").await?;
+        let query_listener = bind(self.query.listen, "the query API").await?;
+        let projection_listener = match self.health.listen {
             Some(a) => Some(bind(a, "the projection's health endpoints").await?),
             None => None,
         };
         let _lock = if embedded_log || embedded_db {
-            Some(DataDirLock::acquire(&self.data_dir)?)
+            Some(DataDirLock::acquire(&self.data.dir)?)
         } else {
             None
         };
-        let store = Store::open(&self.database, &self.data_dir, false).await?;
+        let store = Store::open(&self.database, &self.data.dir, false).await?;
         let result = self
             .serve(
                 &store,
@@ -126,25 +100,20 @@ impl Up {
         query_listener: TcpListener,
         projection_listener: Option<TcpListener>,
     ) -> anyhow::Result<()> {
-        let pool = PgPoolOptions::new()
-            .max_connections(self.database.database_max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&store.url)
-            .await
-            .context("connecting to the read-model database")?;
-        let query_pool = query_service::pool(&store.url, self.database.database_max_connections)?;
+        let pool = store.pool(self.database.database_max_connections).await?;
+        let query_pool = query_service::pool(&store.url, self.query.db_connections)?;
         let side = self.command_side().await?;
         let projection = ProjectionService::start_on(
             pool.clone(),
             side.source.clone(),
             self.run_options(),
-            self.policy.clock(),
+            self.live.policy.clock(),
         )
         .context("starting the projection")?;
-        let query = query_service::App::new(
+        let query = query_service::App::build(
+            &self.query,
+            &self.projection,
             query_pool.clone(),
-            self.projection.clone(),
-            Duration::from_millis(self.query_max_wait_ms),
             infra::auth::Authenticator::from_args(&self.auth).context("authentication settings")?,
         )
         .context("starting the query API")?;
@@ -154,7 +123,7 @@ impl Up {
         servers.push(spawn_server(
             "command API",
             command_listener,
-            command_service::http::router(side.app.clone(), self.max_body_bytes),
+            command_service::http::router(side.app.clone(), self.command.max_body_bytes),
             stop_rx.clone(),
         ));
         servers.push(spawn_server(
@@ -175,25 +144,25 @@ impl Up {
             (Some(b), Some(_)) => format!("Kafka ({b}) and PostgreSQL"),
             (Some(b), None) => format!(
                 "Kafka ({b}) and the embedded PostgreSQL in {}",
-                datadir::pg_dir(&self.data_dir).display()
+                datadir::pg_dir(&self.data.dir).display()
             ),
             (None, Some(_)) => format!(
                 "the embedded log in {} and PostgreSQL",
-                datadir::log_dir(&self.data_dir).display()
+                datadir::log_dir(&self.data.dir).display()
             ),
-            (None, None) => format!("the embedded default in {}", self.data_dir.display()),
+            (None, None) => format!("the embedded default in {}", self.data.dir.display()),
         };
         tracing::info!(%on, "running");
         println!("CRM running on {on}");
         println!(
             "  command API  http://{}  (OpenAPI: /openapi.json)",
-            self.command_listen
+            self.command.listen
         );
         println!(
             "  query API    http://{}  (OpenAPI: /openapi.json)",
-            self.query_listen
+            self.query.listen
         );
-        if let Some(a) = self.projection_listen {
+        if let Some(a) = self.health.listen {
             println!("  projection   http://{a}/readyz");
         }
 
@@ -216,7 +185,7 @@ impl Up {
         }
         drop(failed_tx);
         let failure = tokio::select! {
-            _ = command_service::shutdown_signal() => {
+            _ = infra::shutdown::shutdown_signal() => {
                 tracing::info!("shutting down");
                 None
             }
@@ -245,50 +214,17 @@ impl Up {
         let auth =
             infra::auth::Authenticator::from_args(&self.auth).context("authentication settings")?;
         if let Some(settings) = self.kafka.settings("crm") {
-            let topics = provision_topics(&settings)
-                .await
-                .context("provisioning topics")?;
-            tracing::info!(?topics, "topics ready");
-            let app = command_service::App::new(
-                Arc::new(KafkaCustomerLog {
-                    settings: settings.clone(),
-                }),
-                self.event_source.clone(),
-                auth,
-                self.business_time.window(),
-            )?;
-            app.streams
-                .set_idempotency_window(self.idempotency.idempotency_window);
-            tokio::spawn(command_service::organisation::follow_organisation(
-                app.streams.clone(),
-                settings.clone(),
-            ));
-            let (ownership, changes) = PartitionOwnership::start(&settings)
-                .context("joining the command-service group")?;
-            let inbound =
-                command_service::inbound::InboundReaders::new(app.clone(), settings.clone());
-            tokio::spawn(command_service::follow_ownership(
-                app.clone(),
-                inbound,
-                changes,
-                ownership.view(),
-            ));
+            let (app, ownership) =
+                command_service::start_on_kafka(&self.command, &settings, auth).await?;
             return Ok(CommandSide {
                 app,
                 source: EventSource::Kafka(settings),
                 ownership: Some(ownership),
             });
         }
-        let topics = datadir::open_topics(&self.data_dir, self.kafka.partitions)?;
+        let topics = datadir::open_topics(&self.data.dir, self.kafka.partitions)?;
         let log = topics.customer_events.clone();
-        let app = command_service::App::new(
-            log.clone(),
-            self.event_source.clone(),
-            auth,
-            self.business_time.window(),
-        )?;
-        app.streams
-            .set_idempotency_window(self.idempotency.idempotency_window);
+        let app = command_service::App::build(&self.command, log.clone(), auth)?;
         // one process owns every partition of the embedded log
         let all: Vec<i32> = (0..infra::log::CustomerLog::partitions(log.as_ref())).collect();
         app.streams
@@ -303,18 +239,8 @@ impl Up {
     }
 
     fn run_options(&self) -> RunOptions {
-        let mut options = RunOptions::new(self.projection.clone());
-        options.batch = self.batch.options();
-        options.jobs = JobOptions {
-            sweep_interval: self.sweep_interval.max(Duration::from_millis(10)),
-            rfm_interval: self.rfm_interval.max(Duration::from_millis(10)),
-            rfm_check_interval: self.rfm_check_interval.max(Duration::from_millis(10)),
-            thresholds: self.policy.thresholds(),
-            rfm_window: RfmWindow {
-                days: self.policy.rfm_window_days,
-            },
-        };
-        options.alert_source = self.event_source.clone();
+        let mut options = self.live.options(&self.projection);
+        options.alert_source = self.command.source.clone();
         options
     }
 }

@@ -38,6 +38,15 @@ impl KafkaArgs {
     }
 }
 
+/// Which projection: the one projection-service builds and query-service serves.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProjectionArgs {
+    /// Name of the projection (its schemas are `<name>_v<version>`); the live version is
+    /// followed and served.
+    #[arg(long, env = "CRM_PROJECTION", default_value = "rm")]
+    pub projection: String,
+}
+
 /// Where business time (a command's `occurred_at`) may fall: commands outside are refused
 /// with a problem naming `occurred_at`.
 #[derive(Debug, Clone, clap::Args)]
@@ -100,6 +109,27 @@ pub struct IdempotencyArgs {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// The log format, declared once for every binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log format (`RUST_LOG` filters).
+    #[arg(
+        long,
+        env = "CRM_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Starts structured logging in this format ([`init_tracing`]).
+    pub fn init_tracing(&self) {
+        init_tracing(self.log_format);
+    }
 }
 
 /// Starts structured logging (`RUST_LOG` filters, default `info`).

@@ -3,7 +3,7 @@
 //!
 //! The event log (`kafka`, `log`, `embedded` and `config::KafkaArgs`) comes with the `kafka`
 //! feature, on by default; without it infra is the HTTP side only (auth, problems, headers,
-//! config), which is all query-service needs.
+//! config, the shutdown signal), which is all query-service needs.
 
 pub mod auth;
 pub mod config;
@@ -15,6 +15,7 @@ pub mod kafka;
 #[cfg(feature = "kafka")]
 pub mod log;
 pub mod problem;
+pub mod shutdown;
 
 use serde::{Deserialize, Serialize};
 

@@ -10,7 +10,8 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use domain::policy::rfm::RfmWindow;
 use domain::policy::StageThresholds;
-use infra::config::{KafkaArgs, LogFormat};
+pub use infra::config::ProjectionArgs;
+use infra::config::{KafkaArgs, LogArgs};
 use infra::kafka::{provision_topics, KafkaSettings};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -31,26 +32,10 @@ use crate::ProjectionVersion;
 #[derive(Debug, Parser)]
 #[command(name = "projection-service")]
 pub struct Cli {
-    /// PostgreSQL connection URL of the read models.
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
-    pub database_url: Option<String>,
-    /// Largest number of PostgreSQL connections.
-    #[arg(
-        long,
-        env = "CRM_DATABASE_MAX_CONNECTIONS",
-        default_value_t = 8,
-        global = true
-    )]
-    pub database_max_connections: u32,
-    /// Log format (`RUST_LOG` filters).
-    #[arg(
-        long,
-        env = "CRM_LOG_FORMAT",
-        value_enum,
-        default_value = "text",
-        global = true
-    )]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -69,11 +54,41 @@ pub enum Command {
     Migrate(MigrateArgs),
 }
 
+/// Where the read models are: flattened into [`Cli`] and into `crm`'s commands.
 #[derive(Debug, Clone, Args)]
-pub struct ProjectionArgs {
-    /// Name of the projection (its schemas are `<name>_v<version>`).
-    #[arg(long, env = "CRM_PROJECTION", default_value = "rm")]
-    pub projection: String,
+pub struct DatabaseArgs {
+    /// PostgreSQL of the read models. `crm`'s default: a private PostgreSQL cluster under
+    /// `<data-dir>/pg`, started and stopped with `crm`.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Largest number of PostgreSQL connections of the projection.
+    #[arg(
+        long,
+        env = "CRM_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 8,
+        global = true
+    )]
+    pub database_max_connections: u32,
+}
+
+/// A pool on the read models (at least two connections), as the projection runs on.
+pub async fn pool(url: &str, connections: u32) -> Result<PgPool, ServiceError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(connections.max(2))
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .map_err(crate::ProjectionError::from)?;
+    Ok(pool)
+}
+
+/// Lanes a batch is applied in: the same setting for the live service and a replay.
+#[derive(Debug, Clone, Args)]
+pub struct LanesArgs {
+    /// Lanes a batch is applied in at the same time, each with its partitions, in a
+    /// transaction and on a database connection of its own.
+    #[arg(long, env = "CRM_PROJECTION_APPLY_LANES", default_value_t = 2)]
+    pub apply_lanes: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -84,10 +99,8 @@ pub struct BatchArgs {
     /// Longest wait for a batch to fill, e.g. `200ms`.
     #[arg(long, env = "CRM_PROJECTION_BATCH_WAIT", default_value = "200ms", value_parser = parse_duration)]
     pub batch_wait: Duration,
-    /// Lanes a batch is applied in at the same time, each with its partitions, in a
-    /// transaction and on a database connection of its own.
-    #[arg(long, env = "CRM_PROJECTION_APPLY_LANES", default_value_t = 2)]
-    pub apply_lanes: usize,
+    #[command(flatten)]
+    pub lanes: LanesArgs,
 }
 
 /// A replay's batches: bigger than the live service's by default (fewer commits, more events
@@ -97,17 +110,15 @@ pub struct ReplayBatchArgs {
     /// Most records applied in one transaction while replaying.
     #[arg(long, env = "CRM_REPLAY_BATCH_MAX", default_value_t = REPLAY_BATCH_RECORDS)]
     pub batch_max: usize,
-    /// Lanes a batch is applied in at the same time, each with its partitions, in a
-    /// transaction and on a database connection of its own.
-    #[arg(long, env = "CRM_PROJECTION_APPLY_LANES", default_value_t = 2)]
-    pub apply_lanes: usize,
+    #[command(flatten)]
+    pub lanes: LanesArgs,
 }
 
 impl ReplayBatchArgs {
     pub fn options(&self) -> BatchOptions {
         BatchOptions {
             max_records: self.batch_max.max(1),
-            lanes: self.apply_lanes.max(1),
+            lanes: self.lanes.apply_lanes.max(1),
             ..BatchOptions::default()
         }
     }
@@ -118,7 +129,7 @@ impl BatchArgs {
         BatchOptions {
             max_records: self.batch_max.max(1),
             max_wait: self.batch_wait,
-            lanes: self.apply_lanes.max(1),
+            lanes: self.lanes.apply_lanes.max(1),
         }
     }
 }
@@ -164,22 +175,9 @@ impl PolicyArgs {
     }
 }
 
+/// How often the live projection's jobs run.
 #[derive(Debug, Clone, Args)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub projection: ProjectionArgs,
-    /// Project this version; default: follow the live version (version 1 on first start).
-    #[arg(long = "version", env = "CRM_PROJECTION_VERSION")]
-    pub version: Option<i32>,
-    /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "CRM_PROJECTION_LISTEN", default_value = "127.0.0.1:8082")]
-    pub listen: SocketAddr,
-    #[command(flatten)]
-    pub batch: BatchArgs,
-    #[command(flatten)]
-    pub policy: PolicyArgs,
+pub struct JobArgs {
     /// Interval of the stage-duration alert sweep, e.g. `60s`.
     #[arg(long, env = "CRM_SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
@@ -189,6 +187,68 @@ pub struct RunArgs {
     /// How often to recompute RFM if orders arrived since the last time.
     #[arg(long, env = "CRM_RFM_CHECK_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub rfm_check_interval: Duration,
+}
+
+/// How the live projection runs, declared once: flattened into [`RunArgs`] and `crm up`.
+#[derive(Debug, Clone, Args)]
+pub struct LiveArgs {
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub jobs: JobArgs,
+}
+
+impl LiveArgs {
+    /// The options of the live `projection` (following its live version); the rest as
+    /// [`RunOptions::new`] sets them.
+    pub fn options(&self, projection: &ProjectionArgs) -> RunOptions {
+        let floor = Duration::from_millis(10);
+        let mut options = RunOptions::new(projection.projection.clone());
+        options.batch = self.batch.options();
+        options.jobs = JobOptions {
+            sweep_interval: self.jobs.sweep_interval.max(floor),
+            rfm_interval: self.jobs.rfm_interval.max(floor),
+            rfm_check_interval: self.jobs.rfm_check_interval.max(floor),
+            thresholds: self.policy.thresholds(),
+            rfm_window: RfmWindow {
+                days: self.policy.rfm_window_days,
+            },
+        };
+        options
+    }
+}
+
+/// Where the projection's /healthz, /readyz and /metrics are served, declared once:
+/// flattened into [`RunArgs`] (which defaults it) and `crm up` (where it is optional).
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// Address of the projection's /healthz, /readyz and /metrics (`crm up`: not served
+    /// when absent).
+    #[arg(
+        id = "projection_listen",
+        long = "listen",
+        value_name = "ADDRESS",
+        env = "CRM_PROJECTION_LISTEN"
+    )]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(mut_arg("projection_listen", |a| a.default_value("127.0.0.1:8082")))]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub projection: ProjectionArgs,
+    /// Project this version; default: follow the live version (version 1 on first start).
+    #[arg(long = "version", env = "CRM_PROJECTION_VERSION")]
+    pub version: Option<i32>,
+    #[command(flatten)]
+    pub health: HealthArgs,
+    #[command(flatten)]
+    pub live: LiveArgs,
     /// Ready (/readyz) while no assigned partition lags by more than this many records.
     #[arg(long, env = "CRM_READY_MAX_LAG", default_value_t = 1000)]
     pub ready_max_lag: i64,
@@ -261,17 +321,11 @@ fn kafka_settings(kafka: &KafkaArgs) -> Result<KafkaSettings, ServiceError> {
 }
 
 async fn connect(cli: &Cli) -> Result<PgPool, ServiceError> {
-    let url = cli
-        .database_url
-        .as_deref()
-        .ok_or_else(|| ServiceError::Config("--database-url (DATABASE_URL) is required".into()))?;
-    let pool = PgPoolOptions::new()
-        .max_connections(cli.database_max_connections.max(2))
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
-        .await
-        .map_err(crate::ProjectionError::from)?;
-    Ok(pool)
+    let url =
+        cli.database.database_url.as_deref().ok_or_else(|| {
+            ServiceError::Config("--database-url (DATABASE_URL) is required".into())
+        })?;
+    pool(url, cli.database.database_max_connections).await
 }
 
 /// Runs the command line.
@@ -334,28 +388,21 @@ async fn run(pool: PgPool, args: RunArgs) -> Result<(), ServiceError> {
         tracing::info!(?created, "topics created");
     }
     let options = RunOptions {
-        projection: args.projection.projection.clone(),
         version: args.version,
-        batch: args.batch.options(),
-        jobs: JobOptions {
-            sweep_interval: args.sweep_interval.max(Duration::from_millis(10)),
-            rfm_interval: args.rfm_interval.max(Duration::from_millis(10)),
-            rfm_check_interval: args.rfm_check_interval.max(Duration::from_millis(10)),
-            thresholds: args.policy.thresholds(),
-            rfm_window: RfmWindow {
-                days: args.policy.rfm_window_days,
-            },
-        },
         ready_max_lag: args.ready_max_lag,
         version_check_interval: args.version_check_interval.max(Duration::from_millis(10)),
         alert_source: args.alert_source.clone(),
+        ..args.live.options(&args.projection)
     };
-    let service = ProjectionService::start(pool, settings, options, args.policy.clock())?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let service = ProjectionService::start(pool, settings, options, args.live.policy.clock())?;
+    let listen = args.health.listen.ok_or_else(|| {
+        ServiceError::Config("--listen (CRM_PROJECTION_LISTEN) is required".into())
+    })?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, "projection-service listening");
     let served = axum::serve(listener, service.router())
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(infra::shutdown::shutdown_signal())
         .await;
     service.shutdown().await;
     served?;
@@ -529,24 +576,13 @@ impl ProgressPrinter {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The flattened settings make one consistent command line.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

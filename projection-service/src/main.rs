@@ -6,7 +6,7 @@ use projection_service::cli::{self, Cli};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    infra::config::init_tracing(cli.log_format);
+    cli.log.init_tracing();
     match cli::main(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

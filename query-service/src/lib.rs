@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use infra::auth::{AuthArgs, AuthState, Authenticator};
-use infra::config::LogFormat;
+use infra::config::{LogArgs, ProjectionArgs};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
@@ -50,26 +50,50 @@ use crate::metrics::Metrics;
     about = "Serves the CRM read models over HTTP"
 )]
 pub struct Config {
-    /// Address the HTTP API listens on.
-    #[arg(long, env = "CRM_QUERY_LISTEN", default_value = "127.0.0.1:8082")]
-    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub query: QueryArgs,
     /// PostgreSQL holding the read models (written by the projection-service).
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
-    /// The projection whose live version is served.
-    #[arg(long, env = "CRM_PROJECTION", default_value = "rm")]
-    pub projection: String,
-    /// Longest a request with `CRM-Min-Position` waits for the read model, in milliseconds.
-    #[arg(long, env = "CRM_QUERY_MAX_WAIT_MS", default_value_t = 2000)]
-    pub max_wait_ms: u64,
-    /// Connections to PostgreSQL.
-    #[arg(long, env = "CRM_QUERY_DB_CONNECTIONS", default_value_t = 16)]
-    pub db_connections: u32,
-    /// Log format.
-    #[arg(long, env = "CRM_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub projection: ProjectionArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
     #[command(flatten)]
     pub auth: AuthArgs,
+}
+
+/// The service's own settings, declared once: flattened into [`Config`] and into `crm up`
+/// (which names them `--query-listen`, `--query-max-wait-ms`, `--query-db-connections`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct QueryArgs {
+    /// Address the query API listens on.
+    #[arg(
+        id = "query_listen",
+        long = "listen",
+        value_name = "ADDRESS",
+        env = "CRM_QUERY_LISTEN",
+        default_value = "127.0.0.1:8082"
+    )]
+    pub listen: SocketAddr,
+    /// Longest a request with `CRM-Min-Position` waits for the read model, in milliseconds.
+    #[arg(
+        id = "query_max_wait_ms",
+        long = "max-wait-ms",
+        value_name = "MAX_WAIT_MS",
+        env = "CRM_QUERY_MAX_WAIT_MS",
+        default_value_t = 2000
+    )]
+    pub max_wait_ms: u64,
+    /// Connections of the query API to PostgreSQL.
+    #[arg(
+        id = "query_db_connections",
+        long = "db-connections",
+        value_name = "DB_CONNECTIONS",
+        env = "CRM_QUERY_DB_CONNECTIONS",
+        default_value_t = 16
+    )]
+    pub db_connections: u32,
 }
 
 /// The running service: what every handler can reach.
@@ -93,7 +117,25 @@ impl AuthState for App {
 }
 
 impl App {
-    /// `auth` authenticates every request but the open paths; see [`Authenticator::from_args`].
+    /// The one way a host assembles the service: its settings, the projection it serves, a
+    /// pool on the read models ([`pool`]) and who may call. The binary, `crm up` and the
+    /// bench call it.
+    pub fn build(
+        args: &QueryArgs,
+        projection: &ProjectionArgs,
+        pool: PgPool,
+        auth: Authenticator,
+    ) -> Result<Arc<App>> {
+        App::new(
+            pool,
+            projection.projection.clone(),
+            Duration::from_millis(args.max_wait_ms),
+            auth,
+        )
+    }
+
+    /// [`App::build`] with the settings given one by one (the tests' way in). `auth`
+    /// authenticates every request but the open paths; see [`Authenticator::from_args`].
     pub fn new(
         pool: PgPool,
         projection: impl Into<String>,
@@ -151,15 +193,10 @@ pub fn pool(database_url: &str, connections: u32) -> anyhow::Result<PgPool> {
 /// Runs the query-service until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let auth = Authenticator::from_args(&config.auth).context("authentication settings")?;
-    let pool = pool(&config.database_url, config.db_connections)?;
-    let app = App::new(
-        pool,
-        config.projection.clone(),
-        Duration::from_millis(config.max_wait_ms),
-        auth,
-    )
-    .context("starting the query-service")?;
-    serve(app, config.listen).await
+    let pool = pool(&config.database_url, config.query.db_connections)?;
+    let app = App::build(&config.query, &config.projection, pool, auth)
+        .context("starting the query-service")?;
+    serve(app, config.query.listen).await
 }
 
 /// Serves the HTTP API until SIGINT/SIGTERM.
@@ -169,26 +206,18 @@ pub async fn serve(app: Arc<App>, listen: SocketAddr) -> anyhow::Result<()> {
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, projection = %app.projection, "query-service listening");
     axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(infra::shutdown::shutdown_signal())
         .await
         .context("serving HTTP")
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The flattened settings make one consistent command line.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Config::command().debug_assert();
+    }
 }

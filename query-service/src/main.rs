@@ -3,6 +3,6 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = query_service::Config::parse();
-    infra::config::init_tracing(config.log_format);
+    config.log.init_tracing();
     query_service::run(config).await
 }
