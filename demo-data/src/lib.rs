@@ -11,7 +11,7 @@ pub struct Rng(pub u64);
 
 impl Rng {
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -24,7 +24,7 @@ impl Rng {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.next_u64() % n
         }
     }
 
@@ -41,7 +41,7 @@ impl Rng {
 
     /// A UUID made of two draws (v4-shaped, deterministic).
     pub fn uuid(&mut self) -> Uuid {
-        let bytes = ((self.next() as u128) << 64 | self.next() as u128).to_be_bytes();
+        let bytes = ((self.next_u64() as u128) << 64 | self.next_u64() as u128).to_be_bytes();
         uuid::Builder::from_random_bytes(bytes).into_uuid()
     }
 }
@@ -161,7 +161,7 @@ mod tests {
     fn the_same_seed_gives_the_same_draws() {
         let (mut a, mut b) = (Rng(42), Rng(42));
         for _ in 0..100 {
-            assert_eq!(a.next(), b.next());
+            assert_eq!(a.next_u64(), b.next_u64());
         }
         assert_eq!(a.uuid(), b.uuid());
         assert_eq!(
