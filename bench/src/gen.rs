@@ -2,87 +2,18 @@
 //! HTTP requests so that loading it can be timed apart from generating it. Each customer gets a
 //! script of single commands (register, contacts, orders, opportunities along the funnel,
 //! service requests, complaints, churn cases) that must run in order, and a list of touchpoints
-//! for the batch endpoint. Deterministic for a given seed.
+//! for the batch endpoint. Deterministic for a given seed. The random number generator, the
+//! tables and the touchpoint mix are `crm-demo-data`'s, the demo's own.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-/// SplitMix64: small, fast, deterministic.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    pub fn pick<T: Copy>(&mut self, items: &[T]) -> Option<T> {
-        let n = items.len() as u64;
-        items.get(self.below(n) as usize).copied()
-    }
-    pub fn uuid(&mut self) -> Uuid {
-        let bytes = ((self.next() as u128) << 64 | self.next() as u128).to_be_bytes();
-        uuid::Builder::from_random_bytes(bytes).into_uuid()
-    }
-}
-
-const CITIES: &[(&str, &str)] = &[
-    ("上海", "华东"),
-    ("杭州", "华东"),
-    ("南京", "华东"),
-    ("北京", "华北"),
-    ("天津", "华北"),
-    ("广州", "华南"),
-    ("深圳", "华南"),
-    ("成都", "西南"),
-    ("武汉", "华中"),
-    ("西安", "西北"),
-];
-const TRADES: &[(&str, &str)] = &[
-    ("贸易", "wholesale"),
-    ("科技", "software"),
-    ("精密机械", "machinery"),
-    ("食品", "food"),
-    ("物流", "logistics"),
-    ("医药", "pharma"),
-    ("建材", "construction"),
-];
-const NAMES: &[&str] = &[
-    "恒远", "明光", "远景", "华信", "新天", "金桥", "瑞丰", "东方", "长城", "嘉禾", "宏达", "博远",
-];
-const PEOPLE: &[&str] = &[
-    "王芳", "李伟", "张敏", "刘洋", "陈静", "杨帆", "赵磊", "黄丽", "周强", "吴婷",
-];
-const OWNERS: &[&str] = &["am-li", "am-zhao", "am-chen", "am-wang", "am-liu"];
-const LEVELS: &[&str] = &[
-    "ordinary",
-    "ordinary",
-    "ordinary",
-    "large",
-    "key",
-    "cooperation_partner",
-    "strategic_partner",
-];
-const PRODUCTS: &[(&str, i64)] = &[
-    ("激光打印机", 320_000),
-    ("复印机", 1_250_000),
-    ("碎纸机", 85_000),
-    ("投影仪", 460_000),
-    ("硒鼓", 42_000),
-];
+pub use crm_demo_data::{touchpoint, Rng};
+use crm_demo_data::{
+    CHURN_REASONS, CITIES, COMPLAINT_CATEGORIES, LEVELS, LOST_REASONS, NAMES, OPPORTUNITY_SOURCES,
+    OWNERS, PEOPLE, POSITIONS, PRODUCTS, SERVICE_KINDS, TRADES,
+};
 
 /// One HTTP command.
 #[derive(Debug, Clone)]
@@ -100,31 +31,6 @@ pub struct Script {
     pub commands: Vec<Request>,
     /// Items of `/v1/touchpoints:batch`.
     pub touchpoints: Vec<Value>,
-}
-
-/// A touchpoint on a random channel (the demo's mix).
-pub fn touchpoint(rng: &mut Rng, city: &str, contact: Option<Uuid>) -> Value {
-    let dir = |rng: &mut Rng| rng.pick(&["inbound", "outbound"]).unwrap_or("inbound");
-    let channel = match rng.below(6) {
-        0 => {
-            json!({"kind": "phone_call", "direction": dir(rng), "duration_seconds": 30 + rng.below(900),
-                    "wait_seconds": rng.below(120),
-                    "outcome": rng.pick(&["answered", "answered", "answered", "no_answer", "voicemail"]).unwrap_or("answered")})
-        }
-        1 => json!({"kind": "email", "direction": dir(rng),
-                    "subject": rng.pick(&["报价", "合同", "发票", "售后"]).unwrap_or("报价")}),
-        2 => json!({"kind": "visit", "place": format!("{city}客户办公室")}),
-        3 => json!({"kind": "wechat", "direction": dir(rng)}),
-        4 => json!({"kind": "web_form", "form": "contact-us"}),
-        _ => json!({"kind": "fax_letter", "direction": "inbound"}),
-    };
-    let summary = rng
-        .pick(&["询价", "跟进", "投诉回访", "产品咨询", "节日问候"])
-        .unwrap_or("跟进");
-    match contact {
-        Some(c) => json!({"channel": channel, "summary": summary, "contact_id": c}),
-        None => json!({"channel": channel, "summary": summary}),
-    }
 }
 
 struct Builder {
@@ -239,10 +145,15 @@ impl Generator {
         for _ in 0..1 + rng.below(3) {
             let contact = rng.uuid();
             contacts.push(contact);
-            b.push(M::POST, "/contacts", json!({"contact_id": contact,
+            b.push(
+                M::POST,
+                "/contacts",
+                json!({"contact_id": contact,
                 "contact": {"name": rng.pick(PEOPLE).unwrap_or("王芳"),
-                            "position": rng.pick(&["采购经理", "总经理", "财务主管", "行政"]).unwrap_or("行政"),
-                            "mobile": format!("139{:08}", rng.below(100_000_000))}}), since);
+                            "position": rng.pick(POSITIONS).unwrap_or("行政"),
+                            "mobile": format!("139{:08}", rng.below(100_000_000))}}),
+                since,
+            );
         }
         let active_days = (now - since).num_days().max(1) as u64;
         let churning = rng.chance(15);
@@ -281,7 +192,7 @@ impl Generator {
             let o = rng.uuid();
             let mut at = since + TimeDelta::days(rng.below(active_days) as i64);
             b.push(M::POST, "/opportunities", json!({"opportunity_id": o,
-                "source": rng.pick(&["referral", "campaign", "inbound_call", "trade_show"]).unwrap_or("referral"),
+                "source": rng.pick(OPPORTUNITY_SOURCES).unwrap_or("referral"),
                 "title": format!("{}采购", rng.pick(PRODUCTS).map(|p| p.0).unwrap_or("硒鼓")),
                 "value": {"amount": 100_000 * (1 + rng.below(200)) as i64, "currency": "CNY"},
                 "probability": 10 + rng.below(30), "expected_close": (at + TimeDelta::days(90)).date_naive()}), at);
@@ -316,7 +227,7 @@ impl Generator {
                     1 => b.push(
                         M::POST,
                         &format!("/opportunities/{o}/lost"),
-                        json!({"reason": rng.pick(&["价格过高", "选择了竞争对手", "预算取消"]).unwrap_or("价格过高")}),
+                        json!({"reason": rng.pick(LOST_REASONS).unwrap_or("价格过高")}),
                         at,
                     ),
                     _ => {}
@@ -326,9 +237,14 @@ impl Generator {
         for _ in 0..rng.below(3) {
             let s = rng.uuid();
             let mut at = since + TimeDelta::days(rng.below(active_days) as i64);
-            b.push(M::POST, "/service-requests", json!({"service_request_id": s,
-                "kind": rng.pick(&["consultation", "complaint", "suggestion"]).unwrap_or("consultation"),
-                "summary": "售后服务", "request": "设备故障，请派人维修"}), at);
+            b.push(
+                M::POST,
+                "/service-requests",
+                json!({"service_request_id": s,
+                "kind": rng.pick(SERVICE_KINDS).unwrap_or("consultation"),
+                "summary": "售后服务", "request": "设备故障，请派人维修"}),
+                at,
+            );
             at += TimeDelta::hours(2);
             b.push(
                 M::PUT,
@@ -364,12 +280,7 @@ impl Generator {
             let k = rng.uuid();
             let at = since + TimeDelta::days(rng.below(active_days) as i64);
             let (category, sub) = rng
-                .pick(&[
-                    ("product", "quality"),
-                    ("product", "price"),
-                    ("staff", "attitude"),
-                    ("service", "fees"),
-                ])
+                .pick(COMPLAINT_CATEGORIES)
                 .unwrap_or(("product", "quality"));
             b.push(
                 M::POST,
@@ -408,9 +319,12 @@ impl Generator {
                 at + TimeDelta::days(3),
             );
             match rng.below(3) {
-                0 => b.push(M::POST, "/churn/confirmation",
-                    json!({"reason": rng.pick(&["转向竞争对手", "公司倒闭", "需求消失"]).unwrap_or("需求消失")}),
-                    at + TimeDelta::days(10)),
+                0 => b.push(
+                    M::POST,
+                    "/churn/confirmation",
+                    json!({"reason": rng.pick(CHURN_REASONS).unwrap_or("需求消失")}),
+                    at + TimeDelta::days(10),
+                ),
                 1 => b.push(
                     M::POST,
                     "/churn/reactivation",

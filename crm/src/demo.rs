@@ -9,83 +9,11 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, TimeDelta, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
-use uuid::Uuid;
 
-/// SplitMix64: small, fast, deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-    fn uuid(&mut self) -> Uuid {
-        // v7-shaped, deterministic
-        let bytes = ((self.next() as u128) << 64 | self.next() as u128).to_be_bytes();
-        uuid::Builder::from_random_bytes(bytes).into_uuid()
-    }
-}
-
-const CITIES: &[(&str, &str)] = &[
-    ("上海", "华东"),
-    ("杭州", "华东"),
-    ("南京", "华东"),
-    ("北京", "华北"),
-    ("天津", "华北"),
-    ("广州", "华南"),
-    ("深圳", "华南"),
-    ("成都", "西南"),
-    ("武汉", "华中"),
-    ("西安", "西北"),
-];
-const TRADES: &[(&str, &str)] = &[
-    ("贸易", "wholesale"),
-    ("科技", "software"),
-    ("精密机械", "machinery"),
-    ("食品", "food"),
-    ("物流", "logistics"),
-    ("医药", "pharma"),
-    ("建材", "construction"),
-];
-const NAMES: &[&str] = &[
-    "恒远", "明光", "远景", "华信", "新天", "金桥", "瑞丰", "东方", "长城", "嘉禾", "宏达", "博远",
-];
-const PEOPLE: &[&str] = &[
-    "王芳", "李伟", "张敏", "刘洋", "陈静", "杨帆", "赵磊", "黄丽", "周强", "吴婷",
-];
-const OWNERS: &[&str] = &["am-li", "am-zhao", "am-chen", "am-wang", "am-liu"];
-const LEVELS: &[&str] = &[
-    "ordinary",
-    "ordinary",
-    "ordinary",
-    "large",
-    "key",
-    "cooperation_partner",
-    "strategic_partner",
-];
-const PRODUCTS: &[(&str, i64)] = &[
-    ("激光打印机", 320_000),
-    ("复印机", 1_250_000),
-    ("碎纸机", 85_000),
-    ("投影仪", 460_000),
-    ("硒鼓", 42_000),
-];
+use crm_demo_data::{
+    touchpoint, Rng, CHURN_REASONS, CITIES, COMPLAINT_CATEGORIES, LEVELS, LOST_REASONS, NAMES,
+    OPPORTUNITY_SOURCES, OWNERS, PEOPLE, POSITIONS, PRODUCTS, SERVICE_KINDS, TRADES,
+};
 
 pub struct Demo {
     pub command_url: String,
@@ -253,16 +181,16 @@ impl Demo {
         let mut touchpoints: Vec<Value> = Vec::new();
         for n in 0..self.customers {
             let customer = rng.uuid();
-            let (city, region) = *rng.pick(CITIES);
-            let (trade, industry) = *rng.pick(TRADES);
-            let owner = *rng.pick(OWNERS);
+            let (city, region) = rng.pick(CITIES).unwrap_or(("上海", "华东"));
+            let (trade, industry) = rng.pick(TRADES).unwrap_or(("贸易", "wholesale"));
+            let owner = rng.pick(OWNERS).unwrap_or("am-li");
             let since = start + TimeDelta::days(rng.below(120) as i64);
-            let name = format!("{city}{}{trade}有限公司", rng.pick(NAMES));
+            let name = format!("{city}{}{trade}有限公司", rng.pick(NAMES).unwrap_or("恒远"));
             loader
                 .send(reqwest::Method::POST, "/v1/customers", json!({
                     "customer_id": customer,
                     "profile": {"kind": "company", "number": format!("KH-{:05}", n + 1), "name": name, "region": region,
-                                "industry": industry, "level": rng.pick(LEVELS), "credit": 1 + rng.below(5), "satisfaction": 1 + rng.below(5),
+                                "industry": industry, "level": rng.pick(LEVELS).unwrap_or("ordinary"), "credit": 1 + rng.below(5), "satisfaction": 1 + rng.below(5),
                                 "registration": {"address": format!("{city}市中山路{}号", 1 + rng.below(300)), "phone": format!("021-{:08}", rng.below(100_000_000))}},
                     "owner": owner}), since, owner)
                 .await?;
@@ -272,7 +200,7 @@ impl Demo {
                 let contact = rng.uuid();
                 contacts.push(contact);
                 loader.send(reqwest::Method::POST, &format!("{c}/contacts"), json!({"contact_id": contact,
-                    "contact": {"name": rng.pick(PEOPLE), "position": rng.pick(&["采购经理", "总经理", "财务主管", "行政"]), "mobile": format!("139{:08}", rng.below(100_000_000))}}), since, owner).await?;
+                    "contact": {"name": rng.pick(PEOPLE).unwrap_or("王芳"), "position": rng.pick(POSITIONS).unwrap_or("行政"), "mobile": format!("139{:08}", rng.below(100_000_000))}}), since, owner).await?;
             }
             // two years of touchpoints on every channel, through the batch endpoint
             let active_days = (now - since).num_days().max(1) as u64;
@@ -281,20 +209,12 @@ impl Demo {
                 let at = since
                     + TimeDelta::days(rng.below(active_days) as i64)
                     + TimeDelta::minutes(rng.below(600) as i64 + 480);
-                let channel = match rng.below(6) {
-                    0 => {
-                        json!({"kind": "phone_call", "direction": rng.pick(&["inbound", "outbound"]), "duration_seconds": 30 + rng.below(900), "wait_seconds": rng.below(120), "outcome": rng.pick(&["answered", "answered", "answered", "no_answer", "voicemail"])})
-                    }
-                    1 => {
-                        json!({"kind": "email", "direction": rng.pick(&["inbound", "outbound"]), "subject": rng.pick(&["报价", "合同", "发票", "售后"])})
-                    }
-                    2 => json!({"kind": "visit", "place": format!("{city}客户办公室")}),
-                    3 => json!({"kind": "wechat", "direction": rng.pick(&["inbound", "outbound"])}),
-                    4 => json!({"kind": "web_form", "form": "contact-us"}),
-                    _ => json!({"kind": "fax_letter", "direction": "inbound"}),
-                };
-                touchpoints.push(json!({"customer_id": customer, "occurred_at": at.to_rfc3339(), "idempotency_key": format!("demo-{}", rng.uuid()),
-                    "touchpoint": {"channel": channel, "summary": rng.pick(&["询价", "跟进", "投诉回访", "产品咨询", "节日问候"]), "contact_id": rng.pick(&contacts)}}));
+                let contact = rng.pick(&contacts);
+                let tp = touchpoint(&mut rng, city, contact);
+                touchpoints.push(
+                    json!({"customer_id": customer, "occurred_at": at.to_rfc3339(),
+                    "idempotency_key": format!("demo-{}", rng.uuid()), "touchpoint": tp}),
+                );
             }
             // orders: churning customers stopped ordering 7-12 months ago
             let last_order_day = if churning {
@@ -304,7 +224,7 @@ impl Demo {
             };
             for k in 0..rng.below(12) {
                 let at = since + TimeDelta::days(rng.below(last_order_day.max(1)) as i64);
-                let (product, price) = *rng.pick(PRODUCTS);
+                let (product, price) = rng.pick(PRODUCTS).unwrap_or(("硒鼓", 42_000));
                 let quantity = 1 + rng.below(10);
                 loader.send(reqwest::Method::POST, &format!("{c}/orders"), json!({"order_number": format!("SO-{n:05}-{k:02}"),
                     "lines": [{"product": product, "quantity": quantity, "unit_price": price}], "total": {"amount": price * quantity as i64, "currency": "CNY"}}), at, owner).await?;
@@ -313,8 +233,8 @@ impl Demo {
             for _ in 0..rng.below(3) {
                 let o = rng.uuid();
                 let mut at = since + TimeDelta::days(rng.below(active_days) as i64);
-                loader.send(reqwest::Method::POST, &format!("{c}/opportunities"), json!({"opportunity_id": o, "source": rng.pick(&["referral", "campaign", "inbound_call", "trade_show"]),
-                    "title": format!("{}采购", rng.pick(PRODUCTS).0), "value": {"amount": 100_000 * (1 + rng.below(200)) as i64, "currency": "CNY"},
+                loader.send(reqwest::Method::POST, &format!("{c}/opportunities"), json!({"opportunity_id": o, "source": rng.pick(OPPORTUNITY_SOURCES).unwrap_or("referral"),
+                    "title": format!("{}采购", rng.pick(PRODUCTS).map(|p| p.0).unwrap_or("硒鼓")), "value": {"amount": 100_000 * (1 + rng.below(200)) as i64, "currency": "CNY"},
                     "probability": 10 + rng.below(30), "expected_close": (at + TimeDelta::days(90)).date_naive()}), at, "director-sun").await?;
                 loader
                     .send(
@@ -359,7 +279,15 @@ impl Demo {
                                 .await?;
                         }
                         1 => {
-                            loader.send(reqwest::Method::POST, &format!("{c}/opportunities/{o}/lost"), json!({"reason": rng.pick(&["价格过高", "选择了竞争对手", "预算取消"])}), at, owner).await?;
+                            loader
+                                .send(
+                                    reqwest::Method::POST,
+                                    &format!("{c}/opportunities/{o}/lost"),
+                                    json!({"reason": rng.pick(LOST_REASONS).unwrap_or("价格过高")}),
+                                    at,
+                                    owner,
+                                )
+                                .await?;
                         }
                         _ => {} // still open: stuck if it has been long in its stage
                     }
@@ -369,7 +297,7 @@ impl Demo {
             for _ in 0..rng.below(3) {
                 let s = rng.uuid();
                 let mut at = since + TimeDelta::days(rng.below(active_days) as i64);
-                loader.send(reqwest::Method::POST, &format!("{c}/service-requests"), json!({"service_request_id": s, "kind": rng.pick(&["consultation", "complaint", "suggestion"]), "summary": "售后服务", "request": "设备故障，请派人维修"}), at, owner).await?;
+                loader.send(reqwest::Method::POST, &format!("{c}/service-requests"), json!({"service_request_id": s, "kind": rng.pick(SERVICE_KINDS).unwrap_or("consultation"), "summary": "售后服务", "request": "设备故障，请派人维修"}), at, owner).await?;
                 at += TimeDelta::hours(2);
                 loader
                     .send(
@@ -417,12 +345,9 @@ impl Demo {
             if rng.chance(20) {
                 let k = rng.uuid();
                 let at = since + TimeDelta::days(rng.below(active_days) as i64);
-                let (category, sub) = *rng.pick(&[
-                    ("product", "quality"),
-                    ("product", "price"),
-                    ("staff", "attitude"),
-                    ("service", "fees"),
-                ]);
+                let (category, sub) = rng
+                    .pick(COMPLAINT_CATEGORIES)
+                    .unwrap_or(("product", "quality"));
                 loader.send(reqwest::Method::POST, &format!("{c}/complaints"), json!({"complaint_id": k, "category": category, "sub_category": sub, "urgency": "high", "importance": "normal", "description": "客户投诉"}), at, "agent-chen").await?;
                 loader
                     .send(
@@ -468,7 +393,15 @@ impl Demo {
                     .await?;
                 match rng.below(3) {
                     0 => {
-                        loader.send(reqwest::Method::POST, &format!("{c}/churn/confirmation"), json!({"reason": rng.pick(&["转向竞争对手", "公司倒闭", "需求消失"])}), at + TimeDelta::days(10), owner).await?;
+                        loader
+                            .send(
+                                reqwest::Method::POST,
+                                &format!("{c}/churn/confirmation"),
+                                json!({"reason": rng.pick(CHURN_REASONS).unwrap_or("需求消失")}),
+                                at + TimeDelta::days(10),
+                                owner,
+                            )
+                            .await?;
                     }
                     1 => {
                         loader

@@ -28,7 +28,7 @@ async fn alerts_open_and_close_at_the_right_times() {
         c,
         day(0),
         "am",
-        register(CustomerLevel::Key, "Acme", 4, 4, "am"),
+        register(CustomerLevel::Key, "Acme", "华东", 4, 4, "am"),
     );
     world.exec(
         c,
@@ -232,7 +232,7 @@ async fn thresholds_are_configurable() {
         c,
         day(0),
         "am",
-        register(CustomerLevel::Key, "Acme", 4, 4, "am"),
+        register(CustomerLevel::Key, "Acme", "华东", 4, 4, "am"),
     );
     world.exec(
         c,

@@ -65,14 +65,14 @@ async fn the_embedded_log_is_projected_with_dead_letters_restarts_and_replays() 
         a,
         day(0),
         "am-li",
-        register(CustomerLevel::Key, "Acme", 5, 4, "am-li"),
+        register(CustomerLevel::Key, "Acme", "华东", 5, 4, "am-li"),
     ));
     first.extend(world.exec(a, day(1), "am-li", touch(1, call(120), "询价")));
     first.extend(world.exec(
         b,
         day(1),
         "am-wang",
-        register(CustomerLevel::Large, "Beta", 4, 4, "am-wang"),
+        register(CustomerLevel::Large, "Beta", "华东", 4, 4, "am-wang"),
     ));
     first.extend(world.exec(a, day(2), "am-li", order("SO-1", 5000)));
     append(&topics, &first).await;
@@ -226,7 +226,7 @@ async fn a_restarted_projection_is_ready_only_once_it_has_applied_the_backlog() 
             *c,
             day(0),
             "am-li",
-            register(CustomerLevel::Key, &format!("C{i}"), 5, 4, "am-li"),
+            register(CustomerLevel::Key, &format!("C{i}"), "华东", 5, 4, "am-li"),
         ));
     }
     for n in 0..3000u32 {
@@ -307,7 +307,7 @@ fn history(world: &mut World, customers: u128) -> Vec<RecordedEvent> {
             c,
             day(0),
             owner,
-            register(CustomerLevel::Large, &format!("C{n}"), 4, 4, owner),
+            register(CustomerLevel::Large, &format!("C{n}"), "华东", 4, 4, owner),
         ));
         events.extend(world.exec(c, day(1), owner, touch(n * 10, call(60), "首次联系")));
         events.extend(world.exec(c, day(2), owner, open_opp(n, 10_000, 20, date(2030, 1, 1))));

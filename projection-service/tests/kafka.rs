@@ -150,7 +150,14 @@ fn load(world: &mut World, first: u128, count: u128) -> Vec<RecordedEvent> {
         for k in first..first + count {
             let opp = k * 100 + 50;
             let cmd = match step {
-                0 => register(CustomerLevel::Ordinary, &format!("C{k}"), 3, 3, "am-li"),
+                0 => register(
+                    CustomerLevel::Ordinary,
+                    &format!("C{k}"),
+                    "华东",
+                    3,
+                    3,
+                    "am-li",
+                ),
                 1..=4 => touch(
                     k * 100 + step,
                     if step % 2 == 0 { call(60) } else { email("hi") },
@@ -296,14 +303,14 @@ async fn events_are_projected_and_poison_goes_to_the_dead_letter_topic() {
         a,
         day(0),
         "am-li",
-        register(CustomerLevel::Key, "Acme", 5, 4, "am-li"),
+        register(CustomerLevel::Key, "Acme", "华东", 5, 4, "am-li"),
     ));
     first.extend(world.exec(a, day(1), "am-li", touch(1, call(120), "询价")));
     first.extend(world.exec(
         b,
         day(1),
         "am-wang",
-        register(CustomerLevel::Large, "Beta", 4, 4, "am-wang"),
+        register(CustomerLevel::Large, "Beta", "华东", 4, 4, "am-wang"),
     ));
     first.extend(world.exec(a, day(2), "am-li", order("SO-1", 5000)));
     first.extend(world.exec(b, day(2), "am-wang", touch(2, email("报价"), "quote")));
@@ -509,7 +516,7 @@ async fn the_sweep_publishes_alerts_under_a_controlled_clock() {
         c,
         day(0),
         "am",
-        register(CustomerLevel::Key, "Acme", 4, 4, "am"),
+        register(CustomerLevel::Key, "Acme", "华东", 4, 4, "am"),
     );
     events.extend(world.exec(
         c,
@@ -928,7 +935,7 @@ async fn team_events_on_the_topic_are_projected_not_dead_lettered() {
         cid(1),
         day(1),
         "am-li",
-        register(CustomerLevel::Key, "Acme", 5, 4, "am-li"),
+        register(CustomerLevel::Key, "Acme", "华东", 5, 4, "am-li"),
     );
     for member in ["am-li", "am-wang"] {
         org.exec(

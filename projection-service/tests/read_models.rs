@@ -39,25 +39,50 @@ fn scenario() -> World {
         plan.push((day(d), day(d), cid(c), actor, cmd))
     };
     use CustomerLevel::*;
-    at(1, 1, "am-li", register(Key, "Acme", 5, 4, "am-li"));
-    at(2, 2, "am-li", register(Ordinary, "Beta", 3, 3, "am-li"));
-    at(3, 3, "am-wang", register(Large, "Gamma", 4, 5, "am-wang"));
+    at(1, 1, "am-li", register(Key, "Acme", "华东", 5, 4, "am-li"));
+    at(
+        2,
+        2,
+        "am-li",
+        register(Ordinary, "Beta", "华东", 3, 3, "am-li"),
+    );
+    at(
+        3,
+        3,
+        "am-wang",
+        register(Large, "Gamma", "华东", 4, 5, "am-wang"),
+    );
     at(
         4,
         4,
         "am-wang",
-        register(StrategicPartner, "Delta", 5, 5, "am-wang"),
+        register(StrategicPartner, "Delta", "华东", 5, 5, "am-wang"),
     );
     at(
         5,
         5,
         "am-zhao",
-        register(Ordinary, "Epsilon", 2, 2, "am-zhao"),
+        register(Ordinary, "Epsilon", "华东", 2, 2, "am-zhao"),
     );
-    at(6, 6, "am-zhao", register(Ordinary, "Zeta", 3, 2, "am-zhao"));
-    at(7, 7, "am-li", register(Large, "Eta", 4, 4, "am-li"));
-    at(8, 8, "am-li", register(Large, "Theta", 4, 4, "am-li"));
-    at(9, 9, "am-li", register(Ordinary, "Iota", 1, 3, "am-li"));
+    at(
+        6,
+        6,
+        "am-zhao",
+        register(Ordinary, "Zeta", "华东", 3, 2, "am-zhao"),
+    );
+    at(7, 7, "am-li", register(Large, "Eta", "华东", 4, 4, "am-li"));
+    at(
+        8,
+        8,
+        "am-li",
+        register(Large, "Theta", "华东", 4, 4, "am-li"),
+    );
+    at(
+        9,
+        9,
+        "am-li",
+        register(Ordinary, "Iota", "华东", 1, 3, "am-li"),
+    );
 
     let contact = |n: u128, name: &str, email: Option<&str>| {
         Command::AddContact(AddContact {

@@ -48,7 +48,7 @@ fn scenario() -> (World, Org, Vec<(Position, StreamEvent)>) {
             cid(n),
             day(1),
             owner,
-            register(CustomerLevel::Key, &format!("c{n}"), 3, 4, owner),
+            register(CustomerLevel::Key, &format!("c{n}"), "华东", 3, 4, owner),
         );
     }
     for member in ["am-li", "am-wang", "am-zhao"] {

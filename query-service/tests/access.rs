@@ -114,9 +114,9 @@ async fn scenario() -> Scenario {
         (6, Stage::Evaluation),
         (7, Stage::Negotiation),
     ] {
-        w.exec(cid(2), day(d), "am-wang", stage(opp(2), to));
+        w.exec(cid(2), day(d), "am-wang", stage(opp(2), to, None, None));
     }
-    w.exec(cid(2), day(8), "am-wang", win(opp(2)));
+    w.exec(cid(2), day(8), "am-wang", win(opp(2), None));
     w.exec(cid(3), day(8), "am-zhao", lose(opp(3), "price"));
 
     // both streams, as a consumer delivers them

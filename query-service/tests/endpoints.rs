@@ -103,17 +103,37 @@ async fn scenario() -> Scenario {
         open_opp(101, 300_000, 20, date(2025, 3, 31)),
     );
     w.exec(cid(1), day(11), "dir-zhou", assign_opp(101, "am-li"));
-    w.exec(cid(1), day(15), "am-li", stage(101, Stage::Proposal));
-    w.exec(cid(1), day(30), "am-li", stage(101, Stage::Evaluation));
-    w.exec(cid(1), day(40), "am-li", stage(101, Stage::Negotiation));
-    w.exec(cid(1), day(55), "am-li", win(101));
+    w.exec(
+        cid(1),
+        day(15),
+        "am-li",
+        stage(101, Stage::Proposal, None, None),
+    );
+    w.exec(
+        cid(1),
+        day(30),
+        "am-li",
+        stage(101, Stage::Evaluation, None, None),
+    );
+    w.exec(
+        cid(1),
+        day(40),
+        "am-li",
+        stage(101, Stage::Negotiation, None, None),
+    );
+    w.exec(cid(1), day(55), "am-li", win(101, None));
     w.exec(
         cid(2),
         day(12),
         "dir-zhou",
         open_opp(102, 80_000, 10, date(2025, 4, 30)),
     );
-    w.exec(cid(2), day(20), "am-li", stage(102, Stage::Proposal));
+    w.exec(
+        cid(2),
+        day(20),
+        "am-li",
+        stage(102, Stage::Proposal, None, None),
+    );
     w.exec(cid(2), day(33), "am-li", lose(102, "no budget"));
     w.exec(
         cid(3),
@@ -128,7 +148,12 @@ async fn scenario() -> Scenario {
         "dir-zhou",
         open_opp(104, 1_000_000, 50, date(2025, 6, 30)),
     );
-    w.exec(cid(4), day(18), "am-wang", stage(104, Stage::Proposal));
+    w.exec(
+        cid(4),
+        day(18),
+        "am-wang",
+        stage(104, Stage::Proposal, None, None),
+    );
     w.exec(
         cid(5),
         day(20),
@@ -225,7 +250,12 @@ async fn scenario() -> Scenario {
         .await
         .unwrap();
     let before = w.log.len();
-    w.exec(cid(4), day(101), "am-wang", stage(104, Stage::Evaluation));
+    w.exec(
+        cid(4),
+        day(101),
+        "am-wang",
+        stage(104, Stage::Evaluation, None, None),
+    );
     h.apply(&w.log[before..]).await;
     h.projector
         .sweep_alerts(day(200), &thresholds)

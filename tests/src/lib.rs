@@ -1,4 +1,5 @@
-//! Shared test bed: starts the broker, makes fresh databases.
+//! Shared test bed: starts the broker, makes fresh databases, and builds event streams
+//! decided by the domain ([`world`]).
 //!
 //! Kafka: [`KafkaBroker::start`] runs a private Tansu broker (installed once by
 //! `scripts/kafka-testbed.sh ensure`) on a free port and kills it on drop; with
@@ -11,6 +12,7 @@
 
 pub mod db;
 pub mod postgres;
+pub mod world;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
