@@ -103,7 +103,8 @@ pub async fn command(args: ServeCommandArgs) -> anyhow::Result<()> {
         .await
         .context("taking every partition over")?;
     // and the inbound topic's partitions of the same numbers, as `follow_ownership` does
-    let inbound = command_service::inbound::InboundReaders::new(app.clone(), settings.clone());
+    let inbound = command_service::inbound::InboundReaders::new(app.clone(), settings.clone())
+        .context("creating the inbound readers' producers")?;
     inbound.start(&all);
     command_service::serve(app, args.service.listen, args.service.max_body_bytes).await
 }

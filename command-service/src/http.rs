@@ -27,6 +27,7 @@ use infra::auth::{forbidden, require_authentication, Authenticated};
 use infra::problem::Problem;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -850,64 +851,98 @@ async fn batch_touchpoints(
         Err(p) => return p.into_response(),
     };
     let correlation_id = Some(h.correlation_id.unwrap_or_else(Uuid::now_v7));
-    let mut results: Vec<Option<Value>> = Vec::with_capacity(items.len());
+    let mut results: Vec<ItemAnswer> = Vec::with_capacity(items.len());
     let mut requests = Vec::new();
     let mut slots = Vec::new();
-    let lines: Vec<Option<usize>> = items.iter().map(|(line, _)| *line).collect();
-    // an item's answer: its index, and its NDJSON line when it has one
-    let answer = |i: usize, mut value: Value| {
-        if let (Some(Some(line)), Some(m)) = (lines.get(i), value.as_object_mut()) {
-            m.insert("line".into(), json!(line));
-        }
-        value
-    };
-    for (i, (_, item)) in items.into_iter().enumerate() {
+    let malformed = app
+        .metrics
+        .commands
+        .with_label_values(&["record_touchpoint", "malformed"]);
+    for (index, (line, item)) in items.into_iter().enumerate() {
         match item.and_then(|v| batch_request(v, &caller, correlation_id)) {
             Ok(r) => {
-                slots.push(i);
+                slots.push(index);
                 requests.push(r);
-                results.push(None);
+                results.push(ItemAnswer::pending(index, line));
             }
             Err(p) => {
-                app.metrics
-                    .commands
-                    .with_label_values(&["record_touchpoint", "malformed"])
-                    .inc();
-                results.push(Some(answer(
-                    i,
-                    json!({"index": i, "status": p.status, "problem": p}),
-                )));
+                malformed.inc();
+                let mut answer = ItemAnswer::pending(index, line);
+                answer.refuse(p);
+                results.push(answer);
             }
         }
     }
     let outcomes = app.streams.execute_batch(requests).await;
-    let (mut accepted, mut rejected) = (0usize, 0usize);
+    let mut accepted = 0usize;
     for (slot, outcome) in slots.into_iter().zip(outcomes) {
         app.metrics
             .commands
             .with_label_values(&["record_touchpoint", outcome_label(&outcome)])
             .inc();
-        let value = match outcome {
+        let Some(answer) = results.get_mut(slot) else {
+            continue;
+        };
+        match outcome {
             Ok(o) => {
                 accepted += 1;
-                json!({"index": slot, "status": if o.replayed { 200 } else { 201 }, "outcome": o})
+                answer.status = if o.replayed { 200 } else { 201 };
+                answer.outcome = Some(o);
             }
-            Err(e) => {
-                let p = command_problem(&e);
-                json!({"index": slot, "status": p.status, "problem": p})
-            }
-        };
-        if let Some(r) = results.get_mut(slot) {
-            *r = Some(answer(slot, value));
+            Err(e) => answer.refuse(command_problem(&e)),
         }
     }
-    let results: Vec<Value> = results.into_iter().flatten().collect();
-    rejected += results.len() - accepted;
+    let rejected = results.len() - accepted;
     app.metrics
         .command_seconds
         .with_label_values(&["touchpoints_batch"])
         .observe(started.elapsed().as_secs_f64());
-    Json(json!({"accepted": accepted, "rejected": rejected, "results": results})).into_response()
+    Json(BatchAnswer {
+        accepted,
+        rejected,
+        results,
+    })
+    .into_response()
+}
+
+/// The answer to a batch: how many items were accepted and refused, and each item's answer.
+#[derive(Serialize)]
+struct BatchAnswer {
+    accepted: usize,
+    rejected: usize,
+    results: Vec<ItemAnswer>,
+}
+
+/// One item's answer: its index, its NDJSON line when it has one, its status and either the
+/// command's outcome or the problem.
+#[derive(Serialize)]
+struct ItemAnswer {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<usize>,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<Outcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<Problem>,
+}
+
+impl ItemAnswer {
+    /// The place of an item whose command has not been answered yet.
+    fn pending(index: usize, line: Option<usize>) -> Self {
+        ItemAnswer {
+            index,
+            line,
+            status: 0,
+            outcome: None,
+            problem: None,
+        }
+    }
+
+    fn refuse(&mut self, problem: Problem) {
+        self.status = problem.status;
+        self.problem = Some(problem);
+    }
 }
 
 // ------------------------------------------------------------------ OpenAPI

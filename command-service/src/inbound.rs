@@ -125,20 +125,25 @@ pub fn inbound_request(
     })
 }
 
-/// One reader per owned partition.
+/// One reader per owned partition; the readers share one producer for dead letters and one
+/// for records handed to another partition (an idle rdkafka client costs a polling thread).
 pub struct InboundReaders {
     app: Arc<App>,
     settings: KafkaSettings,
+    dead_letters: DeadLetterProducer,
+    forwarder: FutureProducer,
     running: Mutex<HashMap<i32, Arc<AtomicBool>>>,
 }
 
 impl InboundReaders {
-    pub fn new(app: Arc<App>, settings: KafkaSettings) -> Arc<Self> {
-        Arc::new(InboundReaders {
+    pub fn new(app: Arc<App>, settings: KafkaSettings) -> Result<Arc<Self>, LogError> {
+        Ok(Arc::new(InboundReaders {
+            dead_letters: DeadLetterProducer::new(&settings)?,
+            forwarder: settings.producer_config().create()?,
             app,
             settings,
             running: Mutex::new(HashMap::new()),
-        })
+        }))
     }
 
     /// Starts reading the inbound partitions of these numbers.
@@ -182,8 +187,6 @@ impl InboundReaders {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&topic, partition, Offset::Stored)?;
         consumer.assign(&tpl)?;
-        let dead_letters = DeadLetterProducer::new(&self.settings)?;
-        let forwarder: FutureProducer = self.settings.producer_config().create()?;
         tracing::info!(partition, "reading the inbound partition");
         while !stop.load(Ordering::Acquire) {
             let mut batch: Vec<StoredRecord> = Vec::new();
@@ -199,14 +202,13 @@ impl InboundReaders {
             let Some(last) = batch.last().map(|r| r.position.offset) else {
                 continue;
             };
-            match self
-                .process(partition, batch, &dead_letters, &forwarder)
-                .await?
-            {
+            match self.process(partition, batch).await? {
                 Step::Commit => {
                     let mut commit = TopicPartitionList::new();
                     commit.add_partition_offset(&topic, partition, Offset::Offset(last + 1))?;
-                    consumer.commit(&commit, CommitMode::Sync)?;
+                    // not awaited: a commit lost in a crash only reads records again, and
+                    // their appends are idempotent by `ce_id`
+                    consumer.commit(&commit, CommitMode::Async)?;
                 }
                 Step::Retry => {
                     // nothing committed: read the batch again (appends are idempotent)
@@ -221,13 +223,8 @@ impl InboundReaders {
         Ok(())
     }
 
-    async fn process(
-        &self,
-        partition: i32,
-        batch: Vec<StoredRecord>,
-        dead_letters: &DeadLetterProducer,
-        forwarder: &FutureProducer,
-    ) -> Result<Step, LogError> {
+    async fn process(&self, partition: i32, batch: Vec<StoredRecord>) -> Result<Step, LogError> {
+        let (dead_letters, forwarder) = (&self.dead_letters, &self.forwarder);
         let metrics = &self.app.metrics.inbound;
         let mut requests = Vec::new();
         let mut sources = Vec::new();

@@ -250,7 +250,8 @@ pub async fn start_on_kafka(
     ));
     let (ownership, changes) =
         PartitionOwnership::start(settings).context("joining the command-service group")?;
-    let inbound = InboundReaders::new(app.clone(), settings.clone());
+    let inbound = InboundReaders::new(app.clone(), settings.clone())
+        .context("creating the inbound readers' producers")?;
     tokio::spawn(follow_ownership(
         app.clone(),
         inbound,

@@ -175,52 +175,82 @@ impl Answered {
 }
 
 /// A digest of a request: the command's name, the path's ids and the body as the client sent
-/// it (keys sorted, so that their order does not matter), hex SHA-256.
+/// it (keys sorted, so that their order does not matter), hex SHA-256. The canonical text is
+/// fed to the digest as it is written, never built as a string: this runs once per keyed
+/// command, on the ingest hot path.
 pub fn fingerprint(command: &str, path: &[(&str, &str)], body: &serde_json::Value) -> String {
     use sha2::{Digest, Sha256};
-    fn canonical(v: &serde_json::Value, out: &mut String) {
+    use std::io::Write;
+
+    /// What is written goes into the digest.
+    struct Digesting(Sha256);
+    impl Write for Digesting {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.update(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    /// Compact JSON with every object's keys in order; scalars and keys exactly as
+    /// `serde_json` writes them.
+    fn canonical(v: &serde_json::Value, out: &mut Digesting) -> serde_json::Result<()> {
         match v {
             serde_json::Value::Object(m) => {
                 let mut keys: Vec<&String> = m.keys().collect();
                 keys.sort();
-                out.push('{');
+                out.0.update(b"{");
                 for (i, k) in keys.into_iter().enumerate() {
                     if i > 0 {
-                        out.push(',');
+                        out.0.update(b",");
                     }
-                    out.push_str(&serde_json::Value::String(k.clone()).to_string());
-                    out.push(':');
+                    serde_json::to_writer(&mut *out, k)?;
+                    out.0.update(b":");
                     if let Some(item) = m.get(k) {
-                        canonical(item, out);
+                        canonical(item, out)?;
                     }
                 }
-                out.push('}');
+                out.0.update(b"}");
+                Ok(())
             }
             serde_json::Value::Array(items) => {
-                out.push('[');
+                out.0.update(b"[");
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
-                        out.push(',');
+                        out.0.update(b",");
                     }
-                    canonical(item, out);
+                    canonical(item, out)?;
                 }
-                out.push(']');
+                out.0.update(b"]");
+                Ok(())
             }
-            other => out.push_str(&other.to_string()),
+            other => serde_json::to_writer(&mut *out, other),
         }
     }
     let mut path: Vec<(&str, &str)> = path.to_vec();
     path.sort();
-    let mut text = String::from(command);
+    let mut out = Digesting(Sha256::new());
+    out.0.update(command.as_bytes());
     for (k, v) in path {
-        text.push_str(&format!("\n{k}={v}"));
+        out.0.update(b"\n");
+        out.0.update(k.as_bytes());
+        out.0.update(b"=");
+        out.0.update(v.as_bytes());
     }
-    text.push('\n');
-    canonical(body, &mut text);
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    out.0.update(b"\n");
+    if canonical(body, &mut out).is_err() {
+        // writing into a digest cannot fail; should it, the body's plain text stands in
+        out = Digesting(Sha256::new());
+        out.0.update(body.to_string().as_bytes());
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(64);
+    for b in out.0.finalize() {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    hex
 }
 
 /// The streams of one partition, one map per aggregate with a stream per id. A new such
@@ -254,11 +284,17 @@ fn forget_answers<A: Aggregate>(
 pub(crate) trait Hosted: Aggregate + Sized {
     /// This aggregate's streams in a partition.
     fn streams(partition: &mut PartitionStreams) -> &mut HashMap<CustomerId, Entry<Self>>;
+    /// This aggregate's commands waiting for the partition's next append.
+    fn waiting(queues: &PartitionQueues) -> &StdMutex<Vec<Waiting<Self>>>;
 }
 
 impl Hosted for Customer {
     fn streams(partition: &mut PartitionStreams) -> &mut HashMap<CustomerId, Entry<Self>> {
         &mut partition.customers
+    }
+
+    fn waiting(queues: &PartitionQueues) -> &StdMutex<Vec<Waiting<Self>>> {
+        &queues.customers
     }
 }
 
@@ -276,10 +312,26 @@ fn fold_history<A: Hosted>(
         .fold(recorded, position, keep_since);
 }
 
+/// Commands of one caller waiting for their partition's next append, and where their answers
+/// go.
+pub(crate) struct Waiting<A: Aggregate> {
+    requests: Vec<(usize, Request<A>)>,
+    answers: tokio::sync::oneshot::Sender<Answers>,
+}
+
+/// The commands waiting for a partition's next append, by aggregate.
+#[derive(Default)]
+pub(crate) struct PartitionQueues {
+    customers: StdMutex<Vec<Waiting<Customer>>>,
+}
+
 struct OwnedPartition {
     writer: Arc<dyn RecordAppender>,
     /// Every stream of the partition, by aggregate.
     streams: Mutex<PartitionStreams>,
+    /// Commands that arrived while the partition was busy: the next holder of `streams`
+    /// decides them all and appends them in one transaction (group commit).
+    waiting: PartitionQueues,
     /// When answers past the idempotency window are next looked for.
     next_forget: StdMutex<std::time::Instant>,
 }
@@ -424,6 +476,7 @@ impl CustomerStreams {
                 Arc::new(OwnedPartition {
                     writer,
                     streams: Mutex::new(streams),
+                    waiting: PartitionQueues::default(),
                     next_forget: StdMutex::new(std::time::Instant::now()),
                 }),
             );
@@ -579,31 +632,116 @@ impl CustomerStreams {
             .collect()
     }
 
-    /// The commands of one partition, under its lock: one batch, one append.
+    /// The commands of one partition. They wait in the partition's queue; whoever holds the
+    /// partition's lock next takes every command waiting then, decides them in order as one
+    /// batch and appends them in one transaction (group commit: while one transaction is on
+    /// its way, the commands that arrive meanwhile gather for the next), then answers each
+    /// caller.
     async fn execute_in_partition<A: Hosted>(
         &self,
         partition: i32,
         owned: Arc<OwnedPartition>,
         requests: Vec<(usize, Request<A>)>,
     ) -> Answers {
-        let mut streams = owned.streams.lock().await;
-        let mut batch = Batch::new(self, A::streams(&mut streams));
-        for (i, request) in requests {
-            batch.take(i, request);
+        let count = requests.len();
+        let (answers, answered) = tokio::sync::oneshot::channel();
+        A::waiting(&owned.waiting)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Waiting { requests, answers });
+        let streams = owned.streams.lock().await;
+        let waiting = std::mem::take(
+            &mut *A::waiting(&owned.waiting)
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if !waiting.is_empty() {
+            self.append_waiting(partition, &owned, streams, waiting)
+                .await;
+        } else {
+            drop(streams);
         }
-        let (answers, appended) = batch.append(partition, &owned).await;
+        // taken and answered by this call or by an earlier holder of the lock
+        answered.await.unwrap_or_else(|_| {
+            (0..count)
+                .map(|i| (i, Err(CommandError::Envelope("no outcome".into()))))
+                .collect()
+        })
+    }
+
+    /// Decides the waiting commands as one batch, appends it, and sends each caller its
+    /// answers (by each caller's own request indexes).
+    async fn append_waiting<A: Hosted>(
+        &self,
+        partition: i32,
+        owned: &Arc<OwnedPartition>,
+        mut streams: tokio::sync::MutexGuard<'_, PartitionStreams>,
+        waiting: Vec<Waiting<A>>,
+    ) {
+        let mut batch = Batch::new(self, A::streams(&mut streams));
+        // each caller's requests get batch indexes of their own; `callers` maps them back
+        let mut callers = Vec::with_capacity(waiting.len());
+        let mut next = 0usize;
+        for Waiting { requests, answers } in waiting {
+            let mut indexes = Vec::with_capacity(requests.len());
+            for (i, request) in requests {
+                indexes.push(i);
+                batch.take(next, request);
+                next += 1;
+            }
+            callers.push((indexes, answers));
+        }
+        let (answers, appended) = batch.append(partition, owned).await;
+        self.settle_append(partition, owned, streams, appended).await;
+        let mut answers: Vec<Option<Result<Outcome, CommandError>>> = {
+            let mut by_index: Vec<Option<Result<Outcome, CommandError>>> =
+                (0..next).map(|_| None).collect();
+            for (i, answer) in answers {
+                if let Some(slot) = by_index.get_mut(i) {
+                    *slot = Some(answer);
+                }
+            }
+            by_index
+        };
+        let mut taken = 0usize;
+        for (indexes, sender) in callers {
+            let mine: Answers = indexes
+                .into_iter()
+                .enumerate()
+                .map(|(k, i)| {
+                    let answer = answers
+                        .get_mut(taken + k)
+                        .and_then(Option::take)
+                        .unwrap_or(Err(CommandError::Envelope("no outcome".into())));
+                    (i, answer)
+                })
+                .collect();
+            taken += mine.len();
+            // a caller that went away needs no answer
+            let _ = sender.send(mine);
+        }
+    }
+
+    /// Makes a batch's append real in the partition's streams, or gives the partition up
+    /// when its writer died.
+    async fn settle_append<A: Hosted>(
+        &self,
+        partition: i32,
+        owned: &Arc<OwnedPartition>,
+        mut streams: tokio::sync::MutexGuard<'_, PartitionStreams>,
+        appended: Appended<A>,
+    ) {
         match appended {
-            Appended::Committed(working) => {
-                A::streams(&mut streams).extend(working);
-                self.forget_expired_answers(&owned, &mut streams);
+            Appended::Committed(changes) => {
+                changes.apply(A::streams(&mut streams));
+                self.forget_expired_answers(owned, &mut streams);
             }
             Appended::Failed(Some(loss)) => {
                 drop(streams);
-                self.writer_lost(partition, &owned, loss).await;
+                self.writer_lost(partition, owned, loss).await;
             }
             Appended::Failed(None) | Appended::Nothing => {}
         }
-        answers
     }
 
     /// Decides and appends one organisation command, in the organisation stream's partition
@@ -635,15 +773,17 @@ impl CustomerStreams {
         batch.take(0, request);
         let (mut answers, appended) = batch.append(partition, &owned).await;
         match appended {
-            Appended::Committed(mut working) => {
-                if let Some(entry) = working.remove(&stream) {
-                    let mut view = self
-                        .organisation
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    // the follower may have read the same events meanwhile
-                    if entry.version() > view.version() {
-                        *view = entry;
+            Appended::Committed(mut changes) => {
+                let mut view = self
+                    .organisation
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
+                // the follower may have read the same events meanwhile (and remembered their
+                // answers as it folded them)
+                if let Some(state) = changes.take_state(&stream) {
+                    if Organisation::version(&state) > view.version() {
+                        view.state = state;
+                        changes.remember_in(&mut view);
                     }
                 }
             }
@@ -665,5 +805,98 @@ impl CustomerStreams {
         let owned = self.owned.read().await.get(&partition).cloned()?;
         let streams = owned.streams.lock().await;
         streams.customers.get(customer_id).map(|e| e.state.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::fingerprint;
+
+    /// The digest as it was first defined, with the canonical text built as a string: the
+    /// digests stored in the log (`command_fingerprint`) were made this way, so a retry after
+    /// an upgrade must get the same one.
+    fn reference(command: &str, path: &[(&str, &str)], body: &Value) -> String {
+        use sha2::{Digest, Sha256};
+        fn canonical(v: &Value, out: &mut String) {
+            match v {
+                Value::Object(m) => {
+                    let mut keys: Vec<&String> = m.keys().collect();
+                    keys.sort();
+                    out.push('{');
+                    for (i, k) in keys.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(&Value::String(k.clone()).to_string());
+                        out.push(':');
+                        if let Some(item) = m.get(k) {
+                            canonical(item, out);
+                        }
+                    }
+                    out.push('}');
+                }
+                Value::Array(items) => {
+                    out.push('[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        canonical(item, out);
+                    }
+                    out.push(']');
+                }
+                other => out.push_str(&other.to_string()),
+            }
+        }
+        let mut path: Vec<(&str, &str)> = path.to_vec();
+        path.sort();
+        let mut text = String::from(command);
+        for (k, v) in path {
+            text.push_str(&format!("\n{k}={v}"));
+        }
+        text.push('\n');
+        canonical(body, &mut text);
+        Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    #[test]
+    fn the_streamed_digest_is_the_digest_of_the_canonical_text() {
+        let bodies = [
+            json!({}),
+            json!(null),
+            json!({"b": 1, "a": [1, 2.5, -3, 1e300, "x"], "c": {"z": null, "y": true}}),
+            json!({"touchpoint": {"channel": {"kind": "wechat"}, "summary": "引号 \" 与 \\ 与 \n 换行 \u{1} 😀"},
+                   "customer_id": "0190c3c8-0000-7000-8000-000000000001",
+                   "idempotency_key": "k-1", "occurred_at": "2026-11-30T08:00:00Z"}),
+            json!([{"é": 1, "e": 2, "E": 3, "": 4}]),
+            json!("a string body"),
+            json!(18446744073709551615u64),
+        ];
+        let paths: [&[(&str, &str)]; 3] = [
+            &[],
+            &[("customer_id", "0190c3c8-0000-7000-8000-000000000001")],
+            &[("opportunity_id", "b"), ("customer_id", "a=b\nc")],
+        ];
+        for body in &bodies {
+            for path in paths {
+                for command in ["record_touchpoint", "change_profile", ""] {
+                    assert_eq!(
+                        fingerprint(command, path, body),
+                        reference(command, path, body),
+                        "{command} {path:?} {body}"
+                    );
+                }
+            }
+        }
+        // and it tells requests apart
+        assert_ne!(
+            fingerprint("a", &[], &json!({"x": 1})),
+            fingerprint("a", &[], &json!({"x": 2}))
+        );
     }
 }

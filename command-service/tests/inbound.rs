@@ -249,7 +249,7 @@ async fn inbound_events_are_validated_appended_once_or_dead_lettered() {
     )
     .await;
 
-    let readers = InboundReaders::new(app.clone(), settings.clone());
+    let readers = InboundReaders::new(app.clone(), settings.clone()).unwrap();
     readers.start(&partitions);
 
     let deadline = Instant::now() + Duration::from_secs(60);

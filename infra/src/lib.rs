@@ -19,6 +19,12 @@ pub mod shutdown;
 
 use serde::{Deserialize, Serialize};
 
+/// The allocator of every binary and test of the platform (they all link infra): mimalloc.
+/// glibc's malloc, its arena locks and `malloc_consolidate` were a quarter of command-service's
+/// CPU on the ingest path (`docs/benchmarks.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Where a record lives in the log: what queries wait for and projections checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Position {

@@ -315,7 +315,8 @@ async fn a_broker_restart_mid_load_loses_and_doubles_nothing_in_the_read_models(
         }),
     );
     let (ownership, changes) = PartitionOwnership::start(&settings).unwrap();
-    let inbound = command_service::inbound::InboundReaders::new(app.clone(), settings.clone());
+    let inbound =
+        command_service::inbound::InboundReaders::new(app.clone(), settings.clone()).unwrap();
     tokio::spawn(command_service::follow_ownership(
         app.clone(),
         inbound,

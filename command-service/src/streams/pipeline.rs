@@ -61,7 +61,10 @@ impl<A: Aggregate> Entry<A> {
             return;
         }
         let m = &recorded.metadata;
-        match A::apply_recorded(self.state.clone(), m.sequence, &recorded.event) {
+        // the state is moved through `evolve`, not copied; a stream that breaks the rule keeps
+        // no state worth having
+        let state = std::mem::replace(&mut self.state, A::initial(m.customer_id));
+        match A::apply_recorded(state, m.sequence, &recorded.event) {
             Ok(next) => self.state = next,
             Err(e) => {
                 tracing::error!(stream = %m.customer_id, aggregate = A::NAME, error = %e, "a stream breaks the sequence rule");
@@ -102,10 +105,49 @@ struct Decided<A: Aggregate> {
     recorded: Vec<Recorded<A::Event>>,
 }
 
+/// What a committed batch changed: the new states of the streams it touched and the answers
+/// to its identified commands.
+pub(super) struct Changes<A: Aggregate> {
+    states: HashMap<CustomerId, A::State>,
+    answers: Vec<(CustomerId, String, Answered)>,
+}
+
+impl<A: Aggregate> Changes<A> {
+    /// Makes the changes real in the streams.
+    pub(super) fn apply(self, streams: &mut HashMap<CustomerId, Entry<A>>) {
+        let Changes { states, answers } = self;
+        for (stream, state) in states {
+            streams
+                .entry(stream)
+                .or_insert_with(|| Entry::new(stream))
+                .state = state;
+        }
+        for (stream, key, answer) in answers {
+            streams
+                .entry(stream)
+                .or_insert_with(|| Entry::new(stream))
+                .answered
+                .insert(key, answer);
+        }
+    }
+
+    /// The new state of one stream, taken out (the answers stay).
+    pub(super) fn take_state(&mut self, stream: &CustomerId) -> Option<A::State> {
+        self.states.remove(stream)
+    }
+
+    /// Adds the answers to one stream's entry: for a batch on that stream alone.
+    pub(super) fn remember_in(self, entry: &mut Entry<A>) {
+        for (_, key, answer) in self.answers {
+            entry.answered.insert(key, answer);
+        }
+    }
+}
+
 /// What an append did to the streams.
 pub(super) enum Appended<A: Aggregate> {
-    /// Committed: the working copies of the streams it touched are now the streams.
-    Committed(HashMap<CustomerId, Entry<A>>),
+    /// Committed: these changes are now the streams'.
+    Committed(Changes<A>),
     /// Nothing to append.
     Nothing,
     /// Nothing of it is visible; with a loss, the partition's writer is dead.
@@ -120,8 +162,10 @@ pub(super) struct Batch<'a, A: Aggregate> {
     streams: &'a CustomerStreams,
     /// The streams as committed: read, never written here.
     committed: &'a HashMap<CustomerId, Entry<A>>,
-    /// Working copies of the streams the batch touches.
-    working: HashMap<CustomerId, Entry<A>>,
+    /// Working copies of the states of the streams the batch touches.
+    working: HashMap<CustomerId, A::State>,
+    /// The answers to the batch's identified commands, remembered when it commits.
+    new_answers: Vec<(CustomerId, String, Answered)>,
     answers: Answers,
     decided: Vec<Decided<A>>,
     /// A command id seen twice in one batch (a client's retry racing its first try): the
@@ -142,6 +186,7 @@ impl<'a, A: Aggregate> Batch<'a, A> {
             streams,
             committed,
             working: HashMap::new(),
+            new_answers: Vec::new(),
             answers: Vec::new(),
             decided: Vec::new(),
             pending_keys: HashMap::new(),
@@ -160,23 +205,24 @@ impl<'a, A: Aggregate> Batch<'a, A> {
         }
     }
 
-    /// Takes the stream's working copy out for the steps and puts it back after.
+    /// Takes the stream's working copy out for the steps and puts it back after; the first
+    /// command of a batch on a stream copies its committed state.
     fn decide(
         &mut self,
         index: usize,
         request: Request<A>,
     ) -> Result<(), Result<Outcome, CommandError>> {
         let stream = request.customer_id;
-        let mut entry = match self.working.remove(&stream) {
-            Some(entry) => entry,
-            None => self
-                .committed
-                .get(&stream)
-                .cloned()
-                .unwrap_or_else(|| Entry::new(stream)),
+        let committed = self.committed.get(&stream);
+        if let Some(reason) = committed.and_then(|e| e.broken.as_ref()) {
+            return Err(Err(CommandError::BrokenStream(reason.clone())));
+        }
+        let mut state = match self.working.remove(&stream) {
+            Some(state) => state,
+            None => committed.map_or_else(|| A::initial(stream), |e| e.state.clone()),
         };
-        let result = self.steps(index, &mut entry, request);
-        self.working.insert(stream, entry);
+        let result = self.steps(index, committed, &mut state, request);
+        self.working.insert(stream, state);
         result
     }
 
@@ -185,31 +231,27 @@ impl<'a, A: Aggregate> Batch<'a, A> {
     fn steps(
         &mut self,
         index: usize,
-        entry: &mut Entry<A>,
+        committed: Option<&Entry<A>>,
+        state: &mut A::State,
         request: Request<A>,
     ) -> Result<(), Result<Outcome, CommandError>> {
-        if let Some(reason) = &entry.broken {
-            return Err(Err(CommandError::BrokenStream(reason.clone())));
-        }
         // before anything else, so that a stream outside the caller's reach looks exactly
         // like one that does not exist
-        self.check_access(entry, &request).map_err(Err)?;
-        if let Some(answer) = replay_answer(entry, &request) {
+        self.check_access(state, &request).map_err(Err)?;
+        if let Some(answer) = committed.and_then(|e| replay_answer(e, state, &request)) {
             return Err(answer);
         }
         if self.pending_duplicate(index, &request)? {
             return Ok(());
         }
-        check_expected_sequence(entry, &request).map_err(Err)?;
+        check_expected_sequence::<A>(state, &request).map_err(Err)?;
         if let Some(at) = request.occurred_at {
             self.streams
                 .business_time
                 .check(at, self.now, "occurred_at")
                 .map_err(|e| Err(e.into()))?;
         }
-        let (state, recorded, records) = self.record(entry, &request).map_err(Err)?;
-        entry.state = state;
-        self.records.extend(records);
+        let recorded = self.record(state, &request).map_err(Err)?;
         if let Some(key) = &request.command_id {
             self.pending_keys
                 .insert((request.customer_id, key.clone()), self.decided.len());
@@ -225,7 +267,7 @@ impl<'a, A: Aggregate> Batch<'a, A> {
     }
 
     /// The permission table and the caller's reach, against the stream as it is.
-    fn check_access(&self, entry: &Entry<A>, request: &Request<A>) -> Result<(), CommandError> {
+    fn check_access(&self, state: &A::State, request: &Request<A>) -> Result<(), CommandError> {
         let organisation = self
             .streams
             .organisation
@@ -235,7 +277,7 @@ impl<'a, A: Aggregate> Batch<'a, A> {
             &request.caller.principal,
             request.caller.via,
             &organisation.state,
-            &entry.state,
+            state,
             &request.command,
         )
         .map_err(|denial| match denial {
@@ -267,31 +309,38 @@ impl<'a, A: Aggregate> Batch<'a, A> {
         }
     }
 
-    /// `decide`, then each event in its envelope, encoded, and folded into the state.
-    #[allow(clippy::type_complexity)]
+    /// `decide`, then each event in its envelope and encoded; only when every one is, they
+    /// are folded into the state (moved through `evolve`, never copied) and their records
+    /// join the batch's.
     fn record(
-        &self,
-        entry: &Entry<A>,
+        &mut self,
+        state: &mut A::State,
         request: &Request<A>,
-    ) -> Result<(A::State, Vec<Recorded<A::Event>>, Vec<KafkaRecord>), CommandError> {
-        let events = A::decide(&entry.state, &request.command)?;
+    ) -> Result<Vec<Recorded<A::Event>>, CommandError> {
+        let events = A::decide(state, &request.command)?;
         let correlation_id = request.correlation_id.unwrap_or_else(Uuid::now_v7);
-        let mut state = entry.state.clone();
+        let first = A::version(state) + 1;
         let mut recorded = Vec::with_capacity(events.len());
         let mut records = Vec::with_capacity(events.len());
-        for event in events {
+        for (sequence, event) in (first..).zip(events) {
             let r = Recorded {
-                metadata: self.metadata(request, A::version(&state) + 1, correlation_id),
+                metadata: self.metadata(request, sequence, correlation_id),
                 event,
             };
             records.push(
                 r.to_kafka()
                     .map_err(|e| CommandError::Envelope(e.to_string()))?,
             );
-            state = A::evolve(state, &r.event);
             recorded.push(r);
         }
-        Ok((state, recorded, records))
+        let stream = request.customer_id;
+        let mut next = std::mem::replace(state, A::initial(stream));
+        for r in &recorded {
+            next = A::evolve(next, &r.event);
+        }
+        *state = next;
+        self.records.extend(records);
+        Ok(recorded)
     }
 
     /// The envelope of one event a request causes.
@@ -332,7 +381,11 @@ impl<'a, A: Aggregate> Batch<'a, A> {
         match owned.writer.append(&self.records).await {
             Ok(positions) => {
                 self.answer_appended(partition, positions);
-                (self.answers, Appended::Committed(self.working))
+                let changes = Changes {
+                    states: self.working,
+                    answers: self.new_answers,
+                };
+                (self.answers, Appended::Committed(changes))
             }
             Err(e) => {
                 let loss = WriterLoss::of(&e);
@@ -368,7 +421,7 @@ impl<'a, A: Aggregate> Batch<'a, A> {
             .filter_map(|(i, first)| self.decided.get(*first).map(|d| (*i, d.stream)));
         let unchanged: Vec<(usize, CustomerId)> = decided.chain(repeated).collect();
         for (i, stream) in unchanged {
-            let sequence = self.working.get(&stream).map(Entry::version).unwrap_or(0);
+            let sequence = self.working.get(&stream).map(A::version).unwrap_or(0);
             self.answers.push((
                 i,
                 Ok(Outcome {
@@ -399,21 +452,20 @@ impl<'a, A: Aggregate> Batch<'a, A> {
                     appended(r, position)
                 })
                 .collect();
-            let entry = self
-                .working
-                .entry(d.stream)
-                .or_insert_with(|| Entry::new(d.stream));
             if let Some(key) = d.command_id {
-                entry.answered.insert(
+                self.new_answers.push((
+                    d.stream,
                     key,
                     Answered {
                         fingerprint: d.fingerprint,
                         events: events.clone(),
                         recorded_at: self.now,
                     },
-                );
+                ));
             }
-            let sequence = events.last().map(|e| e.sequence).unwrap_or(entry.version());
+            let sequence = events.last().map(|e| e.sequence).unwrap_or_else(|| {
+                self.working.get(&d.stream).map(A::version).unwrap_or(0)
+            });
             let outcome = Outcome {
                 customer_id: d.stream,
                 events,
@@ -437,20 +489,22 @@ impl<'a, A: Aggregate> Batch<'a, A> {
     }
 }
 
-/// The first answer to a command with the same id, when there was one.
+/// The first answer to a command with the same id, when there was one (`state` is the
+/// stream's working copy, whose sequence the answer gives).
 fn replay_answer<A: Aggregate>(
-    entry: &Entry<A>,
+    committed: &Entry<A>,
+    state: &A::State,
     request: &Request<A>,
 ) -> Option<Result<Outcome, CommandError>> {
     let key = request.command_id.as_ref()?;
-    let answer = entry.answered.get(key)?;
+    let answer = committed.answered.get(key)?;
     Some(
         answer
             .replay(key, request.fingerprint.as_ref())
             .map(|events| Outcome {
                 customer_id: request.customer_id,
                 events,
-                sequence: entry.version(),
+                sequence: A::version(state),
                 replayed: true,
             }),
     )
@@ -458,14 +512,14 @@ fn replay_answer<A: Aggregate>(
 
 /// `If-Match`: the stream must be at the sequence the client expects.
 fn check_expected_sequence<A: Aggregate>(
-    entry: &Entry<A>,
+    state: &A::State,
     request: &Request<A>,
 ) -> Result<(), CommandError> {
+    let actual = A::version(state);
     match request.expected_sequence {
-        Some(expected) if expected != entry.version() => Err(CommandError::SequenceMismatch {
-            expected,
-            actual: entry.version(),
-        }),
+        Some(expected) if expected != actual => {
+            Err(CommandError::SequenceMismatch { expected, actual })
+        }
         _ => Ok(()),
     }
 }

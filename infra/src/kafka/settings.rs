@@ -100,6 +100,9 @@ impl KafkaSettings {
     pub fn transactional_producer_config(&self, transactional_id: &str) -> ClientConfig {
         let mut config = self.producer_config();
         config.set("transactional.id", transactional_id);
+        // A transaction's records are all enqueued before it waits for them and commits:
+        // lingering (librdkafka's default 5 ms) would only add to every command's latency.
+        config.set("linger.ms", "0");
         // extra wins over everything, including what producer_config set.
         self.with_extra(config)
     }
