@@ -692,7 +692,8 @@ impl CustomerStreams {
             callers.push((indexes, answers));
         }
         let (answers, appended) = batch.append(partition, owned).await;
-        self.settle_append(partition, owned, streams, appended).await;
+        self.settle_append(partition, owned, streams, appended)
+            .await;
         let mut answers: Vec<Option<Result<Outcome, CommandError>>> = {
             let mut by_index: Vec<Option<Result<Outcome, CommandError>>> =
                 (0..next).map(|_| None).collect();

@@ -463,9 +463,10 @@ impl<'a, A: Aggregate> Batch<'a, A> {
                     },
                 ));
             }
-            let sequence = events.last().map(|e| e.sequence).unwrap_or_else(|| {
-                self.working.get(&d.stream).map(A::version).unwrap_or(0)
-            });
+            let sequence = events
+                .last()
+                .map(|e| e.sequence)
+                .unwrap_or_else(|| self.working.get(&d.stream).map(A::version).unwrap_or(0));
             let outcome = Outcome {
                 customer_id: d.stream,
                 events,
