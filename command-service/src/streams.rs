@@ -579,7 +579,10 @@ impl CustomerStreams {
     }
 
     /// Decides and appends one command on a customer's stream.
-    pub async fn execute(&self, request: CommandRequest) -> Result<Outcome, CommandError> {
+    pub async fn execute(
+        self: &Arc<Self>,
+        request: CommandRequest,
+    ) -> Result<Outcome, CommandError> {
         self.execute_batch(vec![request])
             .await
             .pop()
@@ -591,7 +594,7 @@ impl CustomerStreams {
     /// outcomes are in the order of the requests.
     #[allow(private_bounds)]
     pub async fn execute_batch<A: Hosted>(
-        &self,
+        self: &Arc<Self>,
         requests: Vec<Request<A>>,
     ) -> Vec<Result<Outcome, CommandError>> {
         let mut by_partition: HashMap<i32, Vec<(usize, Request<A>)>> = HashMap::new();
@@ -637,47 +640,50 @@ impl CustomerStreams {
     /// batch and appends them in one transaction (group commit: while one transaction is on
     /// its way, the commands that arrive meanwhile gather for the next), then answers each
     /// caller.
+    ///
+    /// The taking, deciding and appending run on a task of their own: a caller that goes away
+    /// (a client that disconnects) must not cancel a transaction that carries other callers'
+    /// commands, nor leave the streams behind a transaction that did commit.
     async fn execute_in_partition<A: Hosted>(
-        &self,
+        self: &Arc<Self>,
         partition: i32,
         owned: Arc<OwnedPartition>,
         requests: Vec<(usize, Request<A>)>,
     ) -> Answers {
-        let count = requests.len();
+        let indexes: Vec<usize> = requests.iter().map(|(i, _)| *i).collect();
         let (answers, answered) = tokio::sync::oneshot::channel();
         A::waiting(&owned.waiting)
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(Waiting { requests, answers });
-        let streams = owned.streams.lock().await;
+        let me = self.clone();
+        tokio::spawn(async move { me.append_waiting::<A>(partition, owned).await });
+        // taken and answered by this call's task or by an earlier one
+        answered.await.unwrap_or_else(|_| {
+            indexes
+                .into_iter()
+                .map(|i| {
+                    let lost = "the append was interrupted; nothing of it is answered, retry";
+                    (i, Err(CommandError::Unavailable(lost.into())))
+                })
+                .collect()
+        })
+    }
+
+    /// Takes every command waiting in the partition's queue under its lock, decides them as
+    /// one batch, appends it, and sends each caller its answers (by each caller's own request
+    /// indexes). Nothing to do when an earlier task took them.
+    async fn append_waiting<A: Hosted>(&self, partition: i32, owned: Arc<OwnedPartition>) {
+        let mut streams = owned.streams.lock().await;
         let waiting = std::mem::take(
             &mut *A::waiting(&owned.waiting)
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        if !waiting.is_empty() {
-            self.append_waiting(partition, &owned, streams, waiting)
-                .await;
-        } else {
-            drop(streams);
+        if waiting.is_empty() {
+            return;
         }
-        // taken and answered by this call or by an earlier holder of the lock
-        answered.await.unwrap_or_else(|_| {
-            (0..count)
-                .map(|i| (i, Err(CommandError::Envelope("no outcome".into()))))
-                .collect()
-        })
-    }
-
-    /// Decides the waiting commands as one batch, appends it, and sends each caller its
-    /// answers (by each caller's own request indexes).
-    async fn append_waiting<A: Hosted>(
-        &self,
-        partition: i32,
-        owned: &Arc<OwnedPartition>,
-        mut streams: tokio::sync::MutexGuard<'_, PartitionStreams>,
-        waiting: Vec<Waiting<A>>,
-    ) {
+        let owned = &owned;
         let mut batch = Batch::new(self, A::streams(&mut streams));
         // each caller's requests get batch indexes of their own; `callers` maps them back
         let mut callers = Vec::with_capacity(waiting.len());
