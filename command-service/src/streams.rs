@@ -753,8 +753,23 @@ impl CustomerStreams {
 
     /// Decides and appends one organisation command, in the organisation stream's partition
     /// (under that partition's lock, with its writer: the same single-writer rule as every
-    /// customer).
+    /// customer). Like a customer's, the append runs on a task of its own, which a caller that
+    /// goes away does not cancel.
     pub async fn execute_organisation(
+        self: &Arc<Self>,
+        request: OrganisationRequest,
+    ) -> Result<Outcome, CommandError> {
+        let me = self.clone();
+        tokio::spawn(async move { me.append_organisation(request).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(CommandError::Unavailable(format!(
+                    "the append was interrupted ({e}); retry"
+                )))
+            })
+    }
+
+    async fn append_organisation(
         &self,
         request: OrganisationRequest,
     ) -> Result<Outcome, CommandError> {
