@@ -224,7 +224,6 @@ impl InboundReaders {
     }
 
     async fn process(&self, partition: i32, batch: Vec<StoredRecord>) -> Result<Step, LogError> {
-        let (dead_letters, forwarder) = (&self.dead_letters, &self.forwarder);
         let metrics = &self.app.metrics.inbound;
         let mut requests = Vec::new();
         let mut sources = Vec::new();
@@ -235,7 +234,7 @@ impl InboundReaders {
                     sources.push(record);
                 }
                 Err(reason) => {
-                    dead_letters
+                    self.dead_letters
                         .send(&DeadLetter::from_stored(record, reason))
                         .await?;
                     metrics.with_label_values(&["dead_lettered"]).inc();
@@ -268,7 +267,7 @@ impl InboundReaders {
                             })
                         },
                     );
-                    forwarder
+                    self.forwarder
                         .send(r.headers(headers), Duration::from_secs(30))
                         .await
                         .map_err(|(e, _)| LogError::from(e))?;
@@ -283,7 +282,7 @@ impl InboundReaders {
                 ) => {
                     let problem = command_problem(&e);
                     let reason = serde_json::to_string(&problem).unwrap_or_else(|_| e.to_string());
-                    dead_letters
+                    self.dead_letters
                         .send(&DeadLetter::from_stored(record, reason))
                         .await?;
                     metrics.with_label_values(&["dead_lettered"]).inc();

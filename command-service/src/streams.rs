@@ -700,30 +700,26 @@ impl CustomerStreams {
         let (answers, appended) = batch.append(partition, owned).await;
         self.settle_append(partition, owned, streams, appended)
             .await;
-        let mut answers: Vec<Option<Result<Outcome, CommandError>>> = {
-            let mut by_index: Vec<Option<Result<Outcome, CommandError>>> =
-                (0..next).map(|_| None).collect();
-            for (i, answer) in answers {
-                if let Some(slot) = by_index.get_mut(i) {
-                    *slot = Some(answer);
-                }
+        // the batch's answers in batch order: each caller's requests are a run of them
+        let mut by_index: Vec<Option<Result<Outcome, CommandError>>> =
+            (0..next).map(|_| None).collect();
+        for (i, answer) in answers {
+            if let Some(slot) = by_index.get_mut(i) {
+                *slot = Some(answer);
             }
-            by_index
-        };
-        let mut taken = 0usize;
+        }
+        let mut by_index = by_index.into_iter();
         for (indexes, sender) in callers {
             let mine: Answers = indexes
                 .into_iter()
-                .enumerate()
-                .map(|(k, i)| {
-                    let answer = answers
-                        .get_mut(taken + k)
-                        .and_then(Option::take)
-                        .unwrap_or(Err(CommandError::Envelope("no outcome".into())));
-                    (i, answer)
+                .map(|i| {
+                    let answer = by_index.next().flatten();
+                    (
+                        i,
+                        answer.unwrap_or(Err(CommandError::Envelope("no outcome".into()))),
+                    )
                 })
                 .collect();
-            taken += mine.len();
             // a caller that went away needs no answer
             let _ = sender.send(mine);
         }
