@@ -964,7 +964,9 @@ async fn ingest(
     preset: &Preset,
 ) -> anyhow::Result<Value> {
     let before = end_offsets(settings, topic).await?;
+    let transactions_before = append_transactions(ctx).await?;
     let posted = post_batches(ctx, data_set, preset.ingest_concurrency).await?;
+    let transactions_after = append_transactions(ctx).await?;
     let Posted {
         items,
         body_bytes,
@@ -1059,6 +1061,20 @@ async fn ingest(
     let bare_ok = delivered.iter().filter(|d| **d).count() as u64;
     let http_rate = rate(accepted, http_elapsed);
     let bare_rate = rate(bare_ok, bare_elapsed);
+    drop(producer);
+
+    // the same records again, in the command path's transaction shape: the limit of that shape
+    let (records_appended, transactions) = (
+        transactions_after.0 - transactions_before.0,
+        transactions_after.1 - transactions_before.1,
+    );
+    let per_transaction = if transactions > 0.0 {
+        ((records_appended / transactions).round() as usize).max(1)
+    } else {
+        1
+    };
+    let transactional = bare_transactional(settings, &records, per_transaction, preset).await?;
+    let transactional_rate = transactional["records_per_second"].as_f64().unwrap_or(0.0);
     let sample = (records.len() as u64) < accepted;
     Ok(json!({
         "http_batch": {
@@ -1086,7 +1102,150 @@ async fn ingest(
             "seconds": round(bare_elapsed.as_secs_f64()),
             "records_per_second": bare_rate,
         },
+        "bare_transactional": transactional,
         "ratio_http_to_bare": ratio(http_rate, bare_rate),
+        "ratio_transactional_to_bare": ratio(transactional_rate, bare_rate),
+        "ratio_http_to_transactional": ratio(http_rate, transactional_rate),
+    }))
+}
+
+/// `crm_append_batch_size`'s sum and count in command-service: records appended and the
+/// transactions that carried them.
+async fn append_transactions(ctx: &Ctx) -> anyhow::Result<(f64, f64)> {
+    let text = ctx
+        .http
+        .get(format!("{}/metrics", ctx.command_url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((
+        value("crm_append_batch_size_sum"),
+        value("crm_append_batch_size_count"),
+    ))
+}
+
+/// The records, written as command-service writes them: by one [`PartitionWriter`] per
+/// partition (a transactional producer whose `transactional.id` is bound to the partition), in
+/// transactions of `per_transaction` records one after the other, all partitions at once, to a
+/// topic of their own on the same broker. Nothing is decided: what is left is what the
+/// transaction shape costs.
+async fn bare_transactional(
+    settings: &KafkaSettings,
+    records: &[StoredRecord],
+    per_transaction: usize,
+    preset: &Preset,
+) -> anyhow::Result<Value> {
+    use infra::kafka::PartitionWriter;
+    let mut own = settings.clone();
+    own.topic_prefix = format!("{}bare-transactional-", settings.topic_prefix);
+    provision_topics(&own).await?;
+    // the header names as the writer takes them: each distinct name made static once
+    let mut names: HashMap<String, &'static str> = HashMap::new();
+    let mut by_partition: Vec<Vec<domain::KafkaRecord>> =
+        (0..own.partitions).map(|_| Vec::new()).collect();
+    for r in records {
+        let headers = r
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let name = *names
+                    .entry(k.clone())
+                    .or_insert_with(|| Box::leak(k.clone().into_boxed_str()));
+                (name, v.clone().unwrap_or_default())
+            })
+            .collect();
+        let record = domain::KafkaRecord {
+            key: r.key.clone().unwrap_or_default(),
+            headers,
+            value: r.value.clone().unwrap_or_default(),
+        };
+        if let Some(p) = by_partition.get_mut(r.position.partition as usize) {
+            p.push(record);
+        }
+    }
+    let mut writers = Vec::new();
+    for p in 0..own.partitions {
+        writers.push(PartitionWriter::open(&own, p).await?);
+    }
+    let (writers, by_partition) = (Arc::new(writers), Arc::new(by_partition));
+    let started = Instant::now();
+    let appended: Vec<anyhow::Result<(usize, usize)>> =
+        futures::future::join_all(writers.iter().zip(by_partition.iter()).map(
+            |(writer, records)| async move {
+                let (mut n, mut transactions) = (0, 0);
+                for chunk in records.chunks(per_transaction) {
+                    n += writer.append(chunk).await?.len();
+                    transactions += 1;
+                }
+                Ok((n, transactions))
+            },
+        ))
+        .await;
+    let elapsed = started.elapsed();
+    let (mut delivered, mut transactions) = (0usize, 0usize);
+    for a in appended {
+        let (n, t) = a?;
+        delivered += n;
+        transactions += t;
+    }
+
+    // one record per transaction on a random partition, open loop at the latency rate: the
+    // floor under a single command's latency
+    let mut rng = Rng(11);
+    let total = preset.latency_rate * preset.latency_seconds;
+    let period = Duration::from_secs_f64(1.0 / preset.latency_rate.max(1) as f64);
+    let mut tasks = JoinSet::new();
+    let latency_started = tokio::time::Instant::now();
+    for i in 0..total {
+        let due = latency_started + period.mul_f64(i as f64);
+        tokio::time::sleep_until(due).await;
+        let p = rng.below(writers.len().max(1) as u64) as usize;
+        let (writers, by_partition) = (writers.clone(), by_partition.clone());
+        tasks.spawn(async move {
+            let (Some(writer), Some(record)) =
+                (writers.get(p), by_partition.get(p).and_then(|r| r.first()))
+            else {
+                return Err("no record for the partition".to_owned());
+            };
+            match writer.append(std::slice::from_ref(record)).await {
+                Ok(_) => Ok(due.elapsed()),
+                Err(e) => Err(e.to_string()),
+            }
+        });
+    }
+    let (mut lat, mut errors) = (Vec::new(), Vec::new());
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(d)) => lat.push(d),
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    Ok(json!({
+        "what": "the same records, each partition's written by a transactional producer bound to the partition (command-service's PartitionWriter) in transactions of the mean size command-service's batch ingest committed, one transaction after the other per partition, all partitions at once, to a topic of their own on the same broker: the command path's transaction shape with nothing decided",
+        "records": records.len(),
+        "delivered": delivered,
+        "records_per_transaction": per_transaction,
+        "transactions": transactions,
+        "seconds": round(elapsed.as_secs_f64()),
+        "records_per_second": rate(delivered as u64, elapsed),
+        "single_record_transactions": {
+            "what": "one record per transaction on a random partition's writer, open loop at the command-latency rate: the floor under a single command's latency on this broker",
+            "rate_per_second": preset.latency_rate,
+            "sent": total,
+            "ok": lat.len(),
+            "errors": errors.len(),
+            "first_error": errors.first(),
+            "latency": Latency::of(&lat),
+        },
     }))
 }
 
