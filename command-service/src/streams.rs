@@ -780,7 +780,7 @@ impl CustomerStreams {
         // the partition's lock: one writer, one command at a time
         let streams = owned.streams.lock().await;
         let stream = organisation_stream();
-        let committed = HashMap::from([(
+        let mut committed = HashMap::from([(
             stream,
             self.organisation
                 .read()
@@ -791,17 +791,17 @@ impl CustomerStreams {
         batch.take(0, request);
         let (mut answers, appended) = batch.append(partition, &owned).await;
         match appended {
-            Appended::Committed(mut changes) => {
+            Appended::Committed(changes) => {
+                changes.apply(&mut committed);
                 let mut view = self
                     .organisation
                     .write()
                     .unwrap_or_else(PoisonError::into_inner);
                 // the follower may have read the same events meanwhile (and remembered their
-                // answers as it folded them)
-                if let Some(state) = changes.take_state(&stream) {
-                    if Organisation::version(&state) > view.version() {
-                        view.state = state;
-                        changes.remember_in(&mut view);
+                // answers as it folded them): only a newer stream replaces the view
+                if let Some(entry) = committed.remove(&stream) {
+                    if entry.version() > view.version() {
+                        *view = entry;
                     }
                 }
             }

@@ -10,7 +10,7 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use command_service::App;
 use crm_tests::{unique_prefix, KafkaBroker};
-use domain::RecordedEvent;
+use domain::{CustomerId, RecordedEvent};
 use infra::kafka::{provision_topics, read_partition, KafkaSettings};
 use infra::log::KafkaCustomerLog;
 use serde_json::{json, Value};
@@ -922,6 +922,11 @@ async fn a_batch_answers_per_item() {
                 .collect::<Vec<_>>(),
             (1..=expected).collect::<Vec<_>>()
         );
+        // the state in memory is the log's: streams changed once by a batch and streams
+        // changed many times by one
+        let id = CustomerId(Uuid::parse_str(c).unwrap());
+        let state = s.app.streams.customer_state(&id).await.unwrap();
+        assert_eq!(state.version, expected, "customer {n}");
     }
     // NDJSON with blank lines: `index` counts items, `line` is the line the error names
     let ndjson = format!("\n{}\n\n{{\"customer_id\": \n\n{}\n", items[0], items[1]);

@@ -105,22 +105,33 @@ struct Decided<A: Aggregate> {
     recorded: Vec<Recorded<A::Event>>,
 }
 
-/// What a committed batch changed: the new states of the streams it touched and the answers
-/// to its identified commands.
+/// What a committed batch changed: the new states of the streams it changed more than once,
+/// the events of those it changed once (folded into their committed states here, so that no
+/// state was copied for them) and the answers to its identified commands.
 pub(super) struct Changes<A: Aggregate> {
     states: HashMap<CustomerId, A::State>,
+    events: Vec<(CustomerId, A::Event)>,
     answers: Vec<(CustomerId, String, Answered)>,
 }
 
 impl<A: Aggregate> Changes<A> {
     /// Makes the changes real in the streams.
     pub(super) fn apply(self, streams: &mut HashMap<CustomerId, Entry<A>>) {
-        let Changes { states, answers } = self;
+        let Changes {
+            states,
+            events,
+            answers,
+        } = self;
         for (stream, state) in states {
             streams
                 .entry(stream)
                 .or_insert_with(|| Entry::new(stream))
                 .state = state;
+        }
+        for (stream, event) in events {
+            let entry = streams.entry(stream).or_insert_with(|| Entry::new(stream));
+            let state = std::mem::replace(&mut entry.state, A::initial(stream));
+            entry.state = A::evolve(state, &event);
         }
         for (stream, key, answer) in answers {
             streams
@@ -128,18 +139,6 @@ impl<A: Aggregate> Changes<A> {
                 .or_insert_with(|| Entry::new(stream))
                 .answered
                 .insert(key, answer);
-        }
-    }
-
-    /// The new state of one stream, taken out (the answers stay).
-    pub(super) fn take_state(&mut self, stream: &CustomerId) -> Option<A::State> {
-        self.states.remove(stream)
-    }
-
-    /// Adds the answers to one stream's entry: for a batch on that stream alone.
-    pub(super) fn remember_in(self, entry: &mut Entry<A>) {
-        for (_, key, answer) in self.answers {
-            entry.answered.insert(key, answer);
         }
     }
 }
@@ -162,7 +161,11 @@ pub(super) struct Batch<'a, A: Aggregate> {
     streams: &'a CustomerStreams,
     /// The streams as committed: read, never written here.
     committed: &'a HashMap<CustomerId, Entry<A>>,
-    /// Working copies of the states of the streams the batch touches.
+    /// Streams one command of the batch changed so far, by that command's index in `decided`:
+    /// they are decided against their committed state, which is not copied.
+    changed_once: HashMap<CustomerId, usize>,
+    /// Working copies of the streams a second command of the batch is about: made then, from
+    /// the committed state and the first command's events.
     working: HashMap<CustomerId, A::State>,
     /// The answers to the batch's identified commands, remembered when it commits.
     new_answers: Vec<(CustomerId, String, Answered)>,
@@ -185,6 +188,7 @@ impl<'a, A: Aggregate> Batch<'a, A> {
         Batch {
             streams,
             committed,
+            changed_once: HashMap::new(),
             working: HashMap::new(),
             new_answers: Vec::new(),
             answers: Vec::new(),
@@ -205,8 +209,9 @@ impl<'a, A: Aggregate> Batch<'a, A> {
         }
     }
 
-    /// Takes the stream's working copy out for the steps and puts it back after; the first
-    /// command of a batch on a stream copies its committed state.
+    /// Runs the steps against the stream as the batch has it so far: its committed state
+    /// until a command changes it; from the second command on a changed stream, a working
+    /// copy (made once, then changed in place), so that most streams are never copied.
     fn decide(
         &mut self,
         index: usize,
@@ -217,24 +222,73 @@ impl<'a, A: Aggregate> Batch<'a, A> {
         if let Some(reason) = committed.and_then(|e| e.broken.as_ref()) {
             return Err(Err(CommandError::BrokenStream(reason.clone())));
         }
-        let mut state = match self.working.remove(&stream) {
-            Some(state) => state,
-            None => committed.map_or_else(|| A::initial(stream), |e| e.state.clone()),
+        if let Some(first) = self.changed_once.remove(&stream) {
+            let mut state = committed.map_or_else(|| A::initial(stream), |e| e.state.clone());
+            for r in self.decided.get(first).map_or(&[][..], |d| &d.recorded[..]) {
+                state = A::evolve(state, &r.event);
+            }
+            self.working.insert(stream, state);
+        }
+        let mut working = self.working.remove(&stream);
+        let initial;
+        let state = match (&working, committed) {
+            (Some(state), _) => state,
+            (None, Some(entry)) => &entry.state,
+            (None, None) => {
+                initial = A::initial(stream);
+                &initial
+            }
         };
-        let result = self.steps(index, committed, &mut state, request);
-        self.working.insert(stream, state);
-        result
+        let result = self.steps(index, committed, state, request);
+        let changed = result.as_ref().ok().copied().flatten();
+        if let Some(decided) = changed.and_then(|d| self.decided.get(d)) {
+            match working.as_mut() {
+                Some(state) => {
+                    let mut next = std::mem::replace(state, A::initial(stream));
+                    for r in &decided.recorded {
+                        next = A::evolve(next, &r.event);
+                    }
+                    *state = next;
+                }
+                None => {
+                    if let Some(d) = changed {
+                        self.changed_once.insert(stream, d);
+                    }
+                }
+            }
+        }
+        if let Some(state) = working {
+            self.working.insert(stream, state);
+        }
+        result.map(|_| ())
+    }
+
+    /// The stream's version as the batch leaves it.
+    fn version_after(&self, stream: &CustomerId) -> u64 {
+        if let Some(state) = self.working.get(stream) {
+            return A::version(state);
+        }
+        let committed = self
+            .committed
+            .get(stream)
+            .map_or(0, |e| A::version(&e.state));
+        let once = self
+            .changed_once
+            .get(stream)
+            .and_then(|d| self.decided.get(*d))
+            .map_or(0, |d| d.recorded.len() as u64);
+        committed + once
     }
 
     /// The steps, in order; an `Err` is the command's answer (which may be a success: the
-    /// answer to a retry).
+    /// answer to a retry). `Ok` names the decided command when it has events to append.
     fn steps(
         &mut self,
         index: usize,
         committed: Option<&Entry<A>>,
-        state: &mut A::State,
+        state: &A::State,
         request: Request<A>,
-    ) -> Result<(), Result<Outcome, CommandError>> {
+    ) -> Result<Option<usize>, Result<Outcome, CommandError>> {
         // before anything else, so that a stream outside the caller's reach looks exactly
         // like one that does not exist
         self.check_access(state, &request).map_err(Err)?;
@@ -242,7 +296,7 @@ impl<'a, A: Aggregate> Batch<'a, A> {
             return Err(answer);
         }
         if self.pending_duplicate(index, &request)? {
-            return Ok(());
+            return Ok(None);
         }
         check_expected_sequence::<A>(state, &request).map_err(Err)?;
         if let Some(at) = request.occurred_at {
@@ -256,6 +310,7 @@ impl<'a, A: Aggregate> Batch<'a, A> {
             self.pending_keys
                 .insert((request.customer_id, key.clone()), self.decided.len());
         }
+        let changes = !recorded.is_empty();
         self.decided.push(Decided {
             index,
             stream: request.customer_id,
@@ -263,7 +318,7 @@ impl<'a, A: Aggregate> Batch<'a, A> {
             fingerprint: request.fingerprint,
             recorded,
         });
-        Ok(())
+        Ok(changes.then(|| self.decided.len() - 1))
     }
 
     /// The permission table and the caller's reach, against the stream as it is.
@@ -309,12 +364,11 @@ impl<'a, A: Aggregate> Batch<'a, A> {
         }
     }
 
-    /// `decide`, then each event in its envelope and encoded; only when every one is, they
-    /// are folded into the state (moved through `evolve`, never copied) and their records
-    /// join the batch's.
+    /// `decide`, then each event in its envelope and encoded; only when every one is, their
+    /// records join the batch's (the caller folds them into the batch's view of the stream).
     fn record(
         &mut self,
-        state: &mut A::State,
+        state: &A::State,
         request: &Request<A>,
     ) -> Result<Vec<Recorded<A::Event>>, CommandError> {
         let events = A::decide(state, &request.command)?;
@@ -333,12 +387,6 @@ impl<'a, A: Aggregate> Batch<'a, A> {
             );
             recorded.push(r);
         }
-        let stream = request.customer_id;
-        let mut next = std::mem::replace(state, A::initial(stream));
-        for r in &recorded {
-            next = A::evolve(next, &r.event);
-        }
-        *state = next;
         self.records.extend(records);
         Ok(recorded)
     }
@@ -380,9 +428,10 @@ impl<'a, A: Aggregate> Batch<'a, A> {
             .observe(self.records.len() as f64);
         match owned.writer.append(&self.records).await {
             Ok(positions) => {
-                self.answer_appended(partition, positions);
+                let events = self.answer_appended(partition, positions);
                 let changes = Changes {
                     states: self.working,
+                    events,
                     answers: self.new_answers,
                 };
                 (self.answers, Appended::Committed(changes))
@@ -421,7 +470,7 @@ impl<'a, A: Aggregate> Batch<'a, A> {
             .filter_map(|(i, first)| self.decided.get(*first).map(|d| (*i, d.stream)));
         let unchanged: Vec<(usize, CustomerId)> = decided.chain(repeated).collect();
         for (i, stream) in unchanged {
-            let sequence = self.working.get(&stream).map(A::version).unwrap_or(0);
+            let sequence = self.version_after(&stream);
             self.answers.push((
                 i,
                 Ok(Outcome {
@@ -435,11 +484,31 @@ impl<'a, A: Aggregate> Batch<'a, A> {
     }
 
     /// Answers every decided command with its events' positions, and remembers the answers
-    /// of identified ones.
-    fn answer_appended(&mut self, partition: i32, positions: Vec<Position>) {
+    /// of identified ones. Returns the events of the streams the batch changed once, for
+    /// their committed states.
+    fn answer_appended(
+        &mut self,
+        partition: i32,
+        positions: Vec<Position>,
+    ) -> Vec<(CustomerId, A::Event)> {
         let mut positions = positions.into_iter();
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(self.decided.len());
-        for d in std::mem::take(&mut self.decided) {
+        // the answers a repeated command in the batch gets again
+        let mut repeated: HashMap<usize, Option<Outcome>> = self
+            .duplicates
+            .iter()
+            .map(|(_, first)| (*first, None))
+            .collect();
+        // a command with no events is answered with its stream's sequence after the batch
+        let unchanged_versions: HashMap<CustomerId, u64> = self
+            .decided
+            .iter()
+            .filter(|d| d.recorded.is_empty())
+            .map(|d| (d.stream, self.version_after(&d.stream)))
+            .collect();
+        let changed_once: std::collections::HashSet<usize> =
+            self.changed_once.values().copied().collect();
+        let mut events_once = Vec::with_capacity(changed_once.len());
+        for (k, d) in std::mem::take(&mut self.decided).into_iter().enumerate() {
             let events: Vec<AppendedEvent> = d
                 .recorded
                 .iter()
@@ -466,18 +535,23 @@ impl<'a, A: Aggregate> Batch<'a, A> {
             let sequence = events
                 .last()
                 .map(|e| e.sequence)
-                .unwrap_or_else(|| self.working.get(&d.stream).map(A::version).unwrap_or(0));
+                .unwrap_or_else(|| unchanged_versions.get(&d.stream).copied().unwrap_or(0));
+            if changed_once.contains(&k) {
+                events_once.extend(d.recorded.into_iter().map(|r| (d.stream, r.event)));
+            }
             let outcome = Outcome {
                 customer_id: d.stream,
                 events,
                 sequence,
                 replayed: false,
             };
-            self.answers.push((d.index, Ok(outcome.clone())));
-            outcomes.push(outcome);
+            if let Some(slot) = repeated.get_mut(&k) {
+                *slot = Some(outcome.clone());
+            }
+            self.answers.push((d.index, Ok(outcome)));
         }
         for (i, first) in std::mem::take(&mut self.duplicates) {
-            if let Some(answer) = outcomes.get(first) {
+            if let Some(Some(answer)) = repeated.get(&first) {
                 self.answers.push((
                     i,
                     Ok(Outcome {
@@ -487,6 +561,7 @@ impl<'a, A: Aggregate> Batch<'a, A> {
                 ));
             }
         }
+        events_once
     }
 }
 
