@@ -35,7 +35,7 @@ use crate::gen::{self, Rng};
 use crate::procs::{self, BrokerStorage, Proc};
 use crate::serve::connect;
 use crate::spool::{self, Spool};
-use crate::stats::{rate, ratio, round, Latency, Machine};
+use crate::stats::{rate, ratio, round, CpuMeter, Latency, Machine};
 
 /// Sizes and rates of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -412,7 +412,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // ---------------------------------------------------------------- 1. ingest vs bare producer
     let t = Instant::now();
-    report.ingest = ingest(&ctx, &settings, &topic, &data_set, &preset).await?;
+    // whose CPU time each ingest figure counts (per 1,000 records: steadier than a rate)
+    let mut cpu = vec![
+        ("command_service", command.pid()),
+        ("harness", std::process::id()),
+    ];
+    if let Some(b) = &broker {
+        cpu.push(("broker", b.pid()));
+    }
+    report.ingest = ingest(&ctx, &settings, &topic, &data_set, &preset, &cpu).await?;
     eprintln!("ingest: {}", report.ingest);
     report.phase("ingest", t);
     let bare = report.ingest["bare_producer"]["records_per_second"]
@@ -962,10 +970,13 @@ async fn ingest(
     topic: &str,
     data_set: &Spool,
     preset: &Preset,
+    cpu: &[(&'static str, u32)],
 ) -> anyhow::Result<Value> {
     let before = end_offsets(settings, topic).await?;
     let transactions_before = append_transactions(ctx).await?;
+    let meter = CpuMeter::start(cpu);
     let posted = post_batches(ctx, data_set, preset.ingest_concurrency).await?;
+    let http_cpu = meter.since_start(posted.accepted);
     let transactions_after = append_transactions(ctx).await?;
     let Posted {
         items,
@@ -1030,6 +1041,7 @@ async fn ingest(
             Duration::from_secs(30),
         )
         .await;
+    let meter = CpuMeter::start(cpu);
     let started = Instant::now();
     let delivered: Vec<bool> = futures::stream::iter(records.iter().map(|r| {
         let producer = &producer;
@@ -1059,6 +1071,7 @@ async fn ingest(
     .await;
     let bare_elapsed = started.elapsed();
     let bare_ok = delivered.iter().filter(|d| **d).count() as u64;
+    let bare_cpu = meter.since_start(bare_ok);
     let http_rate = rate(accepted, http_elapsed);
     let bare_rate = rate(bare_ok, bare_elapsed);
     drop(producer);
@@ -1073,7 +1086,8 @@ async fn ingest(
     } else {
         1
     };
-    let transactional = bare_transactional(settings, &records, per_transaction, preset).await?;
+    let transactional =
+        bare_transactional(settings, &records, per_transaction, preset, cpu).await?;
     let transactional_rate = transactional["records_per_second"].as_f64().unwrap_or(0.0);
     let sample = (records.len() as u64) < accepted;
     Ok(json!({
@@ -1088,6 +1102,7 @@ async fn ingest(
             "seconds": round(http_elapsed.as_secs_f64()),
             "touchpoints_per_second": http_rate,
             "batch_latency": Latency::of(lat),
+            "cpu": http_cpu,
         },
         "bare_producer": {
             "what": if sample {
@@ -1101,6 +1116,7 @@ async fn ingest(
             "record_bytes": record_bytes,
             "seconds": round(bare_elapsed.as_secs_f64()),
             "records_per_second": bare_rate,
+            "cpu": bare_cpu,
         },
         "bare_transactional": transactional,
         "ratio_http_to_bare": ratio(http_rate, bare_rate),
@@ -1142,6 +1158,7 @@ async fn bare_transactional(
     records: &[StoredRecord],
     per_transaction: usize,
     preset: &Preset,
+    cpu: &[(&'static str, u32)],
 ) -> anyhow::Result<Value> {
     use infra::kafka::PartitionWriter;
     let mut own = settings.clone();
@@ -1176,26 +1193,40 @@ async fn bare_transactional(
         writers.push(PartitionWriter::open(&own, p).await?);
     }
     let (writers, by_partition) = (Arc::new(writers), Arc::new(by_partition));
-    let started = Instant::now();
-    let appended: Vec<anyhow::Result<(usize, usize)>> =
-        futures::future::join_all(writers.iter().zip(by_partition.iter()).map(
-            |(writer, records)| async move {
-                let (mut n, mut transactions) = (0, 0);
-                for chunk in records.chunks(per_transaction) {
-                    n += writer.append(chunk).await?.len();
-                    transactions += 1;
-                }
-                Ok((n, transactions))
-            },
+    // every partition's records in transactions of `per_transaction`, all partitions at once
+    let pass = || async {
+        let meter = CpuMeter::start(cpu);
+        let started = Instant::now();
+        let appended: Vec<anyhow::Result<(usize, usize)>> =
+            futures::future::join_all(writers.iter().zip(by_partition.iter()).map(
+                |(writer, records)| async move {
+                    let (mut n, mut transactions) = (0, 0);
+                    for chunk in records.chunks(per_transaction) {
+                        n += writer.append(chunk).await?.len();
+                        transactions += 1;
+                    }
+                    Ok((n, transactions))
+                },
+            ))
+            .await;
+        let elapsed = started.elapsed();
+        let (mut delivered, mut transactions) = (0usize, 0usize);
+        for a in appended {
+            let (n, t) = a?;
+            delivered += n;
+            transactions += t;
+        }
+        anyhow::Ok((
+            delivered,
+            transactions,
+            elapsed,
+            meter.since_start(delivered as u64),
         ))
-        .await;
-    let elapsed = started.elapsed();
-    let (mut delivered, mut transactions) = (0usize, 0usize);
-    for a in appended {
-        let (n, t) = a?;
-        delivered += n;
-        transactions += t;
-    }
+    };
+    let (delivered, transactions, elapsed, transactional_cpu) = pass().await?;
+    // the same again, onto the records of the first pass: does the broker's cost grow with
+    // what the partitions already hold?
+    let (again, _, again_elapsed, again_cpu) = pass().await?;
 
     // one record per transaction on a random partition, open loop at the latency rate: the
     // floor under a single command's latency
@@ -1237,6 +1268,14 @@ async fn bare_transactional(
         "transactions": transactions,
         "seconds": round(elapsed.as_secs_f64()),
         "records_per_second": rate(delivered as u64, elapsed),
+        "cpu": transactional_cpu,
+        "second_pass": {
+            "what": "the same records again, the same way, onto the first pass's: the partitions now hold as many records as the batch endpoint appended",
+            "delivered": again,
+            "seconds": round(again_elapsed.as_secs_f64()),
+            "records_per_second": rate(again as u64, again_elapsed),
+            "cpu": again_cpu,
+        },
         "single_record_transactions": {
             "what": "one record per transaction on a random partition's writer, open loop at the command-latency rate: the floor under a single command's latency on this broker",
             "rate_per_second": preset.latency_rate,

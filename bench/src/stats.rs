@@ -111,6 +111,53 @@ impl Machine {
     }
 }
 
+/// CPU time (user and system, every thread) a process has used so far, in seconds: `utime`
+/// and `stime` of `/proc/PID/stat`, which count in USER_HZ (100 per second on Linux).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // the fields after the command name, which is in parentheses and may hold anything
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `state` is field 3 of the line; `utime` and `stime` are fields 14 and 15
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// The CPU time of some processes over one measurement, per 1,000 records.
+pub struct CpuMeter {
+    processes: Vec<(&'static str, u32)>,
+    before: Vec<Option<f64>>,
+}
+
+impl CpuMeter {
+    /// Starts measuring the processes (name, pid) from now.
+    pub fn start(processes: &[(&'static str, u32)]) -> Self {
+        CpuMeter {
+            processes: processes.to_vec(),
+            before: processes.iter().map(|(_, pid)| cpu_seconds(*pid)).collect(),
+        }
+    }
+
+    /// Each process's CPU seconds since the start and per 1,000 of `records`.
+    pub fn since_start(&self, records: u64) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for ((name, pid), before) in self.processes.iter().zip(&self.before) {
+            let used = before.and_then(|b| cpu_seconds(*pid).map(|a| a - b));
+            out.insert(
+                (*name).to_owned(),
+                serde_json::json!({
+                    "cpu_seconds": used.map(round),
+                    "cpu_ms_per_1000_records": used
+                        .filter(|_| records > 0)
+                        .map(|u| round(u * 1e6 / records as f64)),
+                }),
+            );
+        }
+        serde_json::Value::Object(out)
+    }
+}
+
 /// Peak resident set size (VmHWM) of a process, in KiB.
 pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
     status_field(pid, "VmHWM:")
@@ -128,6 +175,24 @@ fn status_field(pid: u32, field: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_of_this_process_grows_with_work() {
+        let pid = std::process::id();
+        let before = cpu_seconds(pid).expect("this process's /proc/PID/stat");
+        // busy until the count moves by 0.05 s (five ticks), however loaded the machine is
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        let mut after = before;
+        while after - before < 0.05 && started.elapsed() < Duration::from_secs(30) {
+            for _ in 0..1_000_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            after = cpu_seconds(pid).expect("this process's /proc/PID/stat");
+        }
+        assert!(after - before >= 0.05, "{before} -> {after}");
+        assert!(cpu_seconds(u32::MAX).is_none());
+    }
 
     #[test]
     fn percentiles_of_one_to_a_hundred() {
