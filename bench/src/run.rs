@@ -972,6 +972,12 @@ async fn ingest(
     preset: &Preset,
     cpu: &[(&'static str, u32)],
 ) -> anyhow::Result<Value> {
+    // what the processes spend with nothing to do (consumers polling, heartbeats, timers):
+    // part of every figure below, in proportion to its wall time
+    let idle_meter = CpuMeter::start(cpu);
+    let idle_started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = idle_meter.per_second(idle_started.elapsed());
     let before = end_offsets(settings, topic).await?;
     let transactions_before = append_transactions(ctx).await?;
     let meter = CpuMeter::start(cpu);
@@ -1129,6 +1135,7 @@ async fn ingest(
             "cpu": bare_cpu,
         },
         "bare_transactional": transactional,
+        "idle_cpu_per_second": idle,
         "ratio_http_to_bare": ratio(http_rate, bare_rate),
         "ratio_transactional_to_bare": ratio(transactional_rate, bare_rate),
         "ratio_http_to_transactional": ratio(http_rate, transactional_rate),

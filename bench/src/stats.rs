@@ -139,6 +139,20 @@ impl CpuMeter {
         }
     }
 
+    /// Each process's CPU seconds per second of `elapsed` since the start (its share of a
+    /// core).
+    pub fn per_second(&self, elapsed: Duration) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for ((name, pid), before) in self.processes.iter().zip(&self.before) {
+            let used = before.and_then(|b| cpu_seconds(*pid).map(|a| a - b));
+            let share = used
+                .filter(|_| !elapsed.is_zero())
+                .map(|u| round(u / elapsed.as_secs_f64()));
+            out.insert((*name).to_owned(), serde_json::json!(share));
+        }
+        serde_json::Value::Object(out)
+    }
+
     /// Each process's CPU seconds since the start and per 1,000 of `records`.
     pub fn since_start(&self, records: u64) -> serde_json::Value {
         let mut out = serde_json::Map::new();
