@@ -1279,34 +1279,27 @@ async fn bare_transactional(
     // floor under a single command's latency
     let mut rng = Rng(11);
     let total = preset.latency_rate * preset.latency_seconds;
-    let period = Duration::from_secs_f64(1.0 / preset.latency_rate.max(1) as f64);
-    let mut tasks = JoinSet::new();
-    let latency_started = tokio::time::Instant::now();
-    for i in 0..total {
-        let due = latency_started + period.mul_f64(i as f64);
-        tokio::time::sleep_until(due).await;
-        let p = rng.below(writers.len().max(1) as u64) as usize;
+    // the partitions with a record to write (a small data set leaves some empty)
+    let filled: Vec<usize> = (0..by_partition.len())
+        .filter(|p| by_partition.get(*p).is_some_and(|r| !r.is_empty()))
+        .collect();
+    let (lat, errors, _) = open_loop(preset.latency_rate, preset.latency_seconds, || {
+        let p = *filled.get(rng.below(filled.len() as u64) as usize)?;
         let (writers, by_partition) = (writers.clone(), by_partition.clone());
-        tasks.spawn(async move {
+        Some(async move {
             let (Some(writer), Some(record)) =
                 (writers.get(p), by_partition.get(p).and_then(|r| r.first()))
             else {
                 return Err("no record for the partition".to_owned());
             };
-            match writer.append(std::slice::from_ref(record)).await {
-                Ok(_) => Ok(due.elapsed()),
-                Err(e) => Err(e.to_string()),
-            }
-        });
-    }
-    let (mut lat, mut errors) = (Vec::new(), Vec::new());
-    while let Some(r) = tasks.join_next().await {
-        match r {
-            Ok(Ok(d)) => lat.push(d),
-            Ok(Err(e)) => errors.push(e),
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
+            writer
+                .append(std::slice::from_ref(record))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    })
+    .await;
     Ok(json!({
         "what": "the same records, each partition's written by a transactional producer bound to the partition (command-service's PartitionWriter) in transactions of the mean size command-service's batch ingest committed, one transaction after the other per partition, all partitions at once, to a topic of their own on the same broker: the command path's transaction shape with nothing decided",
         "records": records.len(),
@@ -1326,7 +1319,7 @@ async fn bare_transactional(
             "cpu": again_cpu,
         },
         "single_record_transactions": {
-            "what": "one record per transaction on a random partition's writer, open loop at the command-latency rate: the floor under a single command's latency on this broker",
+            "what": "one record per transaction on the writer of a random partition that has records, open loop at the command-latency rate: the floor under a single command's latency on this broker",
             "rate_per_second": preset.latency_rate,
             "sent": total,
             "ok": lat.len(),
@@ -1473,33 +1466,29 @@ pub(crate) fn touchpoint_command(rng: &mut Rng) -> Value {
     body
 }
 
-/// Open loop: one command every 1/rate s whatever the answers do; latency from the moment the
-/// command was due (so a stall counts for every command it delays).
-async fn command_latency(ctx: &Ctx, customers: &[Uuid], preset: &Preset) -> anyhow::Result<Value> {
-    let mut rng = Rng(7);
-    let total = preset.latency_rate * preset.latency_seconds;
-    let period = Duration::from_secs_f64(1.0 / preset.latency_rate.max(1) as f64);
+/// Open loop: `call()` is started every 1/`rate` s for `seconds`, whatever the earlier calls
+/// do (a `None` skips its turn); each call's latency counts from the moment it was due, so a
+/// stall counts for every call it delays. The latencies of the calls that succeeded, the
+/// errors of the others, and how long the whole loop took.
+async fn open_loop<F, Fut>(
+    rate: u64,
+    seconds: u64,
+    mut call: F,
+) -> (Vec<Duration>, Vec<String>, Duration)
+where
+    F: FnMut() -> Option<Fut>,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let mut tasks = JoinSet::new();
     let started = tokio::time::Instant::now();
-    for i in 0..total {
+    for i in 0..rate * seconds {
         let due = started + period.mul_f64(i as f64);
         tokio::time::sleep_until(due).await;
-        let Some(customer) = customers.get(rng.below(customers.len() as u64) as usize) else {
+        let Some(call) = call() else {
             continue;
         };
-        let url = format!("{}/v1/customers/{customer}/touchpoints", ctx.command_url);
-        let body = touchpoint_command(&mut rng);
-        let request = ctx.http.post(url).bearer_auth(&ctx.admin).json(&body);
-        tasks.spawn(async move {
-            match request.send().await {
-                Ok(r) if r.status().is_success() => {
-                    let _ = r.bytes().await;
-                    Ok(due.elapsed())
-                }
-                Ok(r) => Err(r.status().to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        });
+        tasks.spawn(async move { call.await.map(|()| due.elapsed()) });
     }
     let (mut lat, mut errors) = (Vec::new(), Vec::new());
     while let Some(r) = tasks.join_next().await {
@@ -1509,7 +1498,31 @@ async fn command_latency(ctx: &Ctx, customers: &[Uuid], preset: &Preset) -> anyh
             Err(e) => errors.push(e.to_string()),
         }
     }
-    let elapsed = started.elapsed();
+    (lat, errors, started.elapsed())
+}
+
+/// One touchpoint command every 1/rate s on a random loaded customer, whatever the answers do
+/// ([`open_loop`]).
+async fn command_latency(ctx: &Ctx, customers: &[Uuid], preset: &Preset) -> anyhow::Result<Value> {
+    let mut rng = Rng(7);
+    let total = preset.latency_rate * preset.latency_seconds;
+    let (lat, errors, elapsed) = open_loop(preset.latency_rate, preset.latency_seconds, || {
+        let customer = customers.get(rng.below(customers.len() as u64) as usize)?;
+        let url = format!("{}/v1/customers/{customer}/touchpoints", ctx.command_url);
+        let body = touchpoint_command(&mut rng);
+        let request = ctx.http.post(url).bearer_auth(&ctx.admin).json(&body);
+        Some(async move {
+            match request.send().await {
+                Ok(r) if r.status().is_success() => {
+                    let _ = r.bytes().await;
+                    Ok(())
+                }
+                Ok(r) => Err(r.status().to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    })
+    .await;
     Ok(json!({
         "what": "POST /v1/customers/{id}/touchpoints (one command, one event, one Kafka transaction) on random loaded customers, open loop",
         "rate_per_second": preset.latency_rate,

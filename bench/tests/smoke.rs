@@ -29,6 +29,25 @@ fn the_tiny_preset_runs_end_to_end_and_reports_every_figure() {
         report["ingest"]["bare_producer"]["delivered"]
     );
     assert_eq!(report["command_latency"]["errors"], 0);
+    assert_eq!(
+        report["command_latency"]["ok"], report["command_latency"]["sent"],
+        "{}",
+        report["command_latency"]
+    );
+    // the transaction shape rewrites every record, twice, and its floor counts every call
+    let shape = &report["ingest"]["bare_transactional"];
+    let records = &report["ingest"]["bare_producer"]["records"];
+    assert_eq!(&shape["delivered"], records, "{shape}");
+    assert_eq!(&shape["with_history"]["delivered"], records, "{shape}");
+    let floor = &shape["single_record_transactions"];
+    assert_eq!(floor["errors"], 0, "{floor}");
+    assert_eq!(floor["ok"], floor["sent"], "{floor}");
+    // CPU time was read for command-service and the harness (the broker here is the test
+    // bed's, not a process of the run's)
+    for process in ["command_service", "harness"] {
+        let cpu = &report["ingest"]["http_batch"]["cpu"][process]["cpu_seconds"];
+        assert!(cpu.as_f64().is_some(), "{process}: {cpu}");
+    }
     let events = report["replay"]["events_applied"].as_u64().unwrap_or(0);
     assert!(events > 0);
     assert_eq!(report["embedded"]["events"].as_u64(), Some(events));
