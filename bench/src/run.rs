@@ -1147,16 +1147,21 @@ async fn ingest(
 /// second pass (about 33 s on the test machine).
 const MAX_HISTORY_TRANSACTIONS: usize = 36_000;
 
-/// `crm_append_batch_size`'s sum and count in command-service: records appended and the
-/// transactions that carried them.
-async fn append_transactions(ctx: &Ctx) -> anyhow::Result<(f64, f64)> {
-    let text = ctx
+/// command-service's `/metrics`, as text.
+async fn command_metrics(ctx: &Ctx) -> anyhow::Result<String> {
+    Ok(ctx
         .http
         .get(format!("{}/metrics", ctx.command_url))
         .send()
         .await?
         .text()
-        .await?;
+        .await?)
+}
+
+/// `crm_append_batch_size`'s sum and count in command-service: records appended and the
+/// transactions that carried them.
+async fn append_transactions(ctx: &Ctx) -> anyhow::Result<(f64, f64)> {
+    let text = command_metrics(ctx).await?;
     let value = |name: &str| {
         text.lines()
             .find(|l| l.split(' ').next() == Some(name))
@@ -1332,13 +1337,7 @@ async fn bare_transactional(
 
 /// `crm_inbound_records_total{outcome="appended"}` of command-service.
 async fn inbound_appended(ctx: &Ctx) -> anyhow::Result<u64> {
-    let text = ctx
-        .http
-        .get(format!("{}/metrics", ctx.command_url))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = command_metrics(ctx).await?;
     Ok(text
         .lines()
         .filter(|l| l.starts_with("crm_inbound_records_total") && l.contains("\"appended\""))
