@@ -505,9 +505,7 @@ impl<'a, A: Aggregate> Batch<'a, A> {
             .filter(|d| d.recorded.is_empty())
             .map(|d| (d.stream, self.version_after(&d.stream)))
             .collect();
-        let changed_once: std::collections::HashSet<usize> =
-            self.changed_once.values().copied().collect();
-        let mut events_once = Vec::with_capacity(changed_once.len());
+        let mut events_once = Vec::with_capacity(self.changed_once.len());
         for (k, d) in std::mem::take(&mut self.decided).into_iter().enumerate() {
             let events: Vec<AppendedEvent> = d
                 .recorded
@@ -536,7 +534,8 @@ impl<'a, A: Aggregate> Batch<'a, A> {
                 .last()
                 .map(|e| e.sequence)
                 .unwrap_or_else(|| unchanged_versions.get(&d.stream).copied().unwrap_or(0));
-            if changed_once.contains(&k) {
+            // the one command that changed its stream in this batch
+            if self.changed_once.get(&d.stream) == Some(&k) {
                 events_once.extend(d.recorded.into_iter().map(|r| (d.stream, r.event)));
             }
             let outcome = Outcome {
