@@ -72,6 +72,11 @@ launch() { # PORT WORKDIR STORAGE LOG -> pid of the broker
     local port=$1 workdir=$2 storage=$3 log=$4
     (
         cd "$workdir"
+        # nisshi's allocator (mimalloc) without transparent huge pages: with them, well over
+        # half of the broker's CPU under load was the kernel zeroing fresh 2 MiB pages
+        # (clear_page_erms under mi_page_free_list_extend). The same as BROKER_ALLOCATOR_ENV in
+        # tests/src/lib.rs, which the tests and crm-bench use.
+        MIMALLOC_ALLOW_THP=0 MIMALLOC_ALLOW_LARGE_OS_PAGES=0 \
         exec "$TANSU" broker \
             --listener-url "tcp://127.0.0.1:$port" \
             --advertised-listener-url "tcp://127.0.0.1:$port" \

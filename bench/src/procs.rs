@@ -192,6 +192,7 @@ pub fn start_broker(
             &url,
         ])
         .args(["--storage-engine", storage.url()])
+        .envs(crm_tests::BROKER_ALLOCATOR_ENV)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(out)

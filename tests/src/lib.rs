@@ -23,6 +23,15 @@ use std::time::{Duration, Instant};
 /// Set to `host:port[,...]` to run the tests against an existing Kafka-protocol broker.
 pub const BROKERS_ENV: &str = "CRM_TEST_KAFKA_BROKERS";
 
+/// The test broker's allocator (nisshi uses mimalloc) without transparent huge pages, for every
+/// broker the tests, `crm-bench` and `scripts/kafka-testbed.sh` start: with them, well over half
+/// of the broker's CPU under load was the kernel zeroing fresh 2 MiB pages (`clear_page_erms`
+/// under `mi_page_free_list_extend`; docs/benchmarks.md).
+pub const BROKER_ALLOCATOR_ENV: [(&str, &str); 2] = [
+    ("MIMALLOC_ALLOW_THP", "0"),
+    ("MIMALLOC_ALLOW_LARGE_OS_PAGES", "0"),
+];
+
 /// The repository's `scripts/kafka-testbed.sh`.
 pub fn testbed_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/kafka-testbed.sh")
@@ -244,6 +253,7 @@ impl Process {
             .args(["--storage-engine", &engine])
             // no waiting for more members before a group's first assignment
             .args(["--group-initial-rebalance-delay", "0s"])
+            .envs(BROKER_ALLOCATOR_ENV)
             .current_dir(workdir)
             .stdin(Stdio::null())
             .stdout(log)
