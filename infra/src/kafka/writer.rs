@@ -227,13 +227,6 @@ impl PartitionWriter {
                 Err(e) => return Err(self.abort(undelivered(e)).await),
             }
         }
-        // ... and their delivery reports disposed of by the polling thread (they count as in
-        // flight until then, and one left over costs the flush its 100 ms again).
-        let settled = Instant::now() + Duration::from_millis(100);
-        while self.producer.in_flight_count() > 0 && Instant::now() < settled {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-
         self.commit().await?;
         Ok(appended)
     }
@@ -310,8 +303,11 @@ impl PartitionWriter {
         loop {
             let producer = self.producer.clone();
             let timeout = self.timeout;
-            let result =
-                tokio::task::spawn_blocking(move || producer.commit_transaction(timeout)).await?;
+            let result = tokio::task::spawn_blocking(move || {
+                settle_delivery_reports(&producer);
+                producer.commit_transaction(timeout)
+            })
+            .await?;
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) => match self.failure(e) {
@@ -348,6 +344,28 @@ impl PartitionWriter {
                 }
             },
             Err(join) => LogError::from(join),
+        }
+    }
+}
+
+/// Waits until the polling thread has disposed of the delivery reports of records already
+/// delivered: they count as in flight until then, and `commit_transaction`'s flush, finding one,
+/// polls in steps of 100 ms (`BaseProducer::flush` → `poll(100 ms)`, which waits its timeout out).
+/// Disposal follows the last delivery within microseconds, so this first yields the thread for
+/// a few microseconds, then sleeps in steps of 50 µs on this blocking thread (tokio's timer
+/// would cost a whole millisecond of every transaction); it gives up after 100 ms and lets the
+/// flush wait.
+fn settle_delivery_reports(producer: &FutureProducer) {
+    let started = Instant::now();
+    while producer.in_flight_count() > 0 {
+        let waited = started.elapsed();
+        if waited >= Duration::from_millis(100) {
+            break;
+        }
+        if waited < Duration::from_micros(20) {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(50));
         }
     }
 }
