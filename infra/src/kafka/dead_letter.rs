@@ -96,11 +96,13 @@ impl DeadLetter {
 pub(crate) fn owned_headers<'a>(
     headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
 ) -> OwnedHeaders {
-    headers
-        .into_iter()
-        .fold(OwnedHeaders::new(), |acc, (key, value)| {
-            acc.insert(Header { key, value })
-        })
+    let headers = headers.into_iter();
+    // room for all of them at once (a record of the customer-events topic has 12 to 16)
+    let room = headers.size_hint().0.max(4);
+    headers.fold(
+        OwnedHeaders::new_with_capacity(room),
+        |acc, (key, value)| acc.insert(Header { key, value }),
+    )
 }
 
 /// An idempotent, non-transactional producer to the dead-letter topic, for components that
