@@ -31,7 +31,10 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::streams::{fingerprint, Caller, CommandError, CommandRequest, Outcome, Request, Via};
+use crate::streams::{
+    fingerprint, fingerprint_of_json, Caller, CommandError, CommandRequest, Numbers, Outcome,
+    Request, Via,
+};
 use crate::App;
 
 /// The header that carries a command's log position, for read-your-writes queries.
@@ -723,34 +726,35 @@ pub struct BatchTouchpoint {
     pub touchpoint: domain::Touchpoint,
 }
 
-/// One item of a batch: its NDJSON line (1-based; none in a JSON array) and its JSON.
-type BatchItem = (Option<usize>, Result<Value, Problem>);
+/// One item of a batch: its NDJSON line's text, or its JSON from an array body.
+enum ItemBody<'a> {
+    Text(&'a [u8]),
+    Value(Value),
+}
+
+/// One item of a batch: its NDJSON line (1-based; none in a JSON array) and its body.
+type BatchItem<'a> = (Option<usize>, ItemBody<'a>);
 
 /// The items of a batch body. Blank NDJSON lines are no items: `index` counts items, and
 /// each NDJSON item's answer names its `line` too, so that both agree with the error texts.
-fn batch_items(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<BatchItem>, Problem> {
+fn batch_items<'a>(headers: &HeaderMap, bytes: &'a [u8]) -> Result<Vec<BatchItem<'a>>, Problem> {
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
             v.starts_with("application/x-ndjson") || v.starts_with("application/ndjson")
         });
-    let items: Vec<BatchItem> = if ndjson {
+    let items: Vec<BatchItem<'a>> = if ndjson {
         domain::ndjson::items(bytes)
             .into_iter()
-            .map(|item| {
-                let (index, line) = (item.index, item.line);
-                let value = item.value.map_err(|e| {
-                    Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
-                        .detail(format!("item {index} (line {line}): {e}"))
-                        .with("line", line)
-                });
-                (Some(line), value)
-            })
+            .map(|item| (Some(item.line), ItemBody::Text(item.text)))
             .collect()
     } else {
         match serde_json::from_slice::<Value>(bytes) {
-            Ok(Value::Array(items)) => items.into_iter().map(|v| (None, Ok(v))).collect(),
+            Ok(Value::Array(items)) => items
+                .into_iter()
+                .map(|v| (None, ItemBody::Value(v)))
+                .collect(),
             Ok(_) => {
                 return Err(Problem::invalid_field(
                     "",
@@ -785,7 +789,50 @@ fn batch_items(headers: &HeaderMap, bytes: &[u8]) -> Result<Vec<BatchItem>, Prob
     Ok(items)
 }
 
+/// The command of one batch item. An NDJSON line is read straight into a [`BatchTouchpoint`]
+/// (and its digest taken from its text), without a `Value` tree; only a line that does not
+/// read that way goes the way of an array's item, so that it gets the same answer, the same
+/// leniency (`3.0` is an integer) and the same error naming the field.
 fn batch_request(
+    item: ItemBody<'_>,
+    index: usize,
+    line: Option<usize>,
+    caller: &Caller,
+    correlation_id: Option<Uuid>,
+) -> Result<CommandRequest, Problem> {
+    let item = match item {
+        ItemBody::Text(text) => {
+            if let Ok(t) = serde_json::from_slice::<BatchTouchpoint>(text) {
+                let digest = match &t.idempotency_key {
+                    None => Ok(None),
+                    Some(_) => {
+                        { fingerprint_of_json("record_touchpoint", &[], text, Numbers::Integral) }
+                            .map(Some)
+                    }
+                };
+                if let Ok(digest) = digest {
+                    return touchpoint_request(t, digest, caller, correlation_id);
+                }
+            }
+            serde_json::from_slice::<Value>(text).map_err(|e| {
+                let mut p =
+                    Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON");
+                p = match line {
+                    Some(line) => p
+                        .detail(format!("item {index} (line {line}): {e}"))
+                        .with("line", line),
+                    None => p.detail(format!("item {index}: {e}")),
+                };
+                p
+            })?
+        }
+        ItemBody::Value(v) => v,
+    };
+    batch_request_of_value(item, caller, correlation_id)
+}
+
+/// The command of a batch item given as a `Value`.
+fn batch_request_of_value(
     mut item: Value,
     caller: &Caller,
     correlation_id: Option<Uuid>,
@@ -797,6 +844,16 @@ fn batch_request(
         .is_some_and(|k| !k.is_null())
         .then(|| fingerprint("record_touchpoint", &[], &item));
     let t: BatchTouchpoint = parse_body(item)?;
+    touchpoint_request(t, item_fingerprint, caller, correlation_id)
+}
+
+/// The `record_touchpoint` command of a batch item read, with its digest when it is keyed.
+fn touchpoint_request(
+    t: BatchTouchpoint,
+    fingerprint: Option<String>,
+    caller: &Caller,
+    correlation_id: Option<Uuid>,
+) -> Result<CommandRequest, Problem> {
     if let Some(k) = &t.idempotency_key {
         if k.is_empty() || k.len() > 200 {
             return Err(Problem::invalid_field(
@@ -815,7 +872,7 @@ fn batch_request(
         }),
         expected_sequence: None,
         command_id: t.idempotency_key,
-        fingerprint: item_fingerprint,
+        fingerprint,
         caller: caller.clone(),
         occurred_at: t.occurred_at,
         correlation_id,
@@ -859,7 +916,7 @@ async fn batch_touchpoints(
         .commands
         .with_label_values(&["record_touchpoint", "malformed"]);
     for (index, (line, item)) in items.into_iter().enumerate() {
-        match item.and_then(|v| batch_request(v, &caller, correlation_id)) {
+        match batch_request(item, index, line, &caller, correlation_id) {
             Ok(r) => {
                 slots.push(index);
                 requests.push(r);
@@ -1157,4 +1214,96 @@ pub fn openapi() -> Value {
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key", "description": "Channel adapters"}
         }}
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use domain::access::{Credential, Principal, Role};
+    use serde_json::Value;
+
+    use super::{batch_request, batch_request_of_value, ItemBody};
+    use crate::streams::{Caller, Via};
+
+    fn adapter() -> Caller {
+        Caller::new(
+            Arc::new(Principal::new(
+                "channel-wechat",
+                [Role::ChannelAdapter],
+                Credential::ApiKey,
+            )),
+            Via::Ingest,
+        )
+    }
+
+    /// An NDJSON line read straight into its item gives what the same line read through a
+    /// `Value` gives: the command, its key and its digest, or the same problem.
+    #[test]
+    fn a_line_reads_as_its_value_would() {
+        let lines = [
+            // keyed, read straight
+            r#"{"customer_id":"0190c3c8-0000-7000-8000-000000000001","occurred_at":"2026-11-30T08:00:00+08:00","idempotency_key":"k-1","touchpoint":{"channel":{"kind":"phone_call","direction":"inbound","duration_seconds":60,"wait_seconds":5,"outcome":"answered"},"summary":"引号 \" \u00e9"}}"#,
+            // not keyed: no digest
+            r#"{"customer_id":"0190c3c8-0000-7000-8000-000000000001","touchpoint":{"channel":{"kind":"wechat","direction":"outbound"},"summary":"s"}}"#,
+            // `60.0` is an integer only the `Value` way: the line goes that way
+            r#"{"customer_id":"0190c3c8-0000-7000-8000-000000000001","idempotency_key":"k-2","touchpoint":{"channel":{"kind":"phone_call","direction":"inbound","duration_seconds":60.0,"wait_seconds":5,"outcome":"answered"},"summary":"s"}}"#,
+            // a repeated key: the `Value` way takes the last
+            r#"{"customer_id":"0190c3c8-0000-7000-8000-000000000001","idempotency_key":"a","idempotency_key":"k-3","touchpoint":{"channel":{"kind":"wechat","direction":"outbound"},"summary":"s"}}"#,
+            // refused, naming the field
+            r#"{"customer_id":"0190c3c8-0000-7000-8000-000000000001","idempotency_key":"","touchpoint":{"channel":{"kind":"wechat","direction":"outbound"},"summary":"s"}}"#,
+            r#"{"customer_id":"not-a-uuid","touchpoint":{"channel":{"kind":"wechat","direction":"outbound"},"summary":"s"}}"#,
+            r#"{"customer_id":"0190c3c8-0000-7000-8000-000000000001","extra":1,"touchpoint":{"channel":{"kind":"wechat","direction":"outbound"},"summary":"s"}}"#,
+        ];
+        let caller = adapter();
+        for line in lines {
+            let straight =
+                batch_request(ItemBody::Text(line.as_bytes()), 0, Some(1), &caller, None);
+            let value: Value = serde_json::from_str(line).unwrap();
+            let by_value = batch_request_of_value(value, &caller, None);
+            match (straight, by_value) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a.customer_id, b.customer_id, "{line}");
+                    assert_eq!(a.command_id, b.command_id, "{line}");
+                    assert_eq!(a.fingerprint, b.fingerprint, "{line}");
+                    assert_eq!(a.occurred_at, b.occurred_at, "{line}");
+                    assert_eq!(a.fingerprint.is_some(), a.command_id.is_some(), "{line}");
+                    let (
+                        domain::Command::RecordTouchpoint(x),
+                        domain::Command::RecordTouchpoint(y),
+                    ) = (&a.command, &b.command)
+                    else {
+                        panic!("not a touchpoint: {line}");
+                    };
+                    assert_eq!(x.touchpoint, y.touchpoint, "{line}");
+                }
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.field, b.field, "{line}");
+                    assert_eq!(a.detail, b.detail, "{line}");
+                    assert_eq!(a.status, b.status, "{line}");
+                }
+                (a, b) => panic!(
+                    "{line}: read straight {}, by value {}",
+                    a.map_or_else(|p| format!("{p:?}"), |_| "accepted".into()),
+                    b.map_or_else(|p| format!("{p:?}"), |_| "accepted".into()),
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn a_line_that_is_not_json_is_malformed_with_its_item_and_line() {
+        let Err(p) = batch_request(ItemBody::Text(b"{bad"), 3, Some(5), &adapter(), None) else {
+            panic!("accepted");
+        };
+        assert_eq!(p.status, 400);
+        assert!(p.type_uri.ends_with("malformed-json"), "{}", p.type_uri);
+        assert!(
+            p.detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with("item 3 (line 5): ")),
+            "{:?}",
+            p.detail
+        );
+    }
 }

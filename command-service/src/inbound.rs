@@ -30,7 +30,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
 
 use crate::http::command_problem;
-use crate::streams::{Caller, CommandError, CommandRequest, Via};
+use crate::streams::{
+    fingerprint, fingerprint_of_json, Caller, CommandError, CommandRequest, Numbers, Via,
+};
 use crate::App;
 use infra::auth::Authenticator;
 
@@ -113,11 +115,10 @@ pub fn inbound_request(
         expected_sequence: None,
         command_id: Some(format!("inbound:{source}:{id}")),
         // the record's body and type: the same ce_id with another touchpoint is refused
-        fingerprint: Some(crate::streams::fingerprint(
-            event_type,
-            &[],
-            &serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
-        )),
+        fingerprint: Some(
+            fingerprint_of_json(event_type, &[], body, Numbers::AsWritten)
+                .unwrap_or_else(|_| fingerprint(event_type, &[], &serde_json::Value::Null)),
+        ),
         caller: Caller::new(Arc::new(adapter), Via::Ingest),
         occurred_at,
         correlation_id,

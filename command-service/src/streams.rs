@@ -29,7 +29,10 @@ use uuid::Uuid;
 use crate::metrics::Metrics;
 use pipeline::{Answers, Appended, Batch, Entry};
 
+mod fingerprint;
 mod pipeline;
+
+pub use fingerprint::{fingerprint, fingerprint_of_json, Numbers};
 
 pub use domain::access::Via;
 
@@ -172,85 +175,6 @@ impl Answered {
         self.recorded_at = self.recorded_at.max(recorded_at);
         self.events.push(event);
     }
-}
-
-/// A digest of a request: the command's name, the path's ids and the body as the client sent
-/// it (keys sorted, so that their order does not matter), hex SHA-256. The canonical text is
-/// fed to the digest as it is written, never built as a string: this runs once per keyed
-/// command, on the ingest hot path.
-pub fn fingerprint(command: &str, path: &[(&str, &str)], body: &serde_json::Value) -> String {
-    use sha2::{Digest, Sha256};
-    use std::io::Write;
-
-    /// What is written goes into the digest.
-    struct Digesting(Sha256);
-    impl Write for Digesting {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.update(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    /// Compact JSON with every object's keys in order; scalars and keys exactly as
-    /// `serde_json` writes them.
-    fn canonical(v: &serde_json::Value, out: &mut Digesting) -> serde_json::Result<()> {
-        match v {
-            serde_json::Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                out.0.update(b"{");
-                for (i, k) in keys.into_iter().enumerate() {
-                    if i > 0 {
-                        out.0.update(b",");
-                    }
-                    serde_json::to_writer(&mut *out, k)?;
-                    out.0.update(b":");
-                    if let Some(item) = m.get(k) {
-                        canonical(item, out)?;
-                    }
-                }
-                out.0.update(b"}");
-                Ok(())
-            }
-            serde_json::Value::Array(items) => {
-                out.0.update(b"[");
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.0.update(b",");
-                    }
-                    canonical(item, out)?;
-                }
-                out.0.update(b"]");
-                Ok(())
-            }
-            other => serde_json::to_writer(&mut *out, other),
-        }
-    }
-    let mut path: Vec<(&str, &str)> = path.to_vec();
-    path.sort();
-    let mut out = Digesting(Sha256::new());
-    out.0.update(command.as_bytes());
-    for (k, v) in path {
-        out.0.update(b"\n");
-        out.0.update(k.as_bytes());
-        out.0.update(b"=");
-        out.0.update(v.as_bytes());
-    }
-    out.0.update(b"\n");
-    if canonical(body, &mut out).is_err() {
-        // writing into a digest cannot fail; should it, the body's plain text stands in
-        out = Digesting(Sha256::new());
-        out.0.update(body.to_string().as_bytes());
-    }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(64);
-    for b in out.0.finalize() {
-        hex.push(char::from(HEX[usize::from(b >> 4)]));
-        hex.push(char::from(HEX[usize::from(b & 0x0f)]));
-    }
-    hex
 }
 
 /// The streams of one partition, one map per aggregate with a stream per id. A new such
@@ -823,98 +747,5 @@ impl CustomerStreams {
         let owned = self.owned.read().await.get(&partition).cloned()?;
         let streams = owned.streams.lock().await;
         streams.customers.get(customer_id).map(|e| e.state.clone())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::{json, Value};
-
-    use super::fingerprint;
-
-    /// The digest as it was first defined, with the canonical text built as a string: the
-    /// digests stored in the log (`command_fingerprint`) were made this way, so a retry after
-    /// an upgrade must get the same one.
-    fn reference(command: &str, path: &[(&str, &str)], body: &Value) -> String {
-        use sha2::{Digest, Sha256};
-        fn canonical(v: &Value, out: &mut String) {
-            match v {
-                Value::Object(m) => {
-                    let mut keys: Vec<&String> = m.keys().collect();
-                    keys.sort();
-                    out.push('{');
-                    for (i, k) in keys.into_iter().enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
-                        out.push_str(&Value::String(k.clone()).to_string());
-                        out.push(':');
-                        if let Some(item) = m.get(k) {
-                            canonical(item, out);
-                        }
-                    }
-                    out.push('}');
-                }
-                Value::Array(items) => {
-                    out.push('[');
-                    for (i, item) in items.iter().enumerate() {
-                        if i > 0 {
-                            out.push(',');
-                        }
-                        canonical(item, out);
-                    }
-                    out.push(']');
-                }
-                other => out.push_str(&other.to_string()),
-            }
-        }
-        let mut path: Vec<(&str, &str)> = path.to_vec();
-        path.sort();
-        let mut text = String::from(command);
-        for (k, v) in path {
-            text.push_str(&format!("\n{k}={v}"));
-        }
-        text.push('\n');
-        canonical(body, &mut text);
-        Sha256::digest(text.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
-
-    #[test]
-    fn the_streamed_digest_is_the_digest_of_the_canonical_text() {
-        let bodies = [
-            json!({}),
-            json!(null),
-            json!({"b": 1, "a": [1, 2.5, -3, 1e300, "x"], "c": {"z": null, "y": true}}),
-            json!({"touchpoint": {"channel": {"kind": "wechat"}, "summary": "引号 \" 与 \\ 与 \n 换行 \u{1} 😀"},
-                   "customer_id": "0190c3c8-0000-7000-8000-000000000001",
-                   "idempotency_key": "k-1", "occurred_at": "2026-11-30T08:00:00Z"}),
-            json!([{"é": 1, "e": 2, "E": 3, "": 4}]),
-            json!("a string body"),
-            json!(18446744073709551615u64),
-        ];
-        let paths: [&[(&str, &str)]; 3] = [
-            &[],
-            &[("customer_id", "0190c3c8-0000-7000-8000-000000000001")],
-            &[("opportunity_id", "b"), ("customer_id", "a=b\nc")],
-        ];
-        for body in &bodies {
-            for path in paths {
-                for command in ["record_touchpoint", "change_profile", ""] {
-                    assert_eq!(
-                        fingerprint(command, path, body),
-                        reference(command, path, body),
-                        "{command} {path:?} {body}"
-                    );
-                }
-            }
-        }
-        // and it tells requests apart
-        assert_ne!(
-            fingerprint("a", &[], &json!({"x": 1})),
-            fingerprint("a", &[], &json!({"x": 2}))
-        );
     }
 }

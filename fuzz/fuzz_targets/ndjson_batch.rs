@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(item.index, i);
         assert!(item.line > last_line && item.line <= lines);
         last_line = item.line;
-        if let Ok(v) = &item.value {
+        if let Ok(v) = &item.value() {
             if let Some(t) = v.get("touchpoint") {
                 let _ = serde_json::from_value::<domain::Touchpoint>(t.clone());
             }
