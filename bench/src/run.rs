@@ -1047,39 +1047,20 @@ async fn ingest(
             Duration::from_secs(30),
         )
         .await;
-    let meter = CpuMeter::start(cpu);
-    let started = Instant::now();
-    let delivered: Vec<bool> = futures::stream::iter(records.iter().map(|r| {
-        let producer = &producer;
-        let bare_topic = &bare_topic;
-        async move {
-            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-            for (k, v) in &r.headers {
-                headers = headers.insert(Header {
-                    key: k.as_str(),
-                    value: v.as_deref(),
-                });
-            }
-            let mut record = FutureRecord::<[u8], [u8]>::to(bare_topic)
-                .partition(r.position.partition)
-                .headers(headers);
-            if let Some(k) = &r.key {
-                record = record.key(k.as_slice());
-            }
-            if let Some(v) = &r.value {
-                record = record.payload(v.as_slice());
-            }
-            producer.send(record, Duration::from_secs(60)).await.is_ok()
-        }
-    }))
-    .buffer_unordered(50_000)
-    .collect()
-    .await;
-    let bare_elapsed = started.elapsed();
-    let bare_ok = delivered.iter().filter(|d| **d).count() as u64;
-    let bare_cpu = meter.since_start(bare_ok);
+    // the pass is short (under a second): the limit is the median of a few, each reported
+    let mut passes = Vec::with_capacity(BARE_PASSES);
+    for _ in 0..BARE_PASSES {
+        passes.push(bare_pass(&producer, &records, &bare_topic, cpu).await);
+    }
+    passes.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let pass_rates: Vec<f64> = passes.iter().map(|p| p.rate).collect();
+    let BarePass {
+        delivered: bare_ok,
+        elapsed: bare_elapsed,
+        rate: bare_rate,
+        cpu: bare_cpu,
+    } = passes.swap_remove(passes.len() / 2);
     let http_rate = rate(accepted, http_elapsed);
-    let bare_rate = rate(bare_ok, bare_elapsed);
     drop(producer);
 
     // the same records again, in the command path's transaction shape: the limit of that shape
@@ -1132,6 +1113,8 @@ async fn ingest(
             "record_bytes": record_bytes,
             "seconds": round(bare_elapsed.as_secs_f64()),
             "records_per_second": bare_rate,
+            "passes": BARE_PASSES,
+            "passes_records_per_second": pass_rates,
             "cpu": bare_cpu,
         },
         "bare_transactional": transactional,
@@ -1141,6 +1124,59 @@ async fn ingest(
         "ratio_http_to_transactional": ratio(http_rate, transactional_rate),
         "ratio_http_to_transactional_with_history": ratio(http_rate, with_history_rate),
     }))
+}
+
+/// The bare producer's passes over the same records; its figure is the median pass.
+const BARE_PASSES: usize = 3;
+
+/// One pass of the bare producer.
+struct BarePass {
+    delivered: u64,
+    elapsed: Duration,
+    rate: f64,
+    cpu: Value,
+}
+
+/// The records produced once more by the bare producer, all in flight at once.
+async fn bare_pass(
+    producer: &FutureProducer,
+    records: &[StoredRecord],
+    bare_topic: &str,
+    cpu: &[(&'static str, u32)],
+) -> BarePass {
+    let meter = CpuMeter::start(cpu);
+    let started = Instant::now();
+    let delivered: Vec<bool> = futures::stream::iter(records.iter().map(|r| async move {
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header {
+                key: k.as_str(),
+                value: v.as_deref(),
+            });
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(bare_topic)
+            .partition(r.position.partition)
+            .headers(headers);
+        if let Some(k) = &r.key {
+            record = record.key(k.as_slice());
+        }
+        if let Some(v) = &r.value {
+            record = record.payload(v.as_slice());
+        }
+        producer.send(record, Duration::from_secs(60)).await.is_ok()
+    }))
+    .buffer_unordered(50_000)
+    .collect()
+    .await;
+    let bare_elapsed = started.elapsed();
+    let bare_ok = delivered.iter().filter(|d| **d).count() as u64;
+    let bare_cpu = meter.since_start(bare_ok);
+    BarePass {
+        delivered: bare_ok,
+        elapsed: bare_elapsed,
+        rate: rate(bare_ok, bare_elapsed),
+        cpu: bare_cpu,
+    }
 }
 
 /// At most this many one-record transactions make the history of [`bare_transactional`]'s
