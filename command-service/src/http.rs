@@ -432,7 +432,7 @@ fn if_match(value: &str) -> Result<Option<u64>, Problem> {
 
 /// Integers written with a zero fraction (`3.0`) are integers to JSON Schema (and to the
 /// OpenAPI document): read them as integers.
-fn integral_numbers(v: &mut Value) {
+pub(crate) fn integral_numbers(v: &mut Value) {
     match v {
         Value::Number(n) if !n.is_i64() && !n.is_u64() => {
             if let Some(f) = n.as_f64() {

@@ -316,27 +316,12 @@ mod tests {
             .collect()
     }
 
-    /// What a command body was made before it was digested: integral numbers as integers.
-    fn integral(v: &mut Value) {
-        match v {
-            Value::Number(n) if !n.is_i64() && !n.is_u64() => {
-                if let Some(f) = n.as_f64() {
-                    if f.fract() == 0.0 && f.abs() < 9.0e15 {
-                        *v = Value::from(f as i64);
-                    }
-                }
-            }
-            Value::Array(items) => items.iter_mut().for_each(integral),
-            Value::Object(m) => m.values_mut().for_each(integral),
-            _ => {}
-        }
-    }
-
     /// The reference of a body in bytes: parsed into a `Value` (numbers made integral or not).
     fn reference_of_text(command: &str, text: &str, numbers: Numbers) -> String {
         let mut v: Value = serde_json::from_str(text).unwrap();
         if numbers == Numbers::Integral {
-            integral(&mut v);
+            // what a command body is made before it is decided and digested
+            crate::http::integral_numbers(&mut v);
         }
         reference(command, &[], &v)
     }
