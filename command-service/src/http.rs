@@ -726,14 +726,22 @@ pub struct BatchTouchpoint {
     pub touchpoint: domain::Touchpoint,
 }
 
-/// One item of a batch: its NDJSON line's text, or its JSON from an array body.
-enum ItemBody<'a> {
-    Text(&'a [u8]),
+/// One item of a batch: an NDJSON line's text and number (1-based), or the JSON of an item of
+/// an array body.
+enum BatchItem<'a> {
+    Line { text: &'a [u8], line: usize },
     Value(Value),
 }
 
-/// One item of a batch: its NDJSON line (1-based; none in a JSON array) and its body.
-type BatchItem<'a> = (Option<usize>, ItemBody<'a>);
+impl BatchItem<'_> {
+    /// The NDJSON line it came from; none in a JSON array.
+    fn line(&self) -> Option<usize> {
+        match self {
+            BatchItem::Line { line, .. } => Some(*line),
+            BatchItem::Value(_) => None,
+        }
+    }
+}
 
 /// The items of a batch body. Blank NDJSON lines are no items: `index` counts items, and
 /// each NDJSON item's answer names its `line` too, so that both agree with the error texts.
@@ -747,14 +755,14 @@ fn batch_items<'a>(headers: &HeaderMap, bytes: &'a [u8]) -> Result<Vec<BatchItem
     let items: Vec<BatchItem<'a>> = if ndjson {
         domain::ndjson::items(bytes)
             .into_iter()
-            .map(|item| (Some(item.line), ItemBody::Text(item.text)))
+            .map(|item| BatchItem::Line {
+                text: item.text,
+                line: item.line,
+            })
             .collect()
     } else {
         match serde_json::from_slice::<Value>(bytes) {
-            Ok(Value::Array(items)) => items
-                .into_iter()
-                .map(|v| (None, ItemBody::Value(v)))
-                .collect(),
+            Ok(Value::Array(items)) => items.into_iter().map(BatchItem::Value).collect(),
             Ok(_) => {
                 return Err(Problem::invalid_field(
                     "",
@@ -794,19 +802,18 @@ fn batch_items<'a>(headers: &HeaderMap, bytes: &'a [u8]) -> Result<Vec<BatchItem
 /// read that way goes the way of an array's item, so that it gets the same answer, the same
 /// leniency (`3.0` is an integer) and the same error naming the field.
 fn batch_request(
-    item: ItemBody<'_>,
+    item: BatchItem<'_>,
     index: usize,
-    line: Option<usize>,
     caller: &Caller,
     correlation_id: Option<Uuid>,
 ) -> Result<CommandRequest, Problem> {
     let item = match item {
-        ItemBody::Text(text) => {
+        BatchItem::Line { text, line } => {
             if let Ok(t) = serde_json::from_slice::<BatchTouchpoint>(text) {
                 let digest = match &t.idempotency_key {
                     None => Ok(None),
                     Some(_) => {
-                        { fingerprint_of_json("record_touchpoint", &[], text, Numbers::Integral) }
+                        fingerprint_of_json("record_touchpoint", &[], text, Numbers::Integral)
                             .map(Some)
                     }
                 };
@@ -815,18 +822,12 @@ fn batch_request(
                 }
             }
             serde_json::from_slice::<Value>(text).map_err(|e| {
-                let mut p =
-                    Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON");
-                p = match line {
-                    Some(line) => p
-                        .detail(format!("item {index} (line {line}): {e}"))
-                        .with("line", line),
-                    None => p.detail(format!("item {index}: {e}")),
-                };
-                p
+                Problem::new(StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON")
+                    .detail(format!("item {index} (line {line}): {e}"))
+                    .with("line", line)
             })?
         }
-        ItemBody::Value(v) => v,
+        BatchItem::Value(v) => v,
     };
     batch_request_of_value(item, caller, correlation_id)
 }
@@ -915,8 +916,9 @@ async fn batch_touchpoints(
         .metrics
         .commands
         .with_label_values(&["record_touchpoint", "malformed"]);
-    for (index, (line, item)) in items.into_iter().enumerate() {
-        match batch_request(item, index, line, &caller, correlation_id) {
+    for (index, item) in items.into_iter().enumerate() {
+        let line = item.line();
+        match batch_request(item, index, &caller, correlation_id) {
             Ok(r) => {
                 slots.push(index);
                 requests.push(r);
@@ -1223,7 +1225,7 @@ mod tests {
     use domain::access::{Credential, Principal, Role};
     use serde_json::Value;
 
-    use super::{batch_request, batch_request_of_value, ItemBody};
+    use super::{batch_request, batch_request_of_value, BatchItem};
     use crate::streams::{Caller, Via};
 
     fn adapter() -> Caller {
@@ -1257,8 +1259,15 @@ mod tests {
         ];
         let caller = adapter();
         for line in lines {
-            let straight =
-                batch_request(ItemBody::Text(line.as_bytes()), 0, Some(1), &caller, None);
+            let straight = batch_request(
+                BatchItem::Line {
+                    text: line.as_bytes(),
+                    line: 1,
+                },
+                0,
+                &caller,
+                None,
+            );
             let value: Value = serde_json::from_str(line).unwrap();
             let by_value = batch_request_of_value(value, &caller, None);
             match (straight, by_value) {
@@ -1293,7 +1302,15 @@ mod tests {
 
     #[test]
     fn a_line_that_is_not_json_is_malformed_with_its_item_and_line() {
-        let Err(p) = batch_request(ItemBody::Text(b"{bad"), 3, Some(5), &adapter(), None) else {
+        let Err(p) = batch_request(
+            BatchItem::Line {
+                text: b"{bad",
+                line: 5,
+            },
+            3,
+            &adapter(),
+            None,
+        ) else {
             panic!("accepted");
         };
         assert_eq!(p.status, 400);
